@@ -1,0 +1,76 @@
+"""Shared pieces of the CLI: global settings, consoles, progress display."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = ["SETTINGS", "print_json", "progress_callback", "stderr", "stdout"]
+
+
+@dataclass
+class _Settings:
+    debug: bool = False
+    quiet: bool = False
+
+
+SETTINGS = _Settings()
+
+
+def stdout() -> Console:
+    """Console for results."""
+    from rich.console import Console
+
+    return Console(file=sys.stdout, highlight=False, soft_wrap=True)
+
+
+def stderr() -> Console:
+    """Console for progress and messages."""
+    from rich.console import Console
+
+    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    """Print JSON to stdout (machine-readable output)."""
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+@contextmanager
+def progress_callback(description: str) -> Iterator[Any]:
+    """A ``(done, total, label)`` callback that drives a Rich progress bar (silent if quiet)."""
+    if SETTINGS.quiet:
+        yield lambda done, total, label: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[label]}"),
+        console=stderr(),
+        transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=None, label="")
+
+        def update(done: int, total: int, label: str) -> None:
+            progress.update(task, completed=done, total=total, label=label)
+
+        yield update

@@ -1,0 +1,626 @@
+"""`dlas import`: a folder of planning CTs + RTSTRUCTs (or NIfTI cases) → a de-identified data set.
+
+The source may hold, at any depth,
+
+* DICOM files: each CT series becomes a case; the RTSTRUCT drawn on it (found through its
+  referenced series, or else its frame of reference) supplies the structures;
+* NIfTI case folders ``<case>/ct.nii.gz`` + ``<case>/structures/<Name>.nii.gz`` (the layout of
+  ``shared/data/openkbp-hn``), whose mask file names are mapped like ROI names.
+
+Nothing is lost silently. Every file not used is listed with its reason; every series that
+cannot be read, every RTSTRUCT that cannot be paired or rasterised, becomes a *skipped* entry
+with the one-line error; every ROI name that maps to no structure, every empty or duplicated
+ROI and every doubtful contour is a warning in the case's ``case.json`` and in
+``import-report.json``. A case is written completely or not at all, and cases already in the
+data set are left untouched (unless ``overwrite``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from dlas import __version__
+from dlas.dataset.cohorts import CaseKeys, CohortRule
+from dlas.dataset.deid import Pseudonymizer, age_in_years
+from dlas.dataset.layout import CaseDataset
+from dlas.errors import DatasetError, DlasError
+from dlas.io.ct import CTSeries, read_ct_series, scanner_tags
+from dlas.io.dicom_scan import ScannedFile, SkippedFile, scan_dicom
+from dlas.io.nifti import read_mask, read_nifti
+from dlas.io.rtstruct import RTStructData, read_rtstruct, referenced_series_uids
+from dlas.io.volume import Volume
+from dlas.structures import StructureSet
+
+__all__ = ["ImportItem", "ImportOptions", "ImportReport", "import_source"]
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int, str], None]
+
+_DEID_METHOD = (
+    "DICOM PS3.15 Basic Application Level Confidentiality Profile, with the Retain Longitudinal "
+    "Temporal Information with Modified Dates and Retain Patient Characteristics options"
+)
+
+
+@dataclass
+class ImportOptions:
+    """Options of an import (the flags of ``dlas import``)."""
+
+    structure_set: StructureSet
+    cohort_by: str = "none"
+    keep_unmapped: bool = False
+    keep_ids: bool = False
+    overwrite: bool = False
+    key_file: str | None = None
+
+
+@dataclass
+class ImportItem:
+    """The outcome for one source case (a CT series or a NIfTI case folder)."""
+
+    status: str  # "imported", "exists" or "skipped"
+    source: str  # folder relative to the import source
+    reason: str = ""
+    case_id: str | None = None
+    cohort: str | None = None
+    structures: list[str] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_data(self, *, keep_paths: bool) -> dict[str, Any]:
+        """JSON-ready form; the source folder is replaced by a hash unless ``keep_paths``."""
+        return {
+            "status": self.status,
+            "source": self.source if keep_paths else _short_hash(self.source),
+            "reason": self.reason,
+            "case_id": self.case_id,
+            "cohort": self.cohort,
+            "structures": self.structures,
+            "unmatched": self.unmatched,
+            "warnings": self.warnings,
+        }
+
+
+@dataclass
+class ImportReport:
+    """What an import did."""
+
+    source: Path
+    dataset: Path
+    items: list[ImportItem] = field(default_factory=list)
+    skipped_files: list[SkippedFile] = field(default_factory=list)
+
+    @property
+    def imported(self) -> list[ImportItem]:
+        """Cases written by this import."""
+        return [i for i in self.items if i.status == "imported"]
+
+    @property
+    def skipped(self) -> list[ImportItem]:
+        """Cases refused, with their reason."""
+        return [i for i in self.items if i.status == "skipped"]
+
+    def unmatched_names(self) -> Counter[str]:
+        """ROI names that matched no structure, with how many cases had them."""
+        return Counter(name for item in self.items for name in set(item.unmatched))
+
+    def warning_counts(self) -> Counter[str]:
+        """Warnings per code over all cases."""
+        return Counter(w["code"] for item in self.items for w in item.warnings)
+
+    def to_data(self, *, keep_paths: bool) -> dict[str, Any]:
+        """JSON-ready form (``import-report.json``)."""
+        skipped_reasons = Counter(s.reason for s in self.skipped_files)
+        return {
+            "software": {"name": "dlas", "version": __version__},
+            "counts": {
+                "imported": len(self.imported),
+                "already_present": sum(1 for i in self.items if i.status == "exists"),
+                "skipped_cases": len(self.skipped),
+                "skipped_files": len(self.skipped_files),
+            },
+            "cases": [i.to_data(keep_paths=keep_paths) for i in self.items],
+            "skipped_files": [
+                {
+                    "file": s.path.name if keep_paths else _short_hash(str(s.path)),
+                    "folder": (
+                        _relative(s.path.parent, self.source)
+                        if keep_paths
+                        else _short_hash(str(s.path.parent))
+                    ),
+                    "reason": s.reason,
+                }
+                for s in self.skipped_files
+            ],
+            "skipped_file_reasons": dict(sorted(skipped_reasons.items())),
+            "unmatched_names": dict(sorted(self.unmatched_names().items())),
+            "warning_counts": dict(sorted(self.warning_counts().items())),
+        }
+
+
+def _short_hash(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        rel = path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return str(path)
+    return rel.as_posix() or "."
+
+
+def _safe_name(name: str) -> str:
+    text = re.sub(r"[^A-Za-z0-9_.+-]+", "_", name.strip()).strip("_.")
+    return text or "unnamed"
+
+
+def _find_nifti_cases(root: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        if ("ct.nii.gz" in filenames or "ct.nii" in filenames) and "structures" in dirnames:
+            found.append(Path(dirpath))
+    return found
+
+
+def _pair_rtstructs(
+    series: dict[str, list[ScannedFile]], rtstructs: list[ScannedFile]
+) -> tuple[dict[str, ScannedFile], dict[str, list[str]], list[SkippedFile]]:
+    """RTSTRUCT for each series uid; notes per series; RTSTRUCTs that pair with nothing."""
+    candidates: dict[str, list[ScannedFile]] = {}
+    unpaired: list[SkippedFile] = []
+    notes: dict[str, list[str]] = {}
+    for_of_series = {uid: str(files[0].header.get("FrameOfReferenceUID", ""))
+                     for uid, files in series.items()}
+    for rs in rtstructs:
+        targets = [u for u in referenced_series_uids(rs.header) if u in series]
+        if not targets:
+            rs_fors = {str(r.get("FrameOfReferenceUID", ""))
+                       for r in rs.header.get("ReferencedFrameOfReferenceSequence", [])}
+            by_for = [u for u, f in for_of_series.items() if f and f in rs_fors]
+            if len(by_for) == 1:
+                targets = by_for
+                notes.setdefault(by_for[0], []).append(
+                    "RTSTRUCT paired with the series by frame of reference (it does not "
+                    "reference the series itself)"
+                )
+        if not targets:
+            unpaired.append(SkippedFile(
+                rs.path,
+                "RTSTRUCT whose CT series is not in the source (export it with its CT)",
+            ))
+            continue
+        candidates.setdefault(targets[0], []).append(rs)
+    chosen: dict[str, ScannedFile] = {}
+    for uid, options in candidates.items():
+        def rank(f: ScannedFile) -> tuple[int, str, str]:
+            h = f.header
+            approved = 1 if str(h.get("ApprovalStatus", "")).upper() == "APPROVED" else 0
+            return (approved, str(h.get("StructureSetDate", "")), str(h.get("StructureSetTime", "")))
+        options.sort(key=rank, reverse=True)
+        chosen[uid] = options[0]
+        for other in options[1:]:
+            unpaired.append(SkippedFile(
+                other.path,
+                "another RTSTRUCT of the same series was preferred (approved or newer)",
+            ))
+            notes.setdefault(uid, []).append(
+                f"{len(options)} RTSTRUCTs reference this series; the approved or newest was used"
+            )
+    return chosen, notes, unpaired
+
+
+def import_source(
+    source: str | os.PathLike[str],
+    dataset_root: str | os.PathLike[str],
+    options: ImportOptions,
+    *,
+    progress: ProgressCallback | None = None,
+) -> ImportReport:
+    """Import every case found in ``source`` into the data set at ``dataset_root``.
+
+    Raises
+    ------
+    DatasetError
+        The source is missing or holds no CT at all; the cohort rule is malformed; the data set
+        exists with another structure set. Problems of single cases do not raise: they are
+        reported in the returned :class:`ImportReport` and in ``import-report.json``.
+    """
+    src = Path(source)
+    if not src.exists():
+        raise DatasetError(
+            "source folder not found",
+            where=str(src),
+            expected="a folder of DICOM files and/or NIfTI case folders",
+            found="nothing at that path",
+            fix="check the path",
+        )
+    rule = CohortRule.parse(options.cohort_by)
+    nifti_cases = _find_nifti_cases(src) if src.is_dir() else []
+    nifti_dirs = {p.resolve() for p in nifti_cases}
+    scan = scan_dicom(src)
+    report = ImportReport(source=src, dataset=Path(dataset_root))
+    # Files of NIfTI case folders are not DICOM: keep them out of the skipped list.
+    report.skipped_files = [
+        s for s in scan.skipped
+        if not any(parent in nifti_dirs for parent in s.path.resolve().parents)
+        and s.path.name != "index.json"
+    ]
+    if not scan.ct_series and not nifti_cases:
+        reasons = Counter(s.reason for s in scan.skipped)
+        found = (
+            "an empty folder"
+            if not scan.n_files
+            else f"{scan.n_files} files, none a CT image: "
+            + "; ".join(f"{n}x {r}" for r, n in reasons.most_common(3))
+        )
+        raise DatasetError(
+            "no CT found to import",
+            where=str(src),
+            expected="DICOM CT series (with RTSTRUCTs) or NIfTI case folders",
+            found=found,
+            fix="point at the folder of the planning system export",
+        )
+
+    dataset = CaseDataset.open_or_create(dataset_root, options.structure_set)
+    pseudo = Pseudonymizer.for_dataset(dataset.root, options.key_file)
+    chosen, notes, unpaired = _pair_rtstructs(scan.ct_series, scan.rtstructs)
+    report.skipped_files.extend(unpaired)
+
+    total = len(scan.ct_series) + len(nifti_cases)
+    done = 0
+    patient_series: Counter[str] = Counter(
+        str(files[0].header.get("PatientID", "")) for files in scan.ct_series.values()
+    )
+    for uid, files in scan.ct_series.items():
+        folder = _relative(Path(os.path.commonpath([str(f.path.parent) for f in files])), src)
+        if progress:
+            progress(done, total, folder)
+        item = _import_dicom_case(
+            uid, files, chosen.get(uid), notes.get(uid, []), folder, dataset, pseudo, rule,
+            options, patient_series,
+        )
+        report.items.append(item)
+        done += 1
+    for case_dir in nifti_cases:
+        folder = _relative(case_dir, src)
+        if progress:
+            progress(done, total, folder)
+        report.items.append(_import_nifti_case(case_dir, folder, dataset, pseudo, rule, options))
+        done += 1
+    if progress:
+        progress(done, total, "")
+    from dlas.io.atomic import write_json
+
+    write_json(dataset.root / "import-report.json", report.to_data(keep_paths=options.keep_ids))
+    return report
+
+
+def _patient_characteristics(first: Dataset) -> dict[str, Any]:
+    sex = str(first.get("PatientSex", "") or "").upper()
+    return {
+        "sex": sex if sex in ("M", "F", "O") else None,
+        "age_years": age_in_years(
+            str(first.get("PatientAge", "") or ""),
+            str(first.get("PatientBirthDate", "") or ""),
+            str(first.get("StudyDate", "") or ""),
+        ),
+    }
+
+
+def _map_rois(
+    rs: RTStructData, structure_set: StructureSet, grid: Volume
+) -> tuple[dict[str, Volume], dict[str, dict[str, Any]], list[str], list[dict[str, Any]],
+           list[dict[str, Any]]]:
+    """Canonical masks and their records, unmatched names, empty ROIs, warnings."""
+    masks: dict[str, Volume] = {}
+    records: dict[str, dict[str, Any]] = {}
+    unmatched: list[str] = []
+    empty: list[dict[str, Any]] = []
+    warnings: list[dict[str, Any]] = []
+    claims: dict[str, list[int]] = {}
+    for number, roi in sorted(rs.rois.items()):
+        canonical = structure_set.match(roi.name)  # raises on an ambiguous name
+        if canonical is None:
+            unmatched.append(roi.name)
+            continue
+        claims.setdefault(canonical, []).append(number)
+    voxel_cm3 = grid.voxel_volume_mm3 / 1000.0
+    for canonical, numbers in claims.items():
+        if len(numbers) > 1:
+            names = ", ".join(f"{n} '{rs.rois[n].name}'" for n in numbers)
+            warnings.append({
+                "code": "duplicate-structure",
+                "message": f"ROIs {names} all map to {canonical}; none of them was imported "
+                "(rename or delete the extra ROI in the planning system)",
+                "roi_number": None,
+                "roi_name": canonical,
+            })
+            continue
+        roi = rs.rois[numbers[0]]
+        if roi.empty:
+            empty.append({"roi_number": roi.number, "name": roi.name, "canonical": canonical})
+            continue
+        masks[canonical] = grid.with_array(roi.mask)
+        records[canonical] = {
+            "original_name": roi.name,
+            "roi_number": roi.number,
+            "voxels": int(roi.mask.sum()),
+            "volume_cm3": round(float(roi.mask.sum()) * voxel_cm3, 3),
+            "file": f"structures/{canonical}.nii.gz",
+        }
+    return masks, records, unmatched, empty, warnings
+
+
+def _import_dicom_case(
+    uid: str,
+    files: list[ScannedFile],
+    rtstruct: ScannedFile | None,
+    notes: list[str],
+    folder: str,
+    dataset: CaseDataset,
+    pseudo: Pseudonymizer,
+    rule: CohortRule,
+    options: ImportOptions,
+    patient_series: Counter[str],
+) -> ImportItem:
+    first = files[0].header
+    patient_id = str(first.get("PatientID", "") or "")
+    keys = CaseKeys(
+        folder=folder,
+        patient_id=patient_id,
+        series_uid=uid,
+        study_uid=str(first.get("StudyInstanceUID", "")),
+        study_date=str(first.get("StudyDate", "") or ""),
+        manufacturer=str(first.get("Manufacturer", "") or ""),
+        model=str(first.get("ManufacturerModelName", "") or ""),
+        station=str(first.get("StationName", "") or ""),
+    )
+    patient_key = patient_id or str(first.get("StudyInstanceUID", "")) or uid
+    if options.keep_ids:
+        case_id = _safe_name(patient_key)
+        if patient_series[patient_id] > 1:
+            case_id += f"_s{_safe_name(str(first.get('SeriesNumber', '') or uid[-6:]))}"
+    else:
+        case_id = pseudo.case_id(patient_key, uid)
+    item = ImportItem(status="skipped", source=folder, case_id=case_id)
+    cohort = rule.assign(keys)
+    if cohort is None:
+        item.reason = f"not listed in the cohort file {rule.describe()} (by {rule.key_column})"
+        return item
+    item.cohort = cohort
+    if case_id in dataset and not options.overwrite:
+        item.status = "exists"
+        item.reason = "already in the data set (use --overwrite to replace it)"
+        return item
+    try:
+        ct = read_ct_series(files)
+        masks: dict[str, Volume] = {}
+        records: dict[str, dict[str, Any]] = {}
+        unmatched: list[str] = []
+        empty: list[dict[str, Any]] = []
+        extra: dict[str, Volume] = {}
+        extra_records: dict[str, dict[str, Any]] = {}
+        warnings: list[dict[str, Any]] = [
+            {"code": "pairing", "message": n, "roi_number": None, "roi_name": None} for n in notes
+        ]
+        if rtstruct is None:
+            warnings.append({
+                "code": "no-rtstruct",
+                "message": "no RTSTRUCT found for this series; imported without structures",
+                "roi_number": None, "roi_name": None,
+            })
+        else:
+            rs = read_rtstruct(rtstruct.header, ct)
+            warnings.extend(w.to_data() for w in rs.warnings)
+            masks, records, unmatched, empty, map_warnings = _map_rois(
+                rs, options.structure_set, ct.volume
+            )
+            warnings.extend(map_warnings)
+            if options.keep_unmapped:
+                extra, extra_records = _extra_masks(rs, unmatched, ct, masks)
+    except DlasError as exc:
+        item.reason = str(exc)
+        log.info("case %s skipped: %s", case_id, exc.what)
+        return item
+
+    info = {
+        "case_id": case_id,
+        "cohort": cohort,
+        "source": {
+            "kind": "dicom",
+            "series": uid if options.keep_ids else _short_hash(uid),
+            "rtstruct": (
+                None if rtstruct is None
+                else (str(rtstruct.header.get("SOPInstanceUID", "")) if options.keep_ids
+                      else _short_hash(str(rtstruct.header.get("SOPInstanceUID", ""))))
+            ),
+            "n_slices": ct.volume.shape[0],
+            "study_date": (
+                keys.study_date if options.keep_ids else pseudo.shift_date(keys.study_date)
+            ),
+        },
+        "patient": _patient_characteristics(first),
+        "scanner": scanner_tags(first),
+        "geometry": ct.volume.geometry(),
+        "original_orientation": list(ct.original_orientation),
+        "structures": records,
+        "extra_structures": extra_records,
+        "unmatched": unmatched,
+        "empty": empty,
+        "warnings": warnings,
+        "deidentification": _deid_record(options),
+    }
+    try:
+        dataset.write_case(
+            case_id, cohort, ct.volume, masks, info, extra_masks=extra, overwrite=options.overwrite
+        )
+    except DlasError as exc:
+        item.reason = str(exc)
+        return item
+    item.status = "imported"
+    item.structures = list(records)
+    item.unmatched = unmatched
+    item.warnings = warnings
+    log.info("imported case %s (%s): %d structures", case_id, cohort, len(records))
+    return item
+
+
+def _extra_masks(
+    rs: RTStructData, unmatched: list[str], ct: CTSeries, taken: dict[str, Volume]
+) -> tuple[dict[str, Volume], dict[str, dict[str, Any]]]:
+    extra: dict[str, Volume] = {}
+    records: dict[str, dict[str, Any]] = {}
+    for number, roi in sorted(rs.rois.items()):
+        if roi.name not in unmatched or roi.empty:
+            continue
+        name = _safe_name(roi.name)
+        if name in extra or name in taken:
+            name = f"{name}_{number}"
+        extra[name] = ct.volume.with_array(roi.mask)
+        records[name] = {
+            "original_name": roi.name,
+            "roi_number": number,
+            "voxels": int(roi.mask.sum()),
+            "volume_cm3": round(float(roi.mask.sum()) * ct.volume.voxel_volume_mm3 / 1000, 3),
+            "file": f"structures/{name}.nii.gz",
+        }
+    return extra, records
+
+
+def _deid_record(options: ImportOptions) -> dict[str, Any]:
+    return {
+        "method": "identifiers kept on request (--keep-ids)" if options.keep_ids else _DEID_METHOD,
+        "ids_kept": options.keep_ids,
+        "dates_shifted": not options.keep_ids,
+    }
+
+
+def _import_nifti_case(
+    case_dir: Path,
+    folder: str,
+    dataset: CaseDataset,
+    pseudo: Pseudonymizer,
+    rule: CohortRule,
+    options: ImportOptions,
+) -> ImportItem:
+    source_name = case_dir.name
+    case_id = _safe_name(source_name) if options.keep_ids else pseudo.case_id(source_name, folder)
+    item = ImportItem(status="skipped", source=folder, case_id=case_id)
+    cohort = rule.assign(CaseKeys(folder=folder, patient_id=source_name))
+    if cohort is None:
+        item.reason = f"not listed in the cohort file {rule.describe()} (by {rule.key_column})"
+        return item
+    item.cohort = cohort
+    if case_id in dataset and not options.overwrite:
+        item.status = "exists"
+        item.reason = "already in the data set (use --overwrite to replace it)"
+        return item
+    ct_path = case_dir / "ct.nii.gz"
+    if not ct_path.exists():
+        ct_path = case_dir / "ct.nii"
+    masks: dict[str, Volume] = {}
+    records: dict[str, dict[str, Any]] = {}
+    unmatched: list[str] = []
+    empty: list[dict[str, Any]] = []
+    extra: dict[str, Volume] = {}
+    extra_records: dict[str, dict[str, Any]] = {}
+    warnings: list[dict[str, Any]] = []
+    try:
+        ct = read_nifti(ct_path)
+        ct = ct.with_array(ct.array.astype(np.float32))
+        files = sorted(
+            p for p in (case_dir / "structures").iterdir()
+            if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith(".")
+        )
+        claims: dict[str, list[Path]] = {}
+        names: dict[Path, str] = {}
+        for path in files:
+            name = path.name[: -len(".nii.gz")] if path.name.endswith(".gz") else path.stem
+            names[path] = name
+            canonical = options.structure_set.match(name)
+            if canonical is None:
+                unmatched.append(name)
+                if options.keep_unmapped:
+                    mask = read_mask(path, reference=ct)
+                    if mask.array.any():
+                        safe = _safe_name(name)
+                        extra[safe] = mask
+                        extra_records[safe] = {
+                            "original_name": name,
+                            "voxels": int(mask.array.sum()),
+                            "volume_cm3": round(
+                                float(mask.array.sum()) * ct.voxel_volume_mm3 / 1000, 3
+                            ),
+                            "file": f"structures/{safe}.nii.gz",
+                        }
+                continue
+            claims.setdefault(canonical, []).append(path)
+        for canonical, paths in claims.items():
+            if len(paths) > 1:
+                warnings.append({
+                    "code": "duplicate-structure",
+                    "message": f"files {', '.join(p.name for p in paths)} all map to "
+                    f"{canonical}; none of them was imported",
+                    "roi_number": None, "roi_name": canonical,
+                })
+                continue
+            mask = read_mask(paths[0], reference=ct)
+            if not mask.array.any():
+                empty.append({"roi_number": None, "name": names[paths[0]], "canonical": canonical})
+                warnings.append({
+                    "code": "empty-roi", "message": f"{paths[0].name} is empty",
+                    "roi_number": None, "roi_name": names[paths[0]],
+                })
+                continue
+            masks[canonical] = mask
+            records[canonical] = {
+                "original_name": names[paths[0]],
+                "roi_number": None,
+                "voxels": int(mask.array.sum()),
+                "volume_cm3": round(float(mask.array.sum()) * ct.voxel_volume_mm3 / 1000, 3),
+                "file": f"structures/{canonical}.nii.gz",
+            }
+        info = {
+            "case_id": case_id,
+            "cohort": cohort,
+            "source": {
+                "kind": "nifti",
+                "folder": source_name if options.keep_ids else _short_hash(folder),
+                "n_slices": ct.shape[0],
+                "study_date": None,
+            },
+            "patient": {"sex": None, "age_years": None},
+            "scanner": {},
+            "geometry": ct.geometry(),
+            "structures": records,
+            "extra_structures": extra_records,
+            "unmatched": unmatched,
+            "empty": empty,
+            "warnings": warnings,
+            "deidentification": _deid_record(options),
+        }
+        dataset.write_case(
+            case_id, cohort, ct, masks, info, extra_masks=extra, overwrite=options.overwrite
+        )
+    except DlasError as exc:
+        item.reason = str(exc)
+        return item
+    item.status = "imported"
+    item.structures = list(records)
+    item.unmatched = unmatched
+    item.warnings = warnings
+    return item

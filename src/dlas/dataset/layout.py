@@ -1,0 +1,340 @@
+"""The `dlas` data set on disk: what every stage after import reads.
+
+Layout::
+
+    DATASET/
+      dataset.json                 schema version, structure set, cases with cohorts
+      import-report.json           what the last import did, skipped and warned about
+      .dlas-pseudonym-key          key of the pseudonyms (never share it)
+      cases/<case_id>/
+        ct.nii.gz                  CT in HU, canonical axial orientation
+        structures/<Name>.nii.gz   one binary mask per structure, on the CT grid
+        case.json                  scanner, geometry, name mapping, warnings
+
+Cases are written to a hidden temporary folder and renamed into place when complete, and
+``dataset.json`` is rewritten atomically after each case, so an interrupted import leaves only
+complete cases behind and loses none already written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from dlas import __version__
+from dlas.errors import DatasetError
+from dlas.io.atomic import atomic_dir, write_json
+from dlas.io.nifti import read_mask, read_nifti, write_mask, write_nifti
+from dlas.io.volume import Volume
+from dlas.structures import StructureSet
+
+__all__ = ["DATASET_SCHEMA_VERSION", "Case", "CaseDataset", "CaseRecord", "label_map"]
+
+DATASET_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    """A case as listed in ``dataset.json``."""
+
+    case_id: str
+    cohort: str
+    structures: tuple[str, ...]
+
+    def to_data(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"case_id": self.case_id, "cohort": self.cohort, "structures": list(self.structures)}
+
+
+@dataclass
+class Case:
+    """A loaded case: CT, structure masks and its ``case.json``."""
+
+    case_id: str
+    cohort: str
+    ct: Volume
+    structures: dict[str, Volume]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def label_map(
+    masks: Mapping[str, npt.ArrayLike], structure_set: StructureSet
+) -> npt.NDArray[np.uint8]:
+    """One label per voxel from binary masks: 0 background, i+1 for structure i of the set.
+
+    Where structures overlap the one with the higher ``priority`` wins (ties: the later one in
+    the structure set). Masks of names not in the set are ignored.
+    """
+    shape: tuple[int, ...] | None = None
+    for mask in masks.values():
+        shape = np.asarray(mask).shape
+        break
+    if shape is None:
+        raise ValueError("label_map needs at least one mask")
+    labels = np.zeros(shape, dtype=np.uint8)
+    order = sorted(
+        range(len(structure_set.structures)),
+        key=lambda i: (structure_set.structures[i].priority, i),
+    )
+    for i in order:
+        name = structure_set.structures[i].name
+        if name in masks:
+            labels[np.asarray(masks[name]) != 0] = i + 1
+    return labels
+
+
+class CaseDataset:
+    """A data-set folder: open an existing one or create a new one, read and add cases."""
+
+    def __init__(
+        self,
+        root: Path,
+        structure_set: StructureSet,
+        cases: dict[str, CaseRecord],
+        *,
+        name: str,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.root = root
+        self.structure_set = structure_set
+        self._cases = cases
+        self.name = name
+        self.meta = meta or {}
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, root: str | os.PathLike[str]) -> CaseDataset:
+        """Open an existing data set.
+
+        Raises
+        ------
+        DatasetError
+            If ``root/dataset.json`` is missing, malformed or of another schema version.
+        """
+        path = Path(root)
+        index = path / "dataset.json"
+        if not index.is_file():
+            raise DatasetError(
+                "not a dlas data set",
+                where=str(path),
+                expected="a folder with dataset.json (made by `dlas import` or `dlas phantom`)",
+                found="no dataset.json" if path.is_dir() else "no such folder",
+                fix="import the data first with `dlas import SRC DATASET`",
+            )
+        try:
+            data = json.loads(index.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DatasetError(
+                "dataset.json is not valid JSON",
+                where=str(index),
+                expected="JSON",
+                found=f"{exc.msg} at line {exc.lineno}",
+                fix="restore the file or import again into a new folder",
+            ) from None
+        version = data.get("schema_version")
+        if version != DATASET_SCHEMA_VERSION:
+            raise DatasetError(
+                "unsupported data set schema version",
+                where=str(index),
+                expected=f"schema_version {DATASET_SCHEMA_VERSION}",
+                found=f"schema_version {version!r}",
+                fix="import the data again with this version of dlas",
+            )
+        structure_set = StructureSet.from_data(data["structure_set"], source=str(index))
+        cases = {
+            c["case_id"]: CaseRecord(c["case_id"], c["cohort"], tuple(c["structures"]))
+            for c in data.get("cases", [])
+        }
+        return cls(path, structure_set, cases, name=str(data.get("name", path.name)),
+                   meta=dict(data.get("meta", {})))
+
+    @classmethod
+    def open_or_create(
+        cls, root: str | os.PathLike[str], structure_set: StructureSet, *, name: str | None = None
+    ) -> CaseDataset:
+        """Open ``root`` if it is a data set (its structure set must equal ``structure_set``),
+        or create an empty one."""
+        path = Path(root)
+        if (path / "dataset.json").exists():
+            existing = cls.open(path)
+            if existing.structure_set.sha256() != structure_set.sha256():
+                raise DatasetError(
+                    "data set uses another structure set",
+                    where=str(path),
+                    expected=f"structure set {structure_set.name!r} "
+                    f"(sha256 {structure_set.sha256()[:12]})",
+                    found=f"{existing.structure_set.name!r} "
+                    f"(sha256 {existing.structure_set.sha256()[:12]})",
+                    fix="import with the data set's structure set, or into a new folder",
+                )
+            return existing
+        if path.exists() and any(p for p in path.iterdir() if not p.name.startswith(".")):
+            raise DatasetError(
+                "destination is not empty and not a data set",
+                where=str(path),
+                expected="a new or empty folder, or an existing dlas data set",
+                found=f"{sum(1 for _ in path.iterdir())} entries and no dataset.json",
+                fix="choose a new folder for the data set",
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        dataset = cls(path, structure_set, {}, name=name or path.name)
+        dataset.save()
+        return dataset
+
+    # ------------------------------------------------------------------ listing
+    @property
+    def cases(self) -> list[CaseRecord]:
+        """All cases, sorted by case id."""
+        return [self._cases[k] for k in sorted(self._cases)]
+
+    def __len__(self) -> int:
+        return len(self._cases)
+
+    def __contains__(self, case_id: object) -> bool:
+        return case_id in self._cases
+
+    def case_ids(self, cohort: str | None = None) -> list[str]:
+        """Case ids, optionally of one cohort, sorted."""
+        return [c.case_id for c in self.cases if cohort is None or c.cohort == cohort]
+
+    def cohorts(self) -> dict[str, list[str]]:
+        """Cohort name → sorted case ids."""
+        out: dict[str, list[str]] = {}
+        for c in self.cases:
+            out.setdefault(c.cohort, []).append(c.case_id)
+        return dict(sorted(out.items()))
+
+    def record(self, case_id: str) -> CaseRecord:
+        """The listing entry of a case."""
+        try:
+            return self._cases[case_id]
+        except KeyError:
+            raise DatasetError(
+                "unknown case",
+                where=str(self.root),
+                expected="a case id listed in dataset.json",
+                found=repr(case_id),
+                fix="list the cases with `dlas inspect DATASET`",
+            ) from None
+
+    def case_dir(self, case_id: str) -> Path:
+        """Folder of a case."""
+        return self.root / "cases" / case_id
+
+    def case_info(self, case_id: str) -> dict[str, Any]:
+        """The ``case.json`` of a case."""
+        self.record(case_id)
+        path = self.case_dir(case_id) / "case.json"
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return data
+
+    def load_case(self, case_id: str, structures: list[str] | None = None) -> Case:
+        """Read a case's CT and masks (all its structures, or those named)."""
+        record = self.record(case_id)
+        folder = self.case_dir(case_id)
+        ct = read_nifti(folder / "ct.nii.gz")
+        wanted = record.structures if structures is None else structures
+        masks = {}
+        for name in wanted:
+            if name in record.structures:
+                masks[name] = read_mask(folder / "structures" / f"{name}.nii.gz", reference=ct)
+        return Case(case_id, record.cohort, ct, masks, self.case_info(case_id))
+
+    # ------------------------------------------------------------------ writing
+    def write_case(
+        self,
+        case_id: str,
+        cohort: str,
+        ct: Volume,
+        masks: Mapping[str, Volume],
+        info: Mapping[str, Any],
+        *,
+        extra_masks: Mapping[str, Volume] | None = None,
+        overwrite: bool = False,
+    ) -> CaseRecord:
+        """Write a complete case atomically and list it in ``dataset.json``.
+
+        ``masks`` must use canonical names of the structure set; ``extra_masks`` (ROIs kept
+        under their own names with ``--keep-unmapped``) are written but not listed as structures.
+        """
+        unknown = [n for n in masks if n not in self.structure_set]
+        if unknown:
+            raise DatasetError(
+                "structure not in the data set's structure set",
+                where=f"case {case_id}",
+                expected=", ".join(self.structure_set.names),
+                found=", ".join(unknown),
+                fix="map the names first",
+            )
+        final = self.case_dir(case_id)
+        if final.exists() and not overwrite:
+            raise DatasetError(
+                "case already exists",
+                where=str(final),
+                expected="a new case id",
+                found="a complete case of that id",
+                fix="pass overwrite=True (`--overwrite`) to replace it",
+            )
+        with atomic_dir(final, replace=overwrite) as tmp:
+            write_nifti(ct, tmp / "ct.nii.gz")
+            (tmp / "structures").mkdir()
+            for name, mask in {**masks, **(extra_masks or {})}.items():
+                if not mask.same_grid(ct):
+                    raise DatasetError(
+                        "mask grid differs from the CT grid",
+                        where=f"case {case_id}, structure {name}",
+                        expected=ct.grid_description(),
+                        found=mask.grid_description(),
+                        fix="resample the mask onto the CT before import",
+                    )
+                write_mask(mask, tmp / "structures" / f"{name}.nii.gz")
+            write_json(tmp / "case.json", {"schema_version": DATASET_SCHEMA_VERSION, **info})
+        record = CaseRecord(
+            case_id, cohort, tuple(n for n in self.structure_set.names if n in masks)
+        )
+        self._cases[case_id] = record
+        self.save()
+        return record
+
+    def save(self) -> None:
+        """Write ``dataset.json`` atomically."""
+        counts: dict[str, int] = {}
+        for c in self._cases.values():
+            counts[c.cohort] = counts.get(c.cohort, 0) + 1
+        write_json(
+            self.root / "dataset.json",
+            {
+                "schema_version": DATASET_SCHEMA_VERSION,
+                "kind": "dlas-dataset",
+                "name": self.name,
+                "created_by": {"software": "dlas", "version": __version__},
+                "structure_set": self.structure_set.to_data(),
+                "structure_set_sha256": self.structure_set.sha256(),
+                "cohorts": dict(sorted(counts.items())),
+                "cases": [c.to_data() for c in self.cases],
+                "meta": self.meta,
+            },
+        )
+
+    def sha256(self, case_ids: list[str] | None = None) -> str:
+        """Content hash of the listed cases (their case.json and file sizes); identifies the
+        training data of a model."""
+        digest = hashlib.sha256()
+        digest.update(self.structure_set.sha256().encode())
+        for case_id in sorted(case_ids if case_ids is not None else self._cases):
+            record = self.record(case_id)
+            digest.update(f"{case_id}\x00{record.cohort}\x00".encode())
+            folder = self.case_dir(case_id)
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    digest.update(path.relative_to(folder).as_posix().encode())
+                    digest.update(hashlib.sha256(path.read_bytes()).digest())
+        return digest.hexdigest()

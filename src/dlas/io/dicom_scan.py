@@ -1,0 +1,180 @@
+"""Finding DICOM CT series and RTSTRUCTs in a folder tree, with a reason for every file skipped.
+
+A hospital export mixes CT series, RTSTRUCTs, plans, doses, registrations, non-DICOM files
+(DICOMDIR, text notes, thumbnails) and now and then a truncated file. :func:`scan_dicom` reads
+the header of every file at any depth once, sorts the CT images into series by
+SeriesInstanceUID, collects the RTSTRUCTs, and lists every other file with the reason it was not
+used, so that an import can report that nothing was silently lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import FileDataset
+from pydicom.errors import InvalidDicomError
+
+from dlas.errors import DicomSeriesError
+
+__all__ = [
+    "CT_IMAGE_STORAGE",
+    "DicomScan",
+    "RTSTRUCT_STORAGE",
+    "ScannedFile",
+    "SkippedFile",
+    "read_header",
+    "scan_dicom",
+]
+
+log = logging.getLogger(__name__)
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file that was not used, and why."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class ScannedFile:
+    """A DICOM file with its header (pixel data not loaded)."""
+
+    path: Path
+    header: FileDataset
+
+
+@dataclass
+class DicomScan:
+    """What a folder tree holds.
+
+    Attributes
+    ----------
+    ct_series
+        CT images grouped by SeriesInstanceUID, in the order found.
+    rtstructs
+        RTSTRUCT files (fully read: their contours are in the header).
+    skipped
+        Every other file with the reason it was not used.
+    """
+
+    root: Path
+    ct_series: dict[str, list[ScannedFile]] = field(default_factory=dict)
+    rtstructs: list[ScannedFile] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    @property
+    def n_files(self) -> int:
+        """Number of files looked at."""
+        return (
+            sum(len(v) for v in self.ct_series.values()) + len(self.rtstructs) + len(self.skipped)
+        )
+
+
+def read_header(path: str | os.PathLike[str], *, pixels: bool = False) -> FileDataset:
+    """Read one DICOM file, turning every failure into a one-line :class:`DicomSeriesError`.
+
+    Parameters
+    ----------
+    pixels
+        Also read the pixel data (otherwise reading stops before it).
+    """
+    p = Path(path)
+    try:
+        return pydicom.dcmread(p, stop_before_pixels=not pixels)
+    except InvalidDicomError as exc:
+        raise DicomSeriesError(
+            "not a DICOM file",
+            where=str(p),
+            expected="a DICOM Part 10 file (128-byte preamble and 'DICM')",
+            found=str(exc).splitlines()[0] if str(exc) else "no DICOM header",
+            fix="remove the file from the folder or export it again as DICOM",
+        ) from exc
+    except (EOFError, OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise DicomSeriesError(
+            "cannot read DICOM file (truncated or corrupt)",
+            where=str(p),
+            expected="a complete DICOM file",
+            found=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            fix="export the file again from the planning system",
+        ) from exc
+
+
+def _iter_files(root: Path) -> Iterable[Path]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            yield Path(dirpath) / name
+
+
+def scan_dicom(root: str | os.PathLike[str]) -> DicomScan:
+    """Scan ``root`` (a folder at any depth, or a single file) for CT series and RTSTRUCTs.
+
+    Nothing is refused here: files that cannot be used are listed in ``DicomScan.skipped`` with
+    their reason; the callers decide what is fatal.
+    """
+    root_path = Path(root)
+    scan = DicomScan(root=root_path)
+    files = [root_path] if root_path.is_file() else list(_iter_files(root_path))
+    for path in files:
+        if path.name.upper() == "DICOMDIR":
+            scan.skipped.append(SkippedFile(path, "DICOMDIR index file (not needed)"))
+            continue
+        try:
+            header = read_header(path)
+        except DicomSeriesError as exc:
+            scan.skipped.append(SkippedFile(path, exc.what))
+            continue
+        sop_class = str(header.get("SOPClassUID", ""))
+        modality = str(header.get("Modality", "")).upper()
+        if sop_class == RTSTRUCT_STORAGE or modality == "RTSTRUCT":
+            try:
+                full = pydicom.dcmread(path)
+            except Exception as exc:  # noqa: BLE001 - any failure is reported, not raised
+                scan.skipped.append(
+                    SkippedFile(path, f"RTSTRUCT unreadable (truncated or corrupt): {exc}")
+                )
+                continue
+            scan.rtstructs.append(ScannedFile(path, full))
+        elif sop_class == ENHANCED_CT_IMAGE_STORAGE:
+            scan.skipped.append(
+                SkippedFile(
+                    path,
+                    "enhanced multi-frame CT is not supported; export as classic single-frame CT",
+                )
+            )
+        elif sop_class == CT_IMAGE_STORAGE:
+            uid = str(header.get("SeriesInstanceUID", ""))
+            if not uid:
+                scan.skipped.append(SkippedFile(path, "CT image without SeriesInstanceUID"))
+                continue
+            scan.ct_series.setdefault(uid, []).append(ScannedFile(path, header))
+        elif modality == "CT":
+            scan.skipped.append(
+                SkippedFile(path, f"CT object of SOP class {sop_class} is not a CT image")
+            )
+        else:
+            label = modality or "unknown modality"
+            scan.skipped.append(
+                SkippedFile(path, f"not a CT image or RTSTRUCT (modality {label}, not used)")
+            )
+    log.debug(
+        "scanned %d files: %d CT series, %d RTSTRUCTs, %d skipped",
+        scan.n_files,
+        len(scan.ct_series),
+        len(scan.rtstructs),
+        len(scan.skipped),
+    )
+    return scan

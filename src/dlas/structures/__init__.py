@@ -1,0 +1,25 @@
+"""Structure sets: canonical names, synonyms, colours and label priorities (see ``structure_set``)."""
+
+from dlas.structures.structure_set import (
+    BUILTIN_STRUCTURE_SETS,
+    Code,
+    NameMapping,
+    Postprocess,
+    RTROIInterpretedType,
+    StructureDef,
+    StructureSet,
+    load_structure_set,
+    name_stem,
+)
+
+__all__ = [
+    "BUILTIN_STRUCTURE_SETS",
+    "Code",
+    "NameMapping",
+    "Postprocess",
+    "RTROIInterpretedType",
+    "StructureDef",
+    "StructureSet",
+    "load_structure_set",
+    "name_stem",
+]

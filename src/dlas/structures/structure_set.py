@@ -1,0 +1,427 @@
+"""Structure sets: canonical structure names, how clinicians spell them, and how to draw them.
+
+A structure set is a YAML file (schema below) that names the structures a study works with and
+how the names typed in a planning system map onto them. Matching is deliberately simple and
+predictable, so that a physicist can tell from the file alone what will match:
+
+1. A name is split into words at spaces, underscores, hyphens, dots and lower→upper case
+   changes ("FemoralHead L" → femoral, head, l; "Femur_Head_Lt" → femur, head, lt).
+2. A laterality word at the start or end — L, Lt, Lft, Left, R, Rt, Rgt, Right — is taken off and
+   becomes the name's side.
+3. The remaining words, joined and lower-cased, are the *stem*. A name matches a structure when
+   its stem equals the stem of the structure's name or of one of its synonyms, or fully matches
+   one of its regular-expression ``patterns``, **and** its side equals the structure's side
+   (none for a structure without laterality).
+
+So "Femoral Head Lt", "FemoralHead L" and "Femur_Head_L" all become FemoralHead_L, while
+"Femur_L" (stem "femur") is not a femoral head, and "CTV_R" is not the (unsided) CTV. A name that
+matches two structures is an error naming both; a structure set in which two structures share a
+spelling is refused when it is loaded.
+
+Schema (version 1)::
+
+    schema_version: 1
+    name: rectal-cancer
+    description: free text
+    structures:
+      - name: FemoralHead_L            # canonical name, also a spelling that matches
+        interpreted_type: ORGAN        # DICOM RTROIInterpretedType
+        synonyms: [Femur_Head_L]       # more spellings
+        patterns: []                   # regular expressions on the stem
+        laterality: L                  # optional; read from the name's last word otherwise
+        colour: [0, 200, 0]            # RGB 0-255
+        priority: 50                   # label-map priority where structures overlap
+        may_overlap: []                # structures this one may legitimately overlap
+        category: {scheme: SCT, value: "91723000", meaning: Anatomical Structure}
+        property_type: {scheme: SCT, value: "2812003", meaning: Head of Femur}
+        postprocess: {largest_component: true, fill_holes: true}
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dlas.errors import StructureSetError
+
+__all__ = [
+    "BUILTIN_STRUCTURE_SETS",
+    "Code",
+    "NameMapping",
+    "Postprocess",
+    "RTROIInterpretedType",
+    "StructureDef",
+    "StructureSet",
+    "load_structure_set",
+    "name_stem",
+]
+
+#: Structure sets shipped with dlas, by name.
+BUILTIN_STRUCTURE_SETS = {"rectal": "rectal.yaml"}
+
+_LATERALITY_WORDS = {
+    "l": "L",
+    "lt": "L",
+    "lft": "L",
+    "left": "L",
+    "r": "R",
+    "rt": "R",
+    "rgt": "R",
+    "right": "R",
+}
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+_GLUED_SIDE = re.compile(r"^(?P<stem>.+?)(?P<side>left|right|lt|rt)$")
+
+
+class RTROIInterpretedType(str, enum.Enum):
+    """DICOM RT ROI Interpreted Type (3006,00A4) values used for structures."""
+
+    EXTERNAL = "EXTERNAL"
+    PTV = "PTV"
+    CTV = "CTV"
+    GTV = "GTV"
+    TREATED_VOLUME = "TREATED_VOLUME"
+    IRRAD_VOLUME = "IRRAD_VOLUME"
+    BOLUS = "BOLUS"
+    AVOIDANCE = "AVOIDANCE"
+    ORGAN = "ORGAN"
+    MARKER = "MARKER"
+    REGISTRATION = "REGISTRATION"
+    ISOCENTER = "ISOCENTER"
+    CONTRAST_AGENT = "CONTRAST_AGENT"
+    CAVITY = "CAVITY"
+    BRACHY_CHANNEL = "BRACHY_CHANNEL"
+    SUPPORT = "SUPPORT"
+    FIXATION = "FIXATION"
+    DOSE_REGION = "DOSE_REGION"
+    CONTROL = "CONTROL"
+
+
+def name_stem(name: str) -> tuple[str, str | None]:
+    """Split a structure name into its normalised stem and its side ("L", "R" or None).
+
+    >>> name_stem("Femoral Head Lt")
+    ('femoralhead', 'L')
+    >>> name_stem("Bowel_Small")
+    ('bowelsmall', None)
+    """
+    words = [w.lower() for w in _WORD.findall(name)]
+    side: str | None = None
+    if len(words) > 1 and words[-1] in _LATERALITY_WORDS:
+        side = _LATERALITY_WORDS[words.pop()]
+    elif len(words) > 1 and words[0] in _LATERALITY_WORDS:
+        side = _LATERALITY_WORDS[words.pop(0)]
+    return "".join(words), side
+
+
+class Code(BaseModel):
+    """A coded concept (e.g. SNOMED CT) for DICOM SEG segment descriptions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    scheme: str
+    value: str
+    meaning: str
+
+
+class Postprocess(BaseModel):
+    """Clean-up of a predicted mask of this structure."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    largest_component: bool = False
+    fill_holes: bool = False
+
+
+_DEFAULT_CATEGORY = Code(scheme="SCT", value="91723000", meaning="Anatomical Structure")
+
+
+class StructureDef(BaseModel):
+    """One structure of a structure set."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1, max_length=64)
+    interpreted_type: RTROIInterpretedType = RTROIInterpretedType.ORGAN
+    synonyms: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
+    laterality: Literal["L", "R"] | None = None
+    colour: tuple[int, int, int] = (255, 0, 0)
+    priority: int = 0
+    may_overlap: tuple[str, ...] = ()
+    category: Code = _DEFAULT_CATEGORY
+    property_type: Code | None = None
+    postprocess: Postprocess = Postprocess()
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_file_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", value):
+            raise ValueError(
+                "canonical names may hold letters, digits and _ . + - only "
+                f"(they become file names), got {value!r}"
+            )
+        return value
+
+    @field_validator("colour")
+    @classmethod
+    def _colour_range(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(not 0 <= c <= 255 for c in value):
+            raise ValueError(f"colour components must be 0-255, got {list(value)}")
+        return value
+
+    @field_validator("patterns")
+    @classmethod
+    def _patterns_compile(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {pattern!r} is not a regular expression: {exc}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _side_from_name(self) -> StructureDef:
+        _, side = name_stem(self.name)
+        if self.laterality is None and side is not None:
+            object.__setattr__(self, "laterality", side)
+        elif self.laterality is not None and side is not None and side != self.laterality:
+            raise ValueError(
+                f"laterality {self.laterality} contradicts the name {self.name!r} (side {side})"
+            )
+        return self
+
+    def spellings(self) -> list[str]:
+        """The canonical name followed by the synonyms."""
+        return [self.name, *self.synonyms]
+
+
+@dataclass(frozen=True)
+class NameMapping:
+    """How the ROI names of one source map onto a structure set.
+
+    Attributes
+    ----------
+    mapped
+        Original name → canonical name, for the names that matched.
+    unmatched
+        Original names that matched no structure.
+    """
+
+    mapped: dict[str, str]
+    unmatched: list[str]
+
+
+class StructureSet(BaseModel):
+    """A validated structure set (see the module docstring for the YAML schema)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    schema_version: Literal[1] = 1
+    name: str = Field(min_length=1)
+    description: str = ""
+    structures: tuple[StructureDef, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _spellings_unique(self) -> StructureSet:
+        seen: dict[tuple[str, str | None], str] = {}
+        for structure in self.structures:
+            if structure.name in {s for s in seen.values()}:
+                raise ValueError(f"structure {structure.name!r} is defined twice")
+            for spelling in structure.spellings():
+                stem, side = name_stem(spelling)
+                if side is not None and side != structure.laterality:
+                    raise ValueError(
+                        f"spelling {spelling!r} of {structure.name} has side {side}, "
+                        f"the structure has {structure.laterality or 'none'}"
+                    )
+                key = (stem, structure.laterality)
+                other = seen.get(key)
+                if other is not None and other != structure.name:
+                    raise ValueError(
+                        f"spelling {spelling!r} matches both {other} and {structure.name}"
+                    )
+                seen[key] = structure.name
+        names = {s.name for s in self.structures}
+        for structure in self.structures:
+            unknown = set(structure.may_overlap) - names
+            if unknown:
+                raise ValueError(
+                    f"{structure.name}.may_overlap names unknown structures {sorted(unknown)}"
+                )
+        return self
+
+    # ------------------------------------------------------------------ lookup
+    @property
+    def names(self) -> list[str]:
+        """Canonical names in file order."""
+        return [s.name for s in self.structures]
+
+    def __getitem__(self, name: str) -> StructureDef:
+        for structure in self.structures:
+            if structure.name == name:
+                return structure
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return any(s.name == name for s in self.structures)
+
+    @cached_property
+    def stem_table(self) -> dict[tuple[str, str | None], str]:
+        table: dict[tuple[str, str | None], str] = {}
+        for structure in self.structures:
+            for spelling in structure.spellings():
+                stem, _ = name_stem(spelling)
+                table[(stem, structure.laterality)] = structure.name
+        return table
+
+    def _candidates(self, stem: str, side: str | None) -> set[str]:
+        found: set[str] = set()
+        exact = self.stem_table.get((stem, side))
+        if exact is not None:
+            found.add(exact)
+        for structure in self.structures:
+            if structure.laterality != side:
+                continue
+            if any(re.fullmatch(p, stem) for p in structure.patterns):
+                found.add(structure.name)
+        return found
+
+    def match(self, name: str) -> str | None:
+        """The canonical name that ``name`` maps to, or None.
+
+        Raises
+        ------
+        StructureSetError
+            If ``name`` matches more than one structure.
+        """
+        stem, side = name_stem(name)
+        found = self._candidates(stem, side)
+        if not found and side is None:
+            # A side glued to the last word ("femoralheadleft"): accept it only when the rest is
+            # exactly a sided spelling, so that words merely ending in "l" or "r" never match.
+            glued = _GLUED_SIDE.match(stem)
+            if glued:
+                side_word = glued.group("side")
+                found = {
+                    n
+                    for n in [self.stem_table.get((glued.group("stem"), _LATERALITY_WORDS[side_word]))]
+                    if n is not None
+                }
+        if len(found) > 1:
+            a, b = sorted(found)[:2]
+            raise StructureSetError(
+                "ambiguous structure name",
+                where=f"ROI name {name!r}",
+                expected=f"a name that matches one structure of the set {self.name!r}",
+                found=f"it matches both {a} and {b}",
+                fix="rename the ROI, or make the synonyms/patterns of the structure set distinct",
+            )
+        return next(iter(found)) if found else None
+
+    def map_names(self, names: Iterable[str]) -> NameMapping:
+        """Map every name; ambiguous names raise, unmatched ones are listed."""
+        mapped: dict[str, str] = {}
+        unmatched: list[str] = []
+        for name in names:
+            canonical = self.match(name)
+            if canonical is None:
+                unmatched.append(name)
+            else:
+                mapped[name] = canonical
+        return NameMapping(mapped=mapped, unmatched=unmatched)
+
+    # ------------------------------------------------------------------ I/O
+    def to_data(self) -> dict[str, Any]:
+        """JSON/YAML-ready data that :meth:`from_data` reads back."""
+        return self.model_dump(mode="json")
+
+    def sha256(self) -> str:
+        """Hash of the canonical JSON form (independent of YAML formatting)."""
+        text = json.dumps(self.to_data(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any], *, source: str = "structure set") -> StructureSet:
+        """Validate data (from YAML or JSON); errors become one-line :class:`StructureSetError`."""
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            location = ".".join(str(p) for p in first["loc"]) or "top level"
+            raise StructureSetError(
+                "invalid structure set",
+                where=f"{source}, at {location}",
+                expected="the schema in the dlas.structures documentation",
+                found=first["msg"],
+                fix="correct the YAML file"
+                + (f" ({len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""),
+            ) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> StructureSet:
+        """Read a structure set from a YAML file."""
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise StructureSetError(
+                "structure set file not found",
+                where=str(p),
+                expected="a YAML structure set",
+                found="nothing at that path",
+                fix="check the path, or use a built-in set: " + ", ".join(BUILTIN_STRUCTURE_SETS),
+            ) from None
+        except yaml.YAMLError as exc:
+            raise StructureSetError(
+                "structure set is not valid YAML",
+                where=str(p),
+                expected="YAML",
+                found=str(exc).splitlines()[0],
+                fix="correct the YAML syntax",
+            ) from None
+        if not isinstance(data, dict):
+            raise StructureSetError(
+                "structure set is not a mapping",
+                where=str(p),
+                expected="keys schema_version, name, structures",
+                found=type(data).__name__,
+                fix="see the schema in the dlas.structures documentation",
+            )
+        return cls.from_data(data, source=str(p))
+
+    @classmethod
+    def builtin(cls, name: str = "rectal") -> StructureSet:
+        """A structure set shipped with dlas (``rectal``: the seed study's five structures)."""
+        if name not in BUILTIN_STRUCTURE_SETS:
+            raise StructureSetError(
+                "unknown built-in structure set",
+                where=name,
+                expected=", ".join(BUILTIN_STRUCTURE_SETS),
+                found=name,
+                fix="give a YAML file instead",
+            )
+        text = (
+            resources.files("dlas.structures")
+            .joinpath(BUILTIN_STRUCTURE_SETS[name])
+            .read_text(encoding="utf-8")
+        )
+        return cls.from_data(yaml.safe_load(text), source=f"built-in structure set {name!r}")
+
+
+def load_structure_set(spec: str | os.PathLike[str] | None) -> StructureSet:
+    """A structure set from a YAML path or a built-in name (default: ``rectal``)."""
+    if spec is None:
+        return StructureSet.builtin("rectal")
+    text = str(spec)
+    if text in BUILTIN_STRUCTURE_SETS:
+        return StructureSet.builtin(text)
+    return StructureSet.from_yaml(text)
