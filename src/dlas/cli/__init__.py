@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except typer.Exit as exc:
         return int(exc.exit_code)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence prints one line
+    except Exception as exc:
         # Typer ships its own copy of Click (or uses Click): recognise its usage errors by shape.
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             ctx = getattr(exc, "ctx", None)

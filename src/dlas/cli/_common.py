@@ -45,8 +45,12 @@ def print_json(data: Any) -> None:
 
 @contextmanager
 def progress_callback(description: str) -> Iterator[Any]:
-    """A ``(done, total, label)`` callback that drives a Rich progress bar (silent if quiet)."""
-    if SETTINGS.quiet:
+    """A ``(done, total, label)`` callback that drives a Rich progress bar.
+
+    Silent with ``--quiet`` and when standard error is not a terminal (logs, pipes, CI).
+    """
+    console = stderr()
+    if SETTINGS.quiet or not console.is_terminal:
         yield lambda done, total, label: None
         return
     from rich.progress import (
@@ -65,7 +69,7 @@ def progress_callback(description: str) -> Iterator[Any]:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[label]}"),
-        console=stderr(),
+        console=console,
         transient=True,
     ) as progress:
         task = progress.add_task(description, total=None, label="")

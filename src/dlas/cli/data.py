@@ -19,8 +19,19 @@ from dlas.cli._common import SETTINGS, print_json, progress_callback, stdout
 __all__ = ["register"]
 
 _PACKAGES = (
-    "numpy", "scipy", "pydicom", "highdicom", "SimpleITK", "scikit-image", "pydantic", "typer",
-    "rich", "PyYAML", "torch", "pandas", "matplotlib",
+    "numpy",
+    "scipy",
+    "pydicom",
+    "highdicom",
+    "SimpleITK",
+    "scikit-image",
+    "pydantic",
+    "typer",
+    "rich",
+    "PyYAML",
+    "torch",
+    "pandas",
+    "matplotlib",
 )
 
 
@@ -83,21 +94,38 @@ def info(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
 
 
 def import_(
-    source: Path = typer.Argument(..., help="Folder of DICOM files (any depth) and/or NIfTI "
-                                  "case folders (<case>/ct.nii.gz + structures/)."),
+    source: Path = typer.Argument(
+        ...,
+        help="Folder of DICOM files (any depth) and/or NIfTI "
+        "case folders (<case>/ct.nii.gz + structures/).",
+    ),
     dataset: Path = typer.Argument(..., help="Data set folder to create or add to."),
-    structures: str = typer.Option("rectal", "--structures", help="Structure set: a YAML file "
-                                   "or a built-in name."),
-    cohort_by: str = typer.Option("none", "--cohort-by", help="none, scanner, scanner+station, "
-                                  "date, date:YYYY-MM-DD[,...] or csv:FILE."),
-    keep_unmapped: bool = typer.Option(False, "--keep-unmapped", help="Also write ROIs that "
-                                       "match no structure, under their own names."),
-    keep_ids: bool = typer.Option(False, "--keep-ids", help="Keep patient ids, UIDs and real "
-                                  "dates instead of pseudonyms (identifying!)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace cases already in the "
-                                   "data set."),
-    pseudonym_key: Path | None = typer.Option(None, "--pseudonym-key", help="Key file of the "
-                                              "pseudonyms (default: DATASET/.dlas-pseudonym-key)."),
+    structures: str = typer.Option(
+        "rectal", "--structures", help="Structure set: a YAML file or a built-in name."
+    ),
+    cohort_by: str = typer.Option(
+        "none",
+        "--cohort-by",
+        help="none, scanner, scanner+station, date, date:YYYY-MM-DD[,...] or csv:FILE.",
+    ),
+    keep_unmapped: bool = typer.Option(
+        False,
+        "--keep-unmapped",
+        help="Also write ROIs that match no structure, under their own names.",
+    ),
+    keep_ids: bool = typer.Option(
+        False,
+        "--keep-ids",
+        help="Keep patient ids, UIDs and real dates instead of pseudonyms (identifying!).",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace cases already in the data set."
+    ),
+    pseudonym_key: Path | None = typer.Option(
+        None,
+        "--pseudonym-key",
+        help="Key file of the pseudonyms (default: DATASET/.dlas-pseudonym-key).",
+    ),
 ) -> None:
     """Import planning CTs and RTSTRUCTs into a clean, de-identified data set."""
     from dlas.dataset import ImportOptions, import_source
@@ -169,15 +197,17 @@ def _print_import_report(report: Any) -> None:
     warnings = report.warning_counts()
     if warnings:
         out.print(
-            "warnings: " + ", ".join(f"{code} x{n}" for code, n in sorted(warnings.items()))
+            "warnings: "
+            + ", ".join(f"{code} x{n}" for code, n in sorted(warnings.items()))
             + f" (details in {Path(report.dataset) / 'import-report.json'})"
         )
 
 
 def inspect(
     path: Path = typer.Argument(..., help="A DICOM folder, a lone RTSTRUCT file, or a data set."),
-    structures: str = typer.Option("rectal", "--structures", help="Structure set used to show "
-                                   "how ROI names map."),
+    structures: str = typer.Option(
+        "rectal", "--structures", help="Structure set used to show how ROI names map."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show the series and ROIs in DICOM data (no CT needed for an RTSTRUCT) and how names map."""
@@ -196,13 +226,23 @@ def _print_inspection(data: dict[str, Any]) -> None:
 
     out = stdout()
     if data["kind"] == "dataset":
-        out.print(f"data set {data['name']}: {data['n_cases']} case(s), structure set "
-                  f"{data['structure_set']}")
-        table = Table("cohort", "cases", *data["structures"], title="cases per cohort "
-                      "with each structure", title_justify="left")
+        out.print(
+            f"data set {data['name']}: {data['n_cases']} case(s), structure set "
+            f"{data['structure_set']}"
+        )
+        table = Table(
+            "cohort",
+            "cases",
+            *data["structures"],
+            title="cases per cohort with each structure",
+            title_justify="left",
+        )
         for cohort, row in data["cohorts"].items():
-            table.add_row(cohort, str(row["cases"]), *[str(row["structures"].get(s, 0))
-                                                       for s in data["structures"]])
+            table.add_row(
+                cohort,
+                str(row["cases"]),
+                *[str(row["structures"].get(s, 0)) for s in data["structures"]],
+            )
         out.print(table)
         return
     for series in data.get("series", []):
@@ -212,14 +252,20 @@ def _print_inspection(data: dict[str, Any]) -> None:
             f"pixel {series['pixel_spacing']}, slice {series['slice_thickness']} mm"
         )
     for rs in data.get("rtstructs", []):
-        out.print(f"RTSTRUCT {rs['file']} (label {rs['label']!r}), drawn on series "
-                  f"{', '.join(rs['referenced_series']) or 'not stated'}")
+        out.print(
+            f"RTSTRUCT {rs['file']} (label {rs['label']!r}), drawn on series "
+            f"{', '.join(rs['referenced_series']) or 'not stated'}"
+        )
         table = Table("ROI", "name", "type", "contours", "points", "maps to")
         for roi in rs["rois"]:
-            table.add_row(str(roi["number"]), roi["name"], roi["interpreted_type"],
-                          str(roi["n_contours"]), str(roi["n_points"]),
-                          roi["maps_to"] or ("AMBIGUOUS: " + roi["error"] if roi.get("error")
-                                             else "-"))
+            table.add_row(
+                str(roi["number"]),
+                roi["name"],
+                roi["interpreted_type"],
+                str(roi["n_contours"]),
+                str(roi["n_points"]),
+                roi["maps_to"] or ("AMBIGUOUS: " + roi["error"] if roi.get("error") else "-"),
+            )
         out.print(table)
     if data.get("skipped"):
         out.print("files not used: " + ", ".join(f"{n}x {r}" for r, n in data["skipped"].items()))

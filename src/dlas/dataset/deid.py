@@ -44,7 +44,9 @@ class Pseudonymizer:
     key: bytes
 
     @classmethod
-    def for_dataset(cls, root: str | os.PathLike[str], key_file: str | None = None) -> Pseudonymizer:
+    def for_dataset(
+        cls, root: str | os.PathLike[str], key_file: str | None = None
+    ) -> Pseudonymizer:
         """Load the key of a data set (``key_file`` or ``root/.dlas-pseudonym-key``), creating it
         on first use."""
         path = Path(key_file) if key_file else Path(root) / KEY_FILE
@@ -99,13 +101,17 @@ class Pseudonymizer:
         return (day + dt.timedelta(days=self.date_shift_days)).strftime("%Y%m%d")
 
 
-def age_in_years(patient_age: str | None, birth_date: str | None, study_date: str | None) -> int | None:
+def age_in_years(
+    patient_age: str | None, birth_date: str | None, study_date: str | None
+) -> int | None:
     """Age at the study in whole years, capped at 90 (larger ages are identifying)."""
     years: int | None = None
     if patient_age and re.fullmatch(r"\d{3}[DWMY]", str(patient_age)):
         n, unit = int(str(patient_age)[:3]), str(patient_age)[3]
         years = {"Y": n, "M": n // 12, "W": n // 52, "D": n // 365}[unit]
-    elif birth_date and study_date and _DATE.match(str(birth_date)) and _DATE.match(str(study_date)):
+    elif (
+        birth_date and study_date and _DATE.match(str(birth_date)) and _DATE.match(str(study_date))
+    ):
         try:
             born = dt.datetime.strptime(str(birth_date), "%Y%m%d").date()
             seen = dt.datetime.strptime(str(study_date), "%Y%m%d").date()

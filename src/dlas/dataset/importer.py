@@ -36,7 +36,13 @@ from dlas.dataset.deid import Pseudonymizer, age_in_years
 from dlas.dataset.layout import CaseDataset
 from dlas.errors import DatasetError, DlasError
 from dlas.io.ct import CTSeries, read_ct_series, scanner_tags
-from dlas.io.dicom_scan import ScannedFile, SkippedFile, scan_dicom
+from dlas.io.dicom_scan import (
+    UNIDENTIFIED_SERIES,
+    ScannedFile,
+    SkippedFile,
+    scan_dicom,
+    walk_folders,
+)
 from dlas.io.nifti import read_mask, read_nifti
 from dlas.io.rtstruct import RTStructData, read_rtstruct, referenced_series_uids
 from dlas.io.volume import Volume
@@ -169,8 +175,7 @@ def _safe_name(name: str) -> str:
 
 def _find_nifti_cases(root: Path) -> list[Path]:
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+    for dirpath, dirnames, filenames in walk_folders(root):
         if ("ct.nii.gz" in filenames or "ct.nii" in filenames) and "structures" in dirnames:
             found.append(Path(dirpath))
     return found
@@ -183,13 +188,16 @@ def _pair_rtstructs(
     candidates: dict[str, list[ScannedFile]] = {}
     unpaired: list[SkippedFile] = []
     notes: dict[str, list[str]] = {}
-    for_of_series = {uid: str(files[0].header.get("FrameOfReferenceUID", ""))
-                     for uid, files in series.items()}
+    for_of_series = {
+        uid: str(files[0].header.get("FrameOfReferenceUID", "")) for uid, files in series.items()
+    }
     for rs in rtstructs:
         targets = [u for u in referenced_series_uids(rs.header) if u in series]
         if not targets:
-            rs_fors = {str(r.get("FrameOfReferenceUID", ""))
-                       for r in rs.header.get("ReferencedFrameOfReferenceSequence", [])}
+            rs_fors = {
+                str(r.get("FrameOfReferenceUID", ""))
+                for r in rs.header.get("ReferencedFrameOfReferenceSequence", [])
+            }
             by_for = [u for u, f in for_of_series.items() if f and f in rs_fors]
             if len(by_for) == 1:
                 targets = by_for
@@ -198,25 +206,35 @@ def _pair_rtstructs(
                     "reference the series itself)"
                 )
         if not targets:
-            unpaired.append(SkippedFile(
-                rs.path,
-                "RTSTRUCT whose CT series is not in the source (export it with its CT)",
-            ))
+            unpaired.append(
+                SkippedFile(
+                    rs.path,
+                    "RTSTRUCT whose CT series is not in the source (export it with its CT)",
+                )
+            )
             continue
         candidates.setdefault(targets[0], []).append(rs)
     chosen: dict[str, ScannedFile] = {}
     for uid, options in candidates.items():
+
         def rank(f: ScannedFile) -> tuple[int, str, str]:
             h = f.header
             approved = 1 if str(h.get("ApprovalStatus", "")).upper() == "APPROVED" else 0
-            return (approved, str(h.get("StructureSetDate", "")), str(h.get("StructureSetTime", "")))
+            return (
+                approved,
+                str(h.get("StructureSetDate", "")),
+                str(h.get("StructureSetTime", "")),
+            )
+
         options.sort(key=rank, reverse=True)
         chosen[uid] = options[0]
         for other in options[1:]:
-            unpaired.append(SkippedFile(
-                other.path,
-                "another RTSTRUCT of the same series was preferred (approved or newer)",
-            ))
+            unpaired.append(
+                SkippedFile(
+                    other.path,
+                    "another RTSTRUCT of the same series was preferred (approved or newer)",
+                )
+            )
             notes.setdefault(uid, []).append(
                 f"{len(options)} RTSTRUCTs reference this series; the approved or newest was used"
             )
@@ -255,7 +273,8 @@ def import_source(
     report = ImportReport(source=src, dataset=Path(dataset_root))
     # Files of NIfTI case folders are not DICOM: keep them out of the skipped list.
     report.skipped_files = [
-        s for s in scan.skipped
+        s
+        for s in scan.skipped
         if not any(parent in nifti_dirs for parent in s.path.resolve().parents)
         and s.path.name != "index.json"
     ]
@@ -290,8 +309,16 @@ def import_source(
         if progress:
             progress(done, total, folder)
         item = _import_dicom_case(
-            uid, files, chosen.get(uid), notes.get(uid, []), folder, dataset, pseudo, rule,
-            options, patient_series,
+            uid,
+            files,
+            chosen.get(uid),
+            notes.get(uid, []),
+            folder,
+            dataset,
+            pseudo,
+            rule,
+            options,
+            patient_series,
         )
         report.items.append(item)
         done += 1
@@ -323,8 +350,13 @@ def _patient_characteristics(first: Dataset) -> dict[str, Any]:
 
 def _map_rois(
     rs: RTStructData, structure_set: StructureSet, grid: Volume
-) -> tuple[dict[str, Volume], dict[str, dict[str, Any]], list[str], list[dict[str, Any]],
-           list[dict[str, Any]]]:
+) -> tuple[
+    dict[str, Volume],
+    dict[str, dict[str, Any]],
+    list[str],
+    list[dict[str, Any]],
+    list[dict[str, Any]],
+]:
     """Canonical masks and their records, unmatched names, empty ROIs, warnings."""
     masks: dict[str, Volume] = {}
     records: dict[str, dict[str, Any]] = {}
@@ -342,13 +374,15 @@ def _map_rois(
     for canonical, numbers in claims.items():
         if len(numbers) > 1:
             names = ", ".join(f"{n} '{rs.rois[n].name}'" for n in numbers)
-            warnings.append({
-                "code": "duplicate-structure",
-                "message": f"ROIs {names} all map to {canonical}; none of them was imported "
-                "(rename or delete the extra ROI in the planning system)",
-                "roi_number": None,
-                "roi_name": canonical,
-            })
+            warnings.append(
+                {
+                    "code": "duplicate-structure",
+                    "message": f"ROIs {names} all map to {canonical}; none of them was imported "
+                    "(rename or delete the extra ROI in the planning system)",
+                    "roi_number": None,
+                    "roi_name": canonical,
+                }
+            )
             continue
         roi = rs.rois[numbers[0]]
         if roi.empty:
@@ -417,12 +451,25 @@ def _import_dicom_case(
         warnings: list[dict[str, Any]] = [
             {"code": "pairing", "message": n, "roi_number": None, "roi_name": None} for n in notes
         ]
+        if uid.startswith(UNIDENTIFIED_SERIES):
+            warnings.append(
+                {
+                    "code": "series-without-uid",
+                    "message": "the images carry no SeriesInstanceUID; they were grouped by "
+                    "frame of reference, series number and geometry",
+                    "roi_number": None,
+                    "roi_name": None,
+                }
+            )
         if rtstruct is None:
-            warnings.append({
-                "code": "no-rtstruct",
-                "message": "no RTSTRUCT found for this series; imported without structures",
-                "roi_number": None, "roi_name": None,
-            })
+            warnings.append(
+                {
+                    "code": "no-rtstruct",
+                    "message": "no RTSTRUCT found for this series; imported without structures",
+                    "roi_number": None,
+                    "roi_name": None,
+                }
+            )
         else:
             rs = read_rtstruct(rtstruct.header, ct)
             warnings.extend(w.to_data() for w in rs.warnings)
@@ -444,9 +491,13 @@ def _import_dicom_case(
             "kind": "dicom",
             "series": uid if options.keep_ids else _short_hash(uid),
             "rtstruct": (
-                None if rtstruct is None
-                else (str(rtstruct.header.get("SOPInstanceUID", "")) if options.keep_ids
-                      else _short_hash(str(rtstruct.header.get("SOPInstanceUID", ""))))
+                None
+                if rtstruct is None
+                else (
+                    str(rtstruct.header.get("SOPInstanceUID", ""))
+                    if options.keep_ids
+                    else _short_hash(str(rtstruct.header.get("SOPInstanceUID", "")))
+                )
             ),
             "n_slices": ct.volume.shape[0],
             "study_date": (
@@ -543,7 +594,8 @@ def _import_nifti_case(
         ct = read_nifti(ct_path)
         ct = ct.with_array(ct.array.astype(np.float32))
         files = sorted(
-            p for p in (case_dir / "structures").iterdir()
+            p
+            for p in (case_dir / "structures").iterdir()
             if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith(".")
         )
         claims: dict[str, list[Path]] = {}
@@ -571,20 +623,27 @@ def _import_nifti_case(
             claims.setdefault(canonical, []).append(path)
         for canonical, paths in claims.items():
             if len(paths) > 1:
-                warnings.append({
-                    "code": "duplicate-structure",
-                    "message": f"files {', '.join(p.name for p in paths)} all map to "
-                    f"{canonical}; none of them was imported",
-                    "roi_number": None, "roi_name": canonical,
-                })
+                warnings.append(
+                    {
+                        "code": "duplicate-structure",
+                        "message": f"files {', '.join(p.name for p in paths)} all map to "
+                        f"{canonical}; none of them was imported",
+                        "roi_number": None,
+                        "roi_name": canonical,
+                    }
+                )
                 continue
             mask = read_mask(paths[0], reference=ct)
             if not mask.array.any():
                 empty.append({"roi_number": None, "name": names[paths[0]], "canonical": canonical})
-                warnings.append({
-                    "code": "empty-roi", "message": f"{paths[0].name} is empty",
-                    "roi_number": None, "roi_name": names[paths[0]],
-                })
+                warnings.append(
+                    {
+                        "code": "empty-roi",
+                        "message": f"{paths[0].name} is empty",
+                        "roi_number": None,
+                        "roi_name": names[paths[0]],
+                    }
+                )
                 continue
             masks[canonical] = mask
             records[canonical] = {

@@ -41,8 +41,10 @@ def _rtstruct_entry(path: Path, header: Any, structure_set: StructureSet) -> dic
         "label": str(header.get("StructureSetLabel", "")),
         "referenced_series": referenced_series_uids(header),
         "frame_of_reference": sorted(
-            {str(r.get("FrameOfReferenceUID", ""))
-             for r in header.get("ReferencedFrameOfReferenceSequence", [])}
+            {
+                str(r.get("FrameOfReferenceUID", ""))
+                for r in header.get("ReferencedFrameOfReferenceSequence", [])
+            }
         ),
         "rois": rois,
     }
@@ -81,21 +83,23 @@ def inspect_path(path: str | os.PathLike[str], structure_set: StructureSet) -> d
     series = []
     for uid, files in scan.ct_series.items():
         h = files[0].header
-        series.append({
-            "series_instance_uid": uid,
-            "n_images": len(files),
-            "modality": str(h.get("Modality", "")),
-            "description": str(h.get("SeriesDescription", "")),
-            "manufacturer": str(h.get("Manufacturer", "") or ""),
-            "model": str(h.get("ManufacturerModelName", "") or ""),
-            "station": str(h.get("StationName", "") or ""),
-            "kvp": float(h.KVP) if h.get("KVP") not in (None, "") else None,
-            "pixel_spacing": [float(v) for v in h.get("PixelSpacing", [])],
-            "slice_thickness": (
-                float(h.SliceThickness) if h.get("SliceThickness") not in (None, "") else None
-            ),
-            "frame_of_reference": str(h.get("FrameOfReferenceUID", "")),
-        })
+        series.append(
+            {
+                "series_instance_uid": uid,
+                "n_images": len(files),
+                "modality": str(h.get("Modality", "")),
+                "description": str(h.get("SeriesDescription", "")),
+                "manufacturer": str(h.get("Manufacturer", "") or ""),
+                "model": str(h.get("ManufacturerModelName", "") or ""),
+                "station": str(h.get("StationName", "") or ""),
+                "kvp": float(h.KVP) if h.get("KVP") not in (None, "") else None,
+                "pixel_spacing": [float(v) for v in h.get("PixelSpacing", [])],
+                "slice_thickness": (
+                    float(h.SliceThickness) if h.get("SliceThickness") not in (None, "") else None
+                ),
+                "frame_of_reference": str(h.get("FrameOfReferenceUID", "")),
+            }
+        )
     return {
         "kind": "dicom",
         "path": str(p),

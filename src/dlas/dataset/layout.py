@@ -153,8 +153,13 @@ class CaseDataset:
             c["case_id"]: CaseRecord(c["case_id"], c["cohort"], tuple(c["structures"]))
             for c in data.get("cases", [])
         }
-        return cls(path, structure_set, cases, name=str(data.get("name", path.name)),
-                   meta=dict(data.get("meta", {})))
+        return cls(
+            path,
+            structure_set,
+            cases,
+            name=str(data.get("name", path.name)),
+            meta=dict(data.get("meta", {})),
+        )
 
     @classmethod
     def open_or_create(

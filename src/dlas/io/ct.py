@@ -37,6 +37,9 @@ from dlas.io.dicom_scan import (
     ScannedFile,
     read_header,
     scan_dicom,
+    series_key,
+    sop_class_of,
+    sop_instance_of,
 )
 from dlas.io.volume import AXIAL_DIRECTION, Volume
 
@@ -96,13 +99,25 @@ class CTSeries:
     """
 
     volume: Volume
-    headers: list[Dataset]
+    headers: Sequence[Dataset]
     sop_instance_uids: list[str]
     series_instance_uid: str
     study_instance_uid: str
     frame_of_reference_uid: str
     files: list[Path] = field(default_factory=list)
     original_orientation: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+    @property
+    def referenceable(self) -> bool:
+        """Whether every UID needed to reference this series (from an RTSTRUCT or SEG) is set."""
+        return all(
+            [
+                self.series_instance_uid,
+                self.study_instance_uid,
+                self.frame_of_reference_uid,
+                *self.sop_instance_uids,
+            ]
+        )
 
     @property
     def first(self) -> Dataset:
@@ -152,8 +167,9 @@ def _floats(ds: Dataset, keyword: str, n: int, path: Path) -> npt.NDArray[np.flo
     return np.array([float(v) for v in value], dtype=np.float64)
 
 
-def _files_of_series(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-                     series_uid: str | None) -> list[ScannedFile]:
+def _files_of_series(
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], series_uid: str | None
+) -> list[ScannedFile]:
     if isinstance(source, (str, os.PathLike)):
         root = Path(source)
         if not root.exists():
@@ -248,7 +264,7 @@ def read_ct_series(
     # ---- one series, one modality, one frame of reference, one image geometry
     for f in files:
         modality = str(f.header.get("Modality", ""))
-        if modality != "CT" or str(f.header.get("SOPClassUID", "")) != CT_IMAGE_STORAGE:
+        if modality != "CT" or sop_class_of(f.header) != CT_IMAGE_STORAGE:
             raise DicomSeriesError(
                 "not a CT image",
                 where=str(f.path),
@@ -265,16 +281,34 @@ def read_ct_series(
                 found="ImageType " + "\\".join(image_type),
                 fix="remove the localizer images; they are not part of the CT volume",
             )
-    _require_single(files, "SeriesInstanceUID", "several series mixed together", where,
-                    "keep one series per folder, or use `dlas import`, which splits them")
-    _require_single(files, "FrameOfReferenceUID", "mixed frames of reference", where,
-                    "the slices come from different acquisitions; export one series only")
+    keys = {series_key(f.header) for f in files}
+    if len(keys) > 1:
+        raise DicomSeriesError(
+            "several series mixed together",
+            where=where,
+            expected="one SeriesInstanceUID for the whole series",
+            found=f"{len(keys)} series: " + ", ".join(sorted(keys)[:3]),
+            fix="keep one series per folder, or use `dlas import`, which splits them",
+        )
+    _require_single(
+        files,
+        "FrameOfReferenceUID",
+        "mixed frames of reference",
+        where,
+        "the slices come from different acquisitions; export one series only",
+    )
     for keyword in ("Rows", "Columns"):
-        _require_single(files, keyword, f"slices of different size ({keyword})", where,
-                        "export the series again; all slices must share one matrix size")
+        _require_single(
+            files,
+            keyword,
+            f"slices of different size ({keyword})",
+            where,
+            "export the series again; all slices must share one matrix size",
+        )
 
-    orientations = np.array([_floats(f.header, "ImageOrientationPatient", 6, f.path)
-                             for f in files])
+    orientations = np.array(
+        [_floats(f.header, "ImageOrientationPatient", 6, f.path) for f in files]
+    )
     if np.abs(orientations - orientations[0]).max() > tol.orientation:
         worst = int(np.abs(orientations - orientations[0]).max(axis=1).argmax())
         raise DicomSeriesError(
@@ -390,7 +424,7 @@ def read_ct_series(
         ds = read_header(f.path, pixels=True)
         try:
             pixels = ds.pixel_array
-        except Exception as exc:  # noqa: BLE001 - pydicom raises many types here
+        except Exception as exc:
             raise DicomSeriesError(
                 "cannot decode pixel data (truncated or compressed with an unavailable codec)",
                 where=str(f.path),
@@ -424,8 +458,8 @@ def read_ct_series(
     return CTSeries(
         volume=volume,
         headers=headers,
-        sop_instance_uids=[str(h.SOPInstanceUID) for h in headers],
-        series_instance_uid=str(first.SeriesInstanceUID),
+        sop_instance_uids=[sop_instance_of(h) for h in headers],
+        series_instance_uid=str(first.get("SeriesInstanceUID", "") or ""),
         study_instance_uid=str(first.get("StudyInstanceUID", "")),
         frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
         files=full_paths,

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from dlas import __version__
 from dlas.errors import DicomSeriesError
@@ -120,7 +120,9 @@ def write_ct_series(
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     nz, ny, nx = volume.shape
-    names = list(file_names) if file_names is not None else [f"CT{k + 1:04d}.dcm" for k in range(nz)]
+    names = (
+        list(file_names) if file_names is not None else [f"CT{k + 1:04d}.dcm" for k in range(nz)]
+    )
     if len(names) != nz:
         raise ValueError(f"{len(names)} file names for {nz} slices")
     stored = np.clip(np.rint(volume.array) - _INTERCEPT, 0, _MAX_STORED).astype(np.uint16)
@@ -168,8 +170,8 @@ def _ds(value: float) -> str:
 
 def _slice_dataset(spec: CTSeriesSpec, sop_uid: str, k: int) -> Dataset:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = UID(CT_IMAGE_STORAGE)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = f"DLAS_{__version__}"[:16]

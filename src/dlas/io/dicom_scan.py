@@ -9,6 +9,7 @@ used, so that an import can report that nothing was silently lost.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Iterable
@@ -23,12 +24,16 @@ from dlas.errors import DicomSeriesError
 
 __all__ = [
     "CT_IMAGE_STORAGE",
-    "DicomScan",
     "RTSTRUCT_STORAGE",
+    "DicomScan",
     "ScannedFile",
     "SkippedFile",
     "read_header",
     "scan_dicom",
+    "series_key",
+    "sop_class_of",
+    "sop_instance_of",
+    "walk_folders",
 ]
 
 log = logging.getLogger(__name__)
@@ -36,6 +41,8 @@ log = logging.getLogger(__name__)
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
+#: Prefix of the grouping key of CT images whose SeriesInstanceUID is empty.
+UNIDENTIFIED_SERIES = "unidentified-series-"
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,8 @@ class DicomScan:
     Attributes
     ----------
     ct_series
-        CT images grouped by SeriesInstanceUID, in the order found.
+        CT images grouped by SeriesInstanceUID (see :func:`series_key` for files without one),
+        in the order found.
     rtstructs
         RTSTRUCT files (fully read: their contours are in the header).
     skipped
@@ -110,10 +118,65 @@ def read_header(path: str | os.PathLike[str], *, pixels: bool = False) -> FileDa
         ) from exc
 
 
-def _iter_files(root: Path) -> Iterable[Path]:
-    for dirpath, dirnames, filenames in os.walk(root):
+def walk_folders(root: Path) -> Iterable[tuple[str, list[str], list[str]]]:
+    """``os.walk`` in sorted order that follows symbolic links but never visits a folder twice."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames.sort()
-        for name in sorted(filenames):
+        yield dirpath, dirnames, sorted(filenames)
+
+
+def sop_class_of(ds: FileDataset) -> str:
+    """SOPClassUID of a file, from the data set or, when that is empty, the file meta header.
+
+    Some archives (seen in a real Siemens export) leave the data set's SOPClassUID empty and
+    keep the class only in MediaStorageSOPClassUID.
+    """
+    value = str(ds.get("SOPClassUID", "") or "")
+    if not value and getattr(ds, "file_meta", None) is not None:
+        value = str(ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
+    return value
+
+
+def sop_instance_of(ds: FileDataset) -> str:
+    """SOPInstanceUID of a file, falling back to the file meta header like :func:`sop_class_of`."""
+    value = str(ds.get("SOPInstanceUID", "") or "")
+    if not value and getattr(ds, "file_meta", None) is not None:
+        value = str(ds.file_meta.get("MediaStorageSOPInstanceUID", "") or "")
+    return value
+
+
+def series_key(ds: FileDataset) -> str:
+    """The SeriesInstanceUID, or for files whose UID was blanked (over-zealous anonymisers do
+    this) a key from the attributes that one series shares: frame of reference, series number
+    and description, matrix, pixel spacing, orientation and kernel."""
+    uid = str(ds.get("SeriesInstanceUID", "") or "")
+    if uid:
+        return uid
+    parts = [
+        str(ds.get(k, "") or "")
+        for k in (
+            "FrameOfReferenceUID",
+            "SeriesNumber",
+            "SeriesDescription",
+            "Rows",
+            "Columns",
+            "PixelSpacing",
+            "ImageOrientationPatient",
+            "ConvolutionKernel",
+        )
+    ]
+    return UNIDENTIFIED_SERIES + hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _iter_files(root: Path) -> Iterable[Path]:
+    for dirpath, _, filenames in walk_folders(root):
+        for name in filenames:
             if name.startswith("."):
                 continue
             yield Path(dirpath) / name
@@ -137,12 +200,12 @@ def scan_dicom(root: str | os.PathLike[str]) -> DicomScan:
         except DicomSeriesError as exc:
             scan.skipped.append(SkippedFile(path, exc.what))
             continue
-        sop_class = str(header.get("SOPClassUID", ""))
+        sop_class = sop_class_of(header)
         modality = str(header.get("Modality", "")).upper()
         if sop_class == RTSTRUCT_STORAGE or modality == "RTSTRUCT":
             try:
                 full = pydicom.dcmread(path)
-            except Exception as exc:  # noqa: BLE001 - any failure is reported, not raised
+            except Exception as exc:
                 scan.skipped.append(
                     SkippedFile(path, f"RTSTRUCT unreadable (truncated or corrupt): {exc}")
                 )
@@ -156,11 +219,7 @@ def scan_dicom(root: str | os.PathLike[str]) -> DicomScan:
                 )
             )
         elif sop_class == CT_IMAGE_STORAGE:
-            uid = str(header.get("SeriesInstanceUID", ""))
-            if not uid:
-                scan.skipped.append(SkippedFile(path, "CT image without SeriesInstanceUID"))
-                continue
-            scan.ct_series.setdefault(uid, []).append(ScannedFile(path, header))
+            scan.ct_series.setdefault(series_key(header), []).append(ScannedFile(path, header))
         elif modality == "CT":
             scan.skipped.append(
                 SkippedFile(path, f"CT object of SOP class {sop_class} is not a CT image")

@@ -43,7 +43,7 @@ import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from dlas import __version__
 from dlas.errors import RTStructError
@@ -71,6 +71,9 @@ log = logging.getLogger(__name__)
 
 #: The (retired but universally used) SOP class referenced for the study in RTSTRUCTs.
 _STUDY_COMPONENT_SOP_CLASS = "1.2.840.10008.3.1.2.3.1"
+
+#: DICOM CID 7162 "Surface Processing Algorithm Families": artificial intelligence.
+_ARTIFICIAL_INTELLIGENCE = Code(scheme="DCM", value="123110", meaning="Artificial Intelligence")
 
 #: Default palette for structures that a structure set does not describe.
 _PALETTE = [
@@ -111,7 +114,7 @@ class AlgorithmIdentification:
 
     name: str
     version: str
-    family: Code = Code(scheme="DCM", value="113037", meaning="Artificial Intelligence")
+    family: Code = _ARTIFICIAL_INTELLIGENCE
     parameters: str | None = None
 
     def __post_init__(self) -> None:
@@ -213,7 +216,7 @@ def _load(source: str | os.PathLike[str] | Dataset) -> tuple[Dataset, str]:
     path = Path(source)
     try:
         ds = pydicom.dcmread(path)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear message
+    except Exception as exc:
         raise RTStructError(
             "cannot read RTSTRUCT (not DICOM, truncated or corrupt)",
             where=str(path),
@@ -367,22 +370,32 @@ def read_rtstruct(
         names_seen[name.strip().lower()].append(number)
         roi_warnings: list[RTStructWarning] = []
 
-        def warn(code: str, message: str, *, _n: int = number, _name: str = name,
-                 _list: list[RTStructWarning] = roi_warnings) -> None:
+        def warn(
+            code: str,
+            message: str,
+            *,
+            _n: int = number,
+            _name: str = name,
+            _list: list[RTStructWarning] = roi_warnings,
+        ) -> None:
             _list.append(RTStructWarning(code, message, _n, _name))
 
         roi_for = str(roi_item.get("ReferencedFrameOfReferenceUID", "") or ct_for)
         item = contour_items.get(number)
-        colour = None
-        if item is not None and item.get("ROIDisplayColor") is not None:
-            colour = tuple(int(c) for c in item.ROIDisplayColor)  # type: ignore[assignment]
+        colour: tuple[int, int, int] | None = None
+        rgb = item.get("ROIDisplayColor") if item is not None else None
+        if rgb is not None and len(rgb) == 3:
+            colour = (int(rgb[0]), int(rgb[1]), int(rgb[2]))
         mask = np.zeros((nz, ny, nx), dtype=bool)
         if roi_for != ct_for:
-            warn("other-frame-of-reference",
-                 f"ROI {number} '{name}' lies in frame of reference {roi_for}, not the CT's; "
-                 "it is not rasterised")
-            rois[number] = RTStructROI(number, name, types.get(number, ""), colour, mask, 0,
-                                       roi_warnings)
+            warn(
+                "other-frame-of-reference",
+                f"ROI {number} '{name}' lies in frame of reference {roi_for}, not the CT's; "
+                "it is not rasterised",
+            )
+            rois[number] = RTStructROI(
+                number, name, types.get(number, ""), colour, mask, 0, roi_warnings
+            )
             warnings.extend(roi_warnings)
             continue
         per_slice: dict[int, list[npt.NDArray[np.float64]]] = defaultdict(list)
@@ -397,19 +410,26 @@ def read_rtstruct(
                 else np.zeros((0, 3))
             )
             if kind not in ("CLOSED_PLANAR", "CLOSEDPLANAR_XOR"):
-                warn("non-closed-contour", f"{label}: {kind or 'untyped'} contour ignored "
-                     "(only CLOSED_PLANAR contours enclose a volume)")
+                warn(
+                    "non-closed-contour",
+                    f"{label}: {kind or 'untyped'} contour ignored "
+                    "(only CLOSED_PLANAR contours enclose a volume)",
+                )
                 continue
             if len(points) < 3:
-                warn("too-few-points", f"{label}: {len(points)} point(s), at least 3 needed; "
-                     "ignored")
+                warn(
+                    "too-few-points", f"{label}: {len(points)} point(s), at least 3 needed; ignored"
+                )
                 continue
             idx = volume.physical_to_index(points)
             k_float = idx[:, 0]
             spread_mm = float(np.ptp(points @ volume.direction[0]))
             if spread_mm > z_tol:
-                warn("non-axial-contour", f"{label}: points span {spread_mm:.2f} mm across "
-                     "the slice direction (not an axial contour); ignored")
+                warn(
+                    "non-axial-contour",
+                    f"{label}: points span {spread_mm:.2f} mm across "
+                    "the slice direction (not an axial contour); ignored",
+                )
                 continue
             k_mean = float(k_float.mean())
             z_mean = float(points[:, 2].mean())
@@ -420,20 +440,29 @@ def read_rtstruct(
                 if abs(z_mean - z_centres[k_ref]) <= max(z_tol, 0.5 * sz - 1e-6):
                     slice_k = k_ref
                 else:
-                    warn("reference-mismatch", f"{label}: at z = {z_mean:.2f} mm but references "
-                         f"the image at z = {z_centres[k_ref]:.2f} mm; placed by its z instead")
+                    warn(
+                        "reference-mismatch",
+                        f"{label}: at z = {z_mean:.2f} mm but references "
+                        f"the image at z = {z_centres[k_ref]:.2f} mm; placed by its z instead",
+                    )
             if slice_k is None:
                 nearest = int(np.rint(k_mean))
                 if nearest < 0 or nearest >= nz:
                     if abs(k_mean - np.clip(nearest, 0, nz - 1)) * sz > z_tol:
-                        warn("contour-off-image", f"{label}: at z = {z_mean:.2f} mm, outside "
-                             f"the CT (z {z_centres[0]:.2f} to {z_centres[-1]:.2f} mm); ignored")
+                        warn(
+                            "contour-off-image",
+                            f"{label}: at z = {z_mean:.2f} mm, outside "
+                            f"the CT (z {z_centres[0]:.2f} to {z_centres[-1]:.2f} mm); ignored",
+                        )
                         continue
                     nearest = int(np.clip(nearest, 0, nz - 1))
                 if abs(k_mean - nearest) * sz > z_tol:
-                    warn("contour-between-slices", f"{label}: at z = {z_mean:.2f} mm, "
-                         f"{abs(k_mean - nearest) * sz:.2f} mm from the nearest slice "
-                         f"(tolerance {z_tol:.2f} mm); ignored")
+                    warn(
+                        "contour-between-slices",
+                        f"{label}: at z = {z_mean:.2f} mm, "
+                        f"{abs(k_mean - nearest) * sz:.2f} mm from the nearest slice "
+                        f"(tolerance {z_tol:.2f} mm); ignored",
+                    )
                     continue
                 slice_k = nearest
             xy = idx[:, [2, 1]]
@@ -448,19 +477,23 @@ def read_rtstruct(
         for k, polygons in per_slice.items():
             mask[k] = rasterize_polygons(polygons, (ny, nx))
         if not mask.any():
-            warn("empty-roi", f"ROI {number} '{name}' has no voxel inside "
-                 f"({used} usable contour(s))")
-        rois[number] = RTStructROI(number, name, types.get(number, ""), colour, mask, used,
-                                   roi_warnings)
+            warn(
+                "empty-roi", f"ROI {number} '{name}' has no voxel inside ({used} usable contour(s))"
+            )
+        rois[number] = RTStructROI(
+            number, name, types.get(number, ""), colour, mask, used, roi_warnings
+        )
         warnings.extend(roi_warnings)
 
     for numbers in names_seen.values():
         if len(numbers) > 1:
             names = ", ".join(f"{n} '{rois[n].name}'" for n in numbers if n in rois)
-            warnings.append(RTStructWarning(
-                "duplicate-name",
-                f"ROIs {names} share one name; they are kept apart by ROI number, not merged",
-            ))
+            warnings.append(
+                RTStructWarning(
+                    "duplicate-name",
+                    f"ROIs {names} share one name; they are kept apart by ROI number, not merged",
+                )
+            )
     return RTStructData(
         rois=rois,
         warnings=warnings,
@@ -539,6 +572,14 @@ def write_rtstruct(
             found=f"ROI generation {generation.value} and no algorithm",
             fix="pass algorithm=AlgorithmIdentification(name=..., version=...)",
         )
+    if not ct.referenceable:
+        raise RTStructError(
+            "CT series lacks the UIDs needed to reference it",
+            where=str(path),
+            expected="SeriesInstanceUID, StudyInstanceUID, FrameOfReferenceUID and SOPInstanceUIDs",
+            found="some of them empty (the export was anonymised by blanking UIDs)",
+            fix="re-export the CT with UIDs (replaced UIDs are fine, empty ones are not)",
+        )
     volume = ct.volume
     checked: dict[str, npt.NDArray[np.bool_]] = {}
     for name, mask in masks.items():
@@ -587,8 +628,8 @@ def write_rtstruct(
     first = ct.first
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RTSTRUCT_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = UID(RTSTRUCT_STORAGE)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = f"DLAS_{__version__}"[:16]
@@ -601,8 +642,16 @@ def write_rtstruct(
     ds.SOPInstanceUID = sop_uid
     # Patient and study: those of the CT, so the planning system files it with the images.
     for keyword in (
-        "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
-        "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyTime",
+        "ReferringPhysicianName",
+        "StudyID",
+        "AccessionNumber",
         "StudyDescription",
     ):
         setattr(ds, keyword, first.get(keyword, ""))

@@ -59,6 +59,14 @@ def write_seg(
             found=f"generation {generation.value} and no algorithm",
             fix="pass algorithm=AlgorithmIdentification(name=..., version=...)",
         )
+    if not ct.referenceable:
+        raise RTStructError(
+            "CT series lacks the UIDs needed to reference it",
+            where=str(path),
+            expected="SeriesInstanceUID, StudyInstanceUID, FrameOfReferenceUID and SOPInstanceUIDs",
+            found="some of them empty (the export was anonymised by blanking UIDs)",
+            fix="re-export the CT with UIDs (replaced UIDs are fine, empty ones are not)",
+        )
     volume = ct.volume
     names = list(masks)
     if not names:
@@ -83,9 +91,7 @@ def write_seg(
     for s, name in enumerate(names):
         mask = masks[name]
         array = np.asarray(mask.array if isinstance(mask, Volume) else mask) != 0
-        if array.shape != volume.shape or (
-            isinstance(mask, Volume) and not mask.same_grid(volume)
-        ):
+        if array.shape != volume.shape or (isinstance(mask, Volume) and not mask.same_grid(volume)):
             raise RTStructError(
                 "mask grid differs from the CT grid",
                 where=f"structure {name!r}",
@@ -95,8 +101,10 @@ def write_seg(
             )
         stack[..., s] = array
         definition = structure_set[name] if structure_set and name in structure_set else None
-        category = definition.category if definition else Code(
-            scheme="SCT", value="91723000", meaning="Anatomical Structure"
+        category = (
+            definition.category
+            if definition
+            else Code(scheme="SCT", value="91723000", meaning="Anatomical Structure")
         )
         prop = (definition.property_type if definition else None) or _FALLBACK_TYPE
         descriptions.append(

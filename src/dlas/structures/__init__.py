@@ -1,4 +1,4 @@
-"""Structure sets: canonical names, synonyms, colours and label priorities (see ``structure_set``)."""
+"""Structure sets: canonical names, synonyms, colours, label priorities (see ``structure_set``)."""
 
 from dlas.structures.structure_set import (
     BUILTIN_STRUCTURE_SETS,

@@ -313,7 +313,9 @@ class StructureSet(BaseModel):
                 side_word = glued.group("side")
                 found = {
                     n
-                    for n in [self.stem_table.get((glued.group("stem"), _LATERALITY_WORDS[side_word]))]
+                    for n in [
+                        self.stem_table.get((glued.group("stem"), _LATERALITY_WORDS[side_word]))
+                    ]
                     if n is not None
                 }
         if len(found) > 1:
