@@ -383,3 +383,18 @@ def test_nifti_mask_on_another_grid_is_reported(tmp_path: Path) -> None:
     _nifti_case(tmp_path / "src", "pt_1", np.zeros((6, 8, 8)), {"Bladder": other})
     report = import_source(tmp_path / "src", tmp_path / "ds", ImportOptions(structure_set=RECTAL))
     assert "mask grid differs from the CT grid" in report.skipped[0].reason
+
+
+def test_two_series_in_one_folder_become_two_cases(synthetic_ct, tmp_path: Path) -> None:
+    a, _, _ = synthetic_ct(name="a", patient_id="PID-0001")
+    b, _, _ = synthetic_ct(name="b", patient_id="PID-0001", series_number=2)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for folder, prefix in ((a, "A"), (b, "B")):
+        for path in folder.iterdir():
+            shutil.copy(path, mixed / f"{prefix}{path.name}")
+    report = import_source(mixed, tmp_path / "ds", ImportOptions(structure_set=RECTAL))
+    assert len(report.imported) == 2
+    ids = [i.case_id for i in report.imported]
+    assert ids[0].split("-")[0] == ids[1].split("-")[0]  # one patient, two series
+    assert all(w["code"] == "no-rtstruct" for i in report.imported for w in i.warnings)
