@@ -12,8 +12,10 @@ __all__ = [
     "DatasetError",
     "DicomSeriesError",
     "DlasError",
+    "EvaluationError",
     "NiftiError",
     "RTStructError",
+    "ReportError",
     "StructureSetError",
 ]
 
@@ -84,3 +86,11 @@ class NiftiError(DlasError):
 
 class DatasetError(DlasError):
     """A data-set folder that is missing, malformed, or inconsistent with the request."""
+
+
+class EvaluationError(DlasError):
+    """Inputs of an evaluation or comparison that are missing, malformed or inconsistent."""
+
+
+class ReportError(DlasError):
+    """Inputs or options of a report that are missing, malformed or inconsistent."""

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import typer
 
-from dlas.cli import data
+from dlas.cli import data, evaluation, report
 from dlas.cli._common import SETTINGS, stderr
 from dlas.errors import DlasError
 
@@ -43,6 +43,8 @@ def _root(
 
 
 data.register(app)
+evaluation.register(app)
+report.register(app)
 
 
 def _configure_logging(debug: bool) -> None:

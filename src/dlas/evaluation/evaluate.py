@@ -1,0 +1,636 @@
+"""`dlas evaluate`: every structure of every case, for every prediction folder, into one table.
+
+Inputs
+------
+* The reference: a dlas data set (``DATASET/cases/<case_id>/structures/<Name>.nii.gz``); the
+  cohort of each case comes from its record in ``dataset.json``.
+* One or more predictions ``NAME=DIR``, where ``DIR/<case_id>/structures/<Name>.nii.gz`` holds
+  the prediction of structure ``Name`` for that case (the layout ``dlas predict`` writes).
+
+Rules (refuse rather than guess)
+--------------------------------
+* Every structure a selected case has in the reference must have a prediction file in every
+  prediction folder; a missing file is an error. An existing but empty mask is an empty
+  prediction: it is evaluated and flagged ``prediction_empty``.
+* A prediction on another grid than its reference is an error, unless ``resample=True``: it is
+  then resampled onto the reference grid with nearest-neighbour interpolation and flagged
+  ``resampled``.
+* Structures a prediction has but the reference lacks are not evaluated (there is no ground
+  truth); structures the reference lacks for a case get no row.
+
+Output
+------
+A long table, one row per (case, model, structure), with the columns of :data:`COLUMNS`, and
+metadata for the sidecar JSON: the metric definitions and options, software versions, and
+SHA-256 hashes of every mask file read. In the CSV, undefined values are written ``nan`` and
+infinite distances ``inf`` (``-inf`` never occurs); ``flags`` holds the special cases of the
+row separated by ``;`` (empty when none).
+
+Cases are evaluated in parallel worker processes (``workers``); each worker holds one reference
+and one prediction mask at a time, so memory stays bounded whatever the cohort size, and the
+result does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from dlas import __version__
+from dlas.dataset import CaseDataset, CaseRecord
+from dlas.errors import EvaluationError
+from dlas.evaluation.metrics import METRIC_COLUMNS, MetricOptions, compute_metrics
+from dlas.io.atomic import atomic_path, write_json
+from dlas.io.nifti import read_mask, read_nifti
+from dlas.io.volume import Volume
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "BODY_DEFINITION",
+    "COLUMNS",
+    "ID_COLUMNS",
+    "METRICS_SCHEMA_VERSION",
+    "EvaluationResult",
+    "PredictionSource",
+    "evaluate",
+    "parse_prediction",
+    "read_metrics",
+]
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int, str], None]
+
+METRICS_SCHEMA_VERSION = 1
+#: The columns that identify a row.
+ID_COLUMNS: tuple[str, ...] = ("case_id", "cohort", "model", "structure")
+#: Every column of the metrics table, in order.
+COLUMNS: tuple[str, ...] = (*ID_COLUMNS, *METRIC_COLUMNS, "flags")
+#: How the ``body`` specificity domain is derived from the reference CT.
+BODY_DEFINITION = (
+    "body = CT voxels above -500 HU, largest 6-connected component, holes filled in every "
+    "axial slice"
+)
+_CSV_CONVENTIONS = (
+    "one row per case_id, model and structure; distances in mm, volumes in cm³, volume error "
+    "in %; 'nan' = undefined (e.g. both masks empty), 'inf' = distance to a structure missing "
+    "in one mask; flags separated by ';', empty when none"
+)
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+@dataclass(frozen=True)
+class PredictionSource:
+    """A named folder of predictions: ``folder/<case_id>/structures/<Name>.nii.gz``."""
+
+    name: str
+    folder: Path
+
+    def mask_path(self, case_id: str, structure: str) -> Path:
+        """Where the prediction of a structure of a case must be."""
+        return self.folder / case_id / "structures" / f"{structure}.nii.gz"
+
+
+def parse_prediction(spec: str) -> PredictionSource:
+    """Parse ``NAME=DIR`` (the ``--prediction`` option).
+
+    Raises
+    ------
+    EvaluationError
+        If there is no ``=``, the name is empty or has characters other than letters, digits
+        and ``_ . + -``.
+    """
+    name, sep, folder = spec.partition("=")
+    name = name.strip()
+    if not sep or not folder.strip() or not _MODEL_NAME.match(name):
+        raise EvaluationError(
+            "cannot read the prediction option",
+            where=f"--prediction {spec}",
+            expected="NAME=DIR with NAME made of letters, digits, '_', '.', '+', '-'",
+            found=repr(spec),
+            fix="write e.g. --prediction VPM=predictions/vpm",
+        )
+    return PredictionSource(name, Path(folder.strip()))
+
+
+@dataclass
+class EvaluationResult:
+    """The metrics table and what is needed to reproduce it."""
+
+    table: pd.DataFrame
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def write(self, path: str | os.PathLike[str]) -> tuple[Path, Path]:
+        """Write ``path`` (CSV) and its sidecar ``path`` with suffix ``.json``, atomically.
+
+        Returns the two paths. The sidecar is written first, so a CSV never exists without it.
+        """
+        csv_path = Path(path)
+        if csv_path.suffix.lower() != ".csv":
+            raise EvaluationError(
+                "metrics output must be a .csv file",
+                where=str(csv_path),
+                expected="a path ending in .csv (the sidecar gets .json)",
+                found=f"suffix {csv_path.suffix or '(none)'}",
+                fix="name the output e.g. metrics.csv",
+            )
+        sidecar = csv_path.with_suffix(".json")
+        write_json(sidecar, {**self.metadata, "metrics_csv": csv_path.name})
+        with atomic_path(csv_path) as tmp:
+            self.table.to_csv(tmp, index=False, na_rep="nan", lineterminator="\n")
+        return csv_path, sidecar
+
+
+# ---------------------------------------------------------------------------------- evaluate
+def evaluate(
+    reference: str | os.PathLike[str] | CaseDataset,
+    predictions: Sequence[PredictionSource] | Mapping[str, str | os.PathLike[str]],
+    *,
+    options: MetricOptions | None = None,
+    cohorts: Sequence[str] | None = None,
+    cases: Sequence[str] | None = None,
+    structures: Sequence[str] | None = None,
+    resample: bool = False,
+    workers: int = 1,
+    progress: ProgressCallback | None = None,
+) -> EvaluationResult:
+    """Evaluate prediction folders against a data set's reference structures.
+
+    Parameters
+    ----------
+    reference
+        The data set (folder or opened :class:`~dlas.dataset.CaseDataset`).
+    predictions
+        Named prediction folders (:class:`PredictionSource` or a mapping name → folder).
+    options
+        Metric definitions (default :class:`~dlas.evaluation.MetricOptions`).
+    cohorts, cases, structures
+        Restrict the evaluation to these cohorts, case ids and structure names (default all).
+    resample
+        Resample predictions on another grid onto the reference grid (nearest neighbour,
+        flagged ``resampled``) instead of refusing them.
+    workers
+        Worker processes evaluating cases in parallel (1: in this process).
+    progress
+        ``progress(done, total, case_id)`` after each case.
+
+    Returns
+    -------
+    EvaluationResult
+        ``table`` with the columns of :data:`COLUMNS` (rows ordered by case, model, structure
+        in the structure set's order) and ``metadata`` for the sidecar JSON.
+
+    Raises
+    ------
+    EvaluationError
+        If a prediction file is missing, a grid differs (without ``resample``), a selection
+        names an unknown cohort, case or structure, or nothing is left to evaluate.
+    """
+    import pandas as pd
+
+    opts = options if options is not None else MetricOptions()
+    dataset = reference if isinstance(reference, CaseDataset) else CaseDataset.open(reference)
+    sources = _sources(predictions)
+    if workers < 1:
+        raise EvaluationError(
+            "invalid number of workers",
+            where="--workers",
+            expected="1 or more",
+            found=str(workers),
+            fix="pass --workers 1 to evaluate in this process",
+        )
+    records = _select_cases(dataset, cohorts, cases)
+    wanted = _select_structures(dataset, structures)
+    tasks = [
+        _CaseTask(
+            case_id=record.case_id,
+            cohort=record.cohort,
+            case_dir=str(dataset.case_dir(record.case_id)),
+            structures=tuple(s for s in wanted if s in record.structures),
+            predictions=tuple((s.name, str(s.folder)) for s in sources),
+            options=opts,
+            resample=resample,
+        )
+        for record in records
+    ]
+    tasks = [t for t in tasks if t.structures]
+    if not tasks:
+        raise EvaluationError(
+            "nothing to evaluate",
+            where=str(dataset.root),
+            expected="at least one selected case with a selected reference structure",
+            found=f"{len(records)} case(s), structures {', '.join(wanted) or '(none)'}",
+            fix="check --cohort, --case and --structure",
+        )
+    _check_prediction_files(tasks, sources)
+    results = _run(tasks, workers, progress)
+    rows = [row for result in results for row in result.rows]
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    metadata = _metadata(dataset, sources, tasks, results, opts, resample, table)
+    return EvaluationResult(table=table, metadata=metadata)
+
+
+def read_metrics(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a metrics CSV written by :func:`evaluate` (``nan``/``inf`` become floats).
+
+    Raises
+    ------
+    EvaluationError
+        If the file is missing, lacks the identifying columns, or holds a metric value that is
+        not a number.
+    """
+    import pandas as pd
+
+    p = Path(path)
+    if not p.is_file():
+        raise EvaluationError(
+            "metrics table not found",
+            where=str(p),
+            expected="a CSV written by `dlas evaluate`",
+            found="nothing at that path",
+            fix="run `dlas evaluate ... --out metrics.csv` first",
+        )
+    # Everything as text first: case ids such as "007" must stay text, and an empty flags
+    # field is "no flag", not a missing value.
+    table = pd.read_csv(p, dtype=str, keep_default_na=False)
+    missing = [c for c in ID_COLUMNS if c not in table.columns]
+    if missing:
+        raise EvaluationError(
+            "metrics table lacks identifying columns",
+            where=str(p),
+            expected=", ".join(ID_COLUMNS),
+            found=f"columns {', '.join(table.columns)}",
+            fix="use the CSV written by `dlas evaluate`",
+        )
+    for column in METRIC_COLUMNS:
+        if column not in table.columns:
+            continue
+        try:
+            table[column] = table[column].astype(float)
+        except ValueError:
+            bad = next(v for v in table[column] if not _is_float(v))
+            raise EvaluationError(
+                "metric value is not a number",
+                where=f"{p}, column {column}",
+                expected="a number, 'nan' or 'inf'",
+                found=repr(bad),
+                fix="regenerate the table with `dlas evaluate`",
+            ) from None
+    if "flags" not in table.columns:
+        table["flags"] = ""
+    return table
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------- selection
+def _sources(
+    predictions: Sequence[PredictionSource] | Mapping[str, str | os.PathLike[str]],
+) -> list[PredictionSource]:
+    if isinstance(predictions, Mapping):
+        sources = [parse_prediction(f"{k}={os.fspath(v)}") for k, v in predictions.items()]
+    else:
+        sources = list(predictions)
+    if not sources:
+        raise EvaluationError(
+            "no prediction given",
+            where="--prediction",
+            expected="at least one NAME=DIR",
+            found="none",
+            fix="add e.g. --prediction VPM=predictions/vpm",
+        )
+    names = Counter(s.name for s in sources)
+    doubled = [n for n, c in names.items() if c > 1]
+    if doubled:
+        raise EvaluationError(
+            "prediction name given twice",
+            where="--prediction",
+            expected="a distinct NAME for each folder",
+            found=", ".join(doubled),
+            fix="give every prediction folder its own name",
+        )
+    for source in sources:
+        if not source.folder.is_dir():
+            raise EvaluationError(
+                "prediction folder not found",
+                where=f"{source.name}={source.folder}",
+                expected="a folder of <case_id>/structures/<Name>.nii.gz",
+                found="no such folder",
+                fix="check the path (it is what `dlas predict --out` wrote)",
+            )
+    return sources
+
+
+def _select_cases(
+    dataset: CaseDataset, cohorts: Sequence[str] | None, cases: Sequence[str] | None
+) -> list[CaseRecord]:
+    records = dataset.cases
+    if cohorts:
+        known = dataset.cohorts()
+        unknown = [c for c in cohorts if c not in known]
+        if unknown:
+            raise EvaluationError(
+                "unknown cohort",
+                where=str(dataset.root),
+                expected=f"one of {', '.join(known) or '(no cohort)'}",
+                found=", ".join(unknown),
+                fix="list the cohorts with `dlas inspect DATASET`",
+            )
+        records = [r for r in records if r.cohort in cohorts]
+    if cases:
+        unknown = [c for c in cases if c not in dataset]
+        if unknown:
+            raise EvaluationError(
+                "unknown case",
+                where=str(dataset.root),
+                expected="case ids listed in dataset.json",
+                found=", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else ""),
+                fix="list the cases with `dlas inspect DATASET`",
+            )
+        records = [r for r in records if r.case_id in cases]
+    return records
+
+
+def _select_structures(dataset: CaseDataset, structures: Sequence[str] | None) -> list[str]:
+    names = list(dataset.structure_set.names)
+    if not structures:
+        return names
+    unknown = [s for s in structures if s not in names]
+    if unknown:
+        raise EvaluationError(
+            "unknown structure",
+            where=str(dataset.root),
+            expected=f"one of {', '.join(names)}",
+            found=", ".join(unknown),
+            fix="use the canonical names of the data set's structure set",
+        )
+    return [n for n in names if n in structures]
+
+
+def _check_prediction_files(
+    tasks: Sequence[_CaseTask], sources: Sequence[PredictionSource]
+) -> None:
+    """Refuse before any work when a prediction file is missing (a clear, complete message)."""
+    for source in sources:
+        missing: list[str] = []
+        missing_cases: list[str] = []
+        for task in tasks:
+            if not (source.folder / task.case_id).is_dir():
+                missing_cases.append(task.case_id)
+                continue
+            missing.extend(
+                f"{task.case_id}/{s}"
+                for s in task.structures
+                if not source.mask_path(task.case_id, s).is_file()
+            )
+        if missing_cases:
+            raise EvaluationError(
+                "prediction folder lacks cases",
+                where=f"{source.name}={source.folder}",
+                expected="a folder <case_id>/structures/ for every selected case",
+                found=f"{len(missing_cases)} case(s) missing, e.g. " + ", ".join(missing_cases[:3]),
+                fix="predict those cases, or restrict the evaluation with --cohort / --case",
+            )
+        if missing:
+            raise EvaluationError(
+                "prediction missing",
+                where=f"{source.name}={source.folder}",
+                expected="<case_id>/structures/<Name>.nii.gz for every reference structure "
+                "(an empty mask file counts as an empty prediction)",
+                found=f"{len(missing)} file(s) missing, e.g. " + ", ".join(missing[:3]),
+                fix="write an empty mask for a structure the model did not find, or restrict "
+                "the evaluation with --structure / --case",
+            )
+
+
+# ---------------------------------------------------------------------------------- workers
+@dataclass(frozen=True)
+class _CaseTask:
+    case_id: str
+    cohort: str
+    case_dir: str
+    structures: tuple[str, ...]
+    predictions: tuple[tuple[str, str], ...]
+    options: MetricOptions
+    resample: bool
+
+
+@dataclass
+class _CaseResult:
+    case_id: str
+    rows: list[dict[str, Any]]
+    # (model or "", structure) → sha256 of the mask file; "" is the reference
+    hashes: dict[tuple[str, str], str]
+
+
+def _run(
+    tasks: Sequence[_CaseTask], workers: int, progress: ProgressCallback | None
+) -> list[_CaseResult]:
+    total = len(tasks)
+    done = 0
+    if workers == 1 or total == 1:
+        results = []
+        for task in tasks:
+            results.append(_evaluate_case(task))
+            done += 1
+            if progress:
+                progress(done, total, task.case_id)
+        return results
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    # "spawn": workers start clean (no inherited threads or locks), on every platform alike.
+    context = multiprocessing.get_context("spawn")
+    by_case: dict[str, _CaseResult] = {}
+    with ProcessPoolExecutor(max_workers=min(workers, total), mp_context=context) as pool:
+        pending = {pool.submit(_evaluate_case, task) for task in tasks}
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in finished:
+                error = future.exception()
+                if error is not None:
+                    for other in pending:
+                        other.cancel()
+                    raise error
+                result = future.result()
+                by_case[result.case_id] = result
+                done += 1
+                if progress:
+                    progress(done, total, result.case_id)
+    return [by_case[t.case_id] for t in tasks]
+
+
+def _evaluate_case(task: _CaseTask) -> _CaseResult:
+    """Evaluate one case: structure by structure, so only two masks are in memory at once."""
+    case_dir = Path(task.case_dir)
+    rows_by_model: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in task.predictions}
+    hashes: dict[tuple[str, str], str] = {}
+    body: npt.NDArray[np.bool_] | None = None
+    if task.options.specificity_domain == "body":
+        body = _body_mask(read_nifti(case_dir / "ct.nii.gz"))
+    for structure in task.structures:
+        ref_path = case_dir / "structures" / f"{structure}.nii.gz"
+        reference = read_mask(ref_path)
+        hashes[("", structure)] = _sha256(ref_path)
+        if body is not None and body.shape != reference.shape:
+            raise EvaluationError(
+                "reference mask grid differs from the CT grid",
+                where=str(ref_path),
+                expected=f"shape {body.shape} (z, y, x)",
+                found=f"shape {reference.shape}",
+                fix="re-import the case",
+            )
+        for name, folder in task.predictions:
+            path = Path(folder) / task.case_id / "structures" / f"{structure}.nii.gz"
+            prediction, resampled = _read_prediction(path, reference, task.resample)
+            hashes[(name, structure)] = _sha256(path)
+            metrics = compute_metrics(
+                reference.array,
+                prediction.array,
+                reference.spacing,
+                task.options,
+                body_mask=body,
+            )
+            values = metrics.as_dict()
+            flags = [f for f in str(values.pop("flags")).split(";") if f]
+            if resampled:
+                flags.append("resampled")
+            rows_by_model[name].append(
+                {
+                    "case_id": task.case_id,
+                    "cohort": task.cohort,
+                    "model": name,
+                    "structure": structure,
+                    **values,
+                    "flags": ";".join(flags),
+                }
+            )
+            log.debug("%s %s %s: %s", task.case_id, name, structure, values)
+    rows = [row for name, _ in task.predictions for row in rows_by_model[name]]
+    return _CaseResult(task.case_id, rows, hashes)
+
+
+def _read_prediction(path: Path, reference: Volume, resample: bool) -> tuple[Volume, bool]:
+    image = read_nifti(path)
+    if image.same_grid(reference):
+        return image.with_array(image.array != 0), False
+    if not resample:
+        raise EvaluationError(
+            "prediction grid differs from the reference grid",
+            where=str(path),
+            expected=reference.grid_description(),
+            found=image.grid_description(),
+            fix="predict on the reference CT, or pass --resample to resample the prediction "
+            "(nearest neighbour; the rows are flagged 'resampled')",
+        )
+    import SimpleITK as sitk
+
+    resampled = sitk.Resample(
+        image.to_sitk(), reference.to_sitk(), sitk.Transform(), sitk.sitkNearestNeighbor, 0
+    )
+    array = sitk.GetArrayFromImage(resampled) != 0
+    log.info("resampled %s onto the reference grid", path)
+    return reference.with_array(array), True
+
+
+def _body_mask(ct: Volume) -> npt.NDArray[np.bool_]:
+    """The body of a CT in HU: see :data:`BODY_DEFINITION`."""
+    from scipy import ndimage
+
+    air = ct.array > -500
+    labels, count = ndimage.label(air)
+    if count == 0:
+        return np.zeros(ct.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    body: npt.NDArray[np.bool_] = labels == int(sizes.argmax())
+    for k in range(body.shape[0]):
+        body[k] = ndimage.binary_fill_holes(body[k])
+    return body
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------- metadata
+def _combined_hash(results: Sequence[_CaseResult], model: str) -> str:
+    digest = hashlib.sha256()
+    for result in results:
+        for (name, structure), value in sorted(result.hashes.items()):
+            if name == model:
+                digest.update(f"{result.case_id}\x00{structure}\x00{value}\n".encode())
+    return digest.hexdigest()
+
+
+def _metadata(
+    dataset: CaseDataset,
+    sources: Sequence[PredictionSource],
+    tasks: Sequence[_CaseTask],
+    results: Sequence[_CaseResult],
+    options: MetricOptions,
+    resample: bool,
+    table: pd.DataFrame,
+) -> dict[str, Any]:
+    import pandas as pd
+    import scipy
+
+    definitions = options.definitions()
+    if options.specificity_domain == "body":
+        definitions["body"] = BODY_DEFINITION
+    flags: Counter[str] = Counter()
+    for value in table["flags"]:
+        flags.update(f for f in str(value).split(";") if f)
+    cohorts: Counter[str] = Counter(t.cohort for t in tasks)
+    index = dataset.root / "dataset.json"
+    return {
+        "kind": "dlas-metrics",
+        "schema_version": METRICS_SCHEMA_VERSION,
+        "software": {
+            "dlas": __version__,
+            "numpy": np.__version__,
+            "scipy": scipy.__version__,
+            "pandas": pd.__version__,
+        },
+        "columns": list(COLUMNS),
+        "csv_conventions": _CSV_CONVENTIONS,
+        "options": options.to_data(),
+        "definitions": definitions,
+        "resample": resample,
+        "reference": {
+            "dataset": dataset.name,
+            "folder": dataset.root.name,
+            "dataset_json_sha256": _sha256(index) if index.is_file() else None,
+            "structure_set": dataset.structure_set.name,
+            "structure_set_sha256": dataset.structure_set.sha256(),
+            "masks_sha256": _combined_hash(results, ""),
+        },
+        "predictions": {
+            s.name: {"folder": s.folder.name, "masks_sha256": _combined_hash(results, s.name)}
+            for s in sources
+        },
+        "cases": {"count": len(tasks), "cohorts": dict(sorted(cohorts.items()))},
+        "structures": sorted(
+            {s for t in tasks for s in t.structures}, key=list(dataset.structure_set.names).index
+        ),
+        "rows": len(table),
+        "flags": dict(sorted(flags.items())),
+    }

@@ -1,0 +1,310 @@
+"""The seed paper's Table 2 from a comparison: Markdown, LaTeX (booktabs) and CSV.
+
+Layout (as in the paper): one block of rows per structure — the structure's name, one row per
+model with "mean ± SD" cells, and a "p-value" row — and one column per metric × cohort, the
+metric spanning its cohorts. p-values below 0.01 are written "< 0.01", others with two
+decimals; the p-value shown is ``p_adjusted`` (equal to ``p_value`` without correction), and
+the caption says which correction was applied.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from dlas.errors import EvaluationError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["DEFAULT_TABLE_METRICS", "METRIC_LABELS", "render_table2"]
+
+#: The metrics of the paper's Table 2.
+DEFAULT_TABLE_METRICS: tuple[str, ...] = ("dsc", "hd95_mm", "sensitivity", "specificity")
+
+#: Column labels of the metrics (plain text / Markdown / CSV).
+METRIC_LABELS: dict[str, str] = {
+    "dsc": "DSC",
+    "hd95_mm": "95HD (mm)",
+    "hd_mm": "HD (mm)",
+    "sensitivity": "Sensitivity",
+    "specificity": "Specificity",
+    "volume_cm3": "Volume (cm³)",
+    "volume_ref_cm3": "GT volume (cm³)",
+    "volume_error_pct": "Volume error (%)",
+    "surface_dsc": "Surface DSC",
+    "assd_mm": "ASSD (mm)",
+    "apl_mm": "APL (mm)",
+    "centroid_mm": "Centroid distance (mm)",
+}
+_P_ROW = "p-value"
+
+TableFormat = Literal["markdown", "latex", "csv"]
+
+
+def render_table2(
+    comparison: pd.DataFrame,
+    fmt: TableFormat = "markdown",
+    *,
+    metrics: Sequence[str] | None = None,
+    cohorts: Sequence[str] | None = None,
+    structures: Sequence[str] | None = None,
+    digits: int = 3,
+    caption: bool = True,
+) -> str:
+    """Render a comparison (the DataFrame of :func:`~dlas.evaluation.compare`) as Table 2.
+
+    Parameters
+    ----------
+    comparison
+        Rows with the columns of :data:`~dlas.evaluation.COMPARISON_COLUMNS`.
+    fmt
+        ``"markdown"``, ``"latex"`` (needs ``\\usepackage{booktabs}``) or ``"csv"``.
+    metrics
+        Metric columns, in order (default: DSC, 95HD, sensitivity, specificity).
+    cohorts, structures
+        Which and in which order (default: all, cohorts sorted, structures as in the table).
+    digits
+        Decimals of the "mean ± SD" cells.
+    caption
+        Add a caption (Markdown: a paragraph under the table; LaTeX: ``\\caption``; CSV: none).
+
+    Returns
+    -------
+    str
+        The table as text, ending with a newline.
+
+    Raises
+    ------
+    EvaluationError
+        If the comparison lacks a requested metric, cohort or structure, or holds more than one
+        model pair.
+    """
+    grid = _grid(comparison, list(metrics or DEFAULT_TABLE_METRICS), cohorts, structures, digits)
+    if fmt == "markdown":
+        return _markdown(grid, caption)
+    if fmt == "latex":
+        return _latex(grid, caption)
+    if fmt == "csv":
+        return _csv(grid)
+    raise EvaluationError(
+        "unknown table format",
+        where="render_table2",
+        expected="markdown, latex or csv",
+        found=repr(fmt),
+        fix="choose one of the three formats",
+    )
+
+
+class _Grid:
+    """The table's content, independent of the output format."""
+
+    def __init__(
+        self,
+        metrics: list[str],
+        cohorts: list[str],
+        models: tuple[str, str],
+        blocks: list[tuple[str, list[tuple[str, list[str]]]]],
+        caption: str,
+    ) -> None:
+        self.metrics = metrics
+        self.cohorts = cohorts
+        self.models = models
+        self.blocks = blocks  # structure → rows (label, cells)
+        self.caption = caption
+
+
+def _grid(
+    comparison: pd.DataFrame,
+    metrics: list[str],
+    cohorts: Sequence[str] | None,
+    structures: Sequence[str] | None,
+    digits: int,
+) -> _Grid:
+    pairs = comparison[["model_a", "model_b"]].drop_duplicates()
+    if len(pairs) != 1:
+        raise EvaluationError(
+            "comparison holds several model pairs",
+            where="render_table2",
+            expected="the rows of one comparison (one model_a, one model_b)",
+            found=f"{len(pairs)} pairs",
+            fix="render each comparison separately",
+        )
+    model_a, model_b = (str(v) for v in pairs.iloc[0])
+    all_cohorts = sorted(set(comparison["cohort"]))
+    all_structures = list(dict.fromkeys(comparison["structure"]))
+    chosen_cohorts = _choose(list(cohorts) if cohorts else all_cohorts, all_cohorts, "cohort")
+    chosen_structures = _choose(
+        list(structures) if structures else all_structures, all_structures, "structure"
+    )
+    _choose(metrics, list(dict.fromkeys(comparison["metric"])), "metric")
+    index: dict[tuple[str, str, str], dict[Any, Any]] = {
+        (str(r["cohort"]), str(r["structure"]), str(r["metric"])): r
+        for r in comparison.to_dict(orient="records")
+    }
+    blocks = []
+    for structure in chosen_structures:
+        rows: list[tuple[str, list[str]]] = []
+        for side, model in (("a", model_a), ("b", model_b)):
+            cells = []
+            for metric in metrics:
+                for cohort in chosen_cohorts:
+                    r = index.get((cohort, structure, metric))
+                    if r is None:
+                        cells.append("–")
+                    else:
+                        cells.append(
+                            _mean_sd(
+                                float(r[f"mean_{side}"]),
+                                float(r[f"sd_{side}"]),
+                                digits,
+                            )
+                        )
+            rows.append((model, cells))
+        p_cells = []
+        for metric in metrics:
+            for cohort in chosen_cohorts:
+                r = index.get((cohort, structure, metric))
+                p_cells.append("–" if r is None else _p(float(r["p_adjusted"])))
+        rows.append((_P_ROW, p_cells))
+        blocks.append((structure, rows))
+    corrections = sorted(set(comparison["correction"]))
+    zero_methods = sorted(set(comparison["zero_method"]))
+    correction = {
+        "none": "no correction for multiple testing",
+        "holm": "Holm-adjusted",
+        "bh": "Benjamini–Hochberg-adjusted",
+    }.get(corrections[0], corrections[0])
+    caption = (
+        f"Mean ± SD per structure, model and cohort. p: two-sided Wilcoxon signed-rank test "
+        f"of {model_b} against {model_a}, paired by case (zero differences: "
+        f"{', '.join(zero_methods)}), {correction}."
+    )
+    return _Grid(metrics, chosen_cohorts, (model_a, model_b), blocks, caption)
+
+
+def _choose(wanted: list[str], available: list[str], what: str) -> list[str]:
+    unknown = [w for w in wanted if w not in available]
+    if unknown:
+        raise EvaluationError(
+            f"unknown {what} for Table 2",
+            where="render_table2",
+            expected=f"one of {', '.join(available)}",
+            found=", ".join(unknown),
+            fix=f"choose {what}s present in the comparison",
+        )
+    return wanted
+
+
+def _mean_sd(mean: float, sd: float, digits: int) -> str:
+    if not math.isfinite(mean):
+        return "n/a" if math.isnan(mean) else ("inf" if mean > 0 else "-inf")
+    if math.isnan(sd):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def _p(p: float) -> str:
+    if math.isnan(p):
+        return "n/a"
+    return "< 0.01" if p < 0.01 else f"{p:.2f}"
+
+
+def _label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+def _markdown(grid: _Grid, caption: bool) -> str:
+    columns = [f"{_label(m)} {c}" for m in grid.metrics for c in grid.cohorts]
+    lines = [
+        "| | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for structure, rows in grid.blocks:
+        lines.append(f"| **{_md_escape(structure)}** |" + " |" * len(columns))
+        for label, cells in rows:
+            lines.append(f"| {_md_escape(label)} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    if caption:
+        text += f"\n{grid.caption}\n"
+    return text
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", r"\|").replace("_", r"\_").replace("*", r"\*")
+
+
+def _latex(grid: _Grid, caption: bool) -> str:
+    n = len(grid.cohorts)
+    width = 1 + n * len(grid.metrics)
+    out = ["% Table 2 (dlas). Needs \\usepackage{booktabs}.", "\\begin{table}", "\\centering"]
+    if caption:
+        out.append(f"\\caption{{{_tex_escape(grid.caption)}}}")
+    out.append("\\begin{tabular}{l" + "".join(" " + "c" * n for _ in grid.metrics) + "}")
+    out.append("\\toprule")
+    spans = [f"\\multicolumn{{{n}}}{{c}}{{{_tex_label(m)}}}" for m in grid.metrics]
+    out.append(" & " + " & ".join(spans) + " \\\\")
+    rules = [f"\\cmidrule(lr){{{2 + i * n}-{1 + (i + 1) * n}}}" for i in range(len(grid.metrics))]
+    out.append(" ".join(rules))
+    out.append(
+        " & " + " & ".join(_tex_escape(c) for c in grid.cohorts * len(grid.metrics)) + " \\\\"
+    )
+    for structure, rows in grid.blocks:
+        out.append("\\midrule")
+        out.append(f"\\multicolumn{{{width}}}{{l}}{{\\textit{{{_tex_escape(structure)}}}}} \\\\")
+        for label, cells in rows:
+            out.append(
+                _tex_escape(label) + " & " + " & ".join(_tex_cell(c) for c in cells) + " \\\\"
+            )
+    out += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(out) + "\n"
+
+
+def _tex_label(metric: str) -> str:
+    return _tex_escape(_label(metric))
+
+
+def _tex_cell(cell: str) -> str:
+    if " ± " in cell:
+        mean, sd = cell.split(" ± ")
+        return f"${mean} \\pm {sd}$"
+    if cell.startswith("< "):
+        return f"$<{cell[2:]}$"
+    if cell == "–":
+        return "--"
+    return _tex_escape(cell)
+
+
+def _tex_escape(text: str) -> str:
+    replacements = {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
+        "±": r"$\pm$",
+        "–": "--",
+        "³": r"$^3$",
+    }
+    return "".join(replacements.get(ch, ch) for ch in text)
+
+
+def _csv(grid: _Grid) -> str:
+    import csv
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(
+        ["structure", "row", *(f"{_label(m)} {c}" for m in grid.metrics for c in grid.cohorts)]
+    )
+    for structure, rows in grid.blocks:
+        for label, cells in rows:
+            writer.writerow([structure, label, *cells])
+    return buffer.getvalue()
