@@ -1,0 +1,575 @@
+"""What a report is made from: the metrics table, the comparison, the data set and predictions.
+
+A report can be built from a study folder (what ``dlas study`` writes) or from a metrics CSV
+with the data set and prediction folders named explicitly. Both routes end in one
+:class:`ReportInputs`, validated up front so that a bad input is refused before anything is
+drawn or written: a report that silently dropped a model or a cohort would misrepresent the
+study.
+
+Study folder layout read here::
+
+    STUDY/
+      study.yaml                     resolved configuration (its hash goes into the provenance)
+      data/                          the data set (dataset.json, cases/...)
+      predictions/<MODEL>/<case_id>/structures/<Name>.nii.gz
+      metrics.csv, metrics.json      from `dlas evaluate`
+      comparison/comparison.csv      from `dlas compare` (optional: computed when absent)
+      models/*.json                  checkpoint metadata (model name and hash)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dlas.dataset import CaseDataset
+from dlas.errors import ReportError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "COMPARISON_COLUMNS",
+    "METRIC_COLUMNS",
+    "ReportError",
+    "ReportInputs",
+    "load_inputs",
+    "load_study",
+    "read_comparison",
+    "read_metrics",
+    "resolve_inputs",
+]
+
+log = logging.getLogger(__name__)
+
+#: Columns of the long-format metrics table written by ``dlas evaluate``, in order.
+METRIC_COLUMNS = (
+    "case_id",
+    "cohort",
+    "model",
+    "structure",
+    "dsc",
+    "hd95_mm",
+    "hd_mm",
+    "sensitivity",
+    "specificity",
+    "volume_cm3",
+    "volume_ref_cm3",
+    "volume_error_pct",
+    "surface_dsc",
+    "assd_mm",
+    "apl_mm",
+    "centroid_mm",
+    "flags",
+)
+_METRIC_TEXT = ("case_id", "cohort", "model", "structure", "flags")
+
+#: Columns of ``comparison.csv`` written by ``dlas compare`` (differences are b − a).
+COMPARISON_COLUMNS = (
+    "cohort",
+    "structure",
+    "metric",
+    "model_a",
+    "model_b",
+    "n_pairs",
+    "n_a",
+    "n_b",
+    "mean_a",
+    "sd_a",
+    "median_a",
+    "q1_a",
+    "q3_a",
+    "mean_b",
+    "sd_b",
+    "median_b",
+    "q1_b",
+    "q3_b",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "statistic",
+    "p_value",
+    "p_adjusted",
+    "correction",
+    "effect_size_rb",
+    "significant",
+    "test",
+    "zero_method",
+)
+_COMPARISON_TEXT = (
+    "cohort",
+    "structure",
+    "metric",
+    "model_a",
+    "model_b",
+    "correction",
+    "test",
+    "zero_method",
+)
+
+
+@dataclass
+class ReportInputs:
+    """Everything a report is built from, checked for consistency.
+
+    Attributes
+    ----------
+    metrics
+        The metrics table (one row per case x model x structure), columns
+        :data:`METRIC_COLUMNS`; ``nan``/``inf`` parsed as floats.
+    metrics_meta
+        The sidecar ``metrics.json`` (metric definitions, software version, input hashes), or
+        an empty dict when there is none.
+    comparison
+        ``comparison.csv`` (columns :data:`COMPARISON_COLUMNS`), or None when it still has to be
+        computed.
+    comparison_meta
+        ``comparison.json`` next to it, or an empty dict.
+    dataset
+        The data set holding the CTs and ground-truth masks.
+    predictions
+        Model name → prediction folder (``<case_id>/structures/<Name>.nii.gz``).
+    models
+        Provenance of the models: dicts with at least ``name`` and, when known, ``sha256``.
+    config
+        Provenance of the study configuration (``path``, ``sha256``), or None.
+    sources
+        Input file (its name, with its folder for the comparison) → sha256, recorded in the
+        report's provenance.
+    """
+
+    metrics: pd.DataFrame
+    metrics_meta: dict[str, Any]
+    comparison: pd.DataFrame | None
+    comparison_meta: dict[str, Any]
+    dataset: CaseDataset
+    predictions: dict[str, Path]
+    models: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+    comparison_dir: Path | None = None
+
+    @property
+    def model_names(self) -> list[str]:
+        """Models in the order they first appear in the metrics table."""
+        return list(dict.fromkeys(self.metrics["model"].tolist()))
+
+    @property
+    def cohort_names(self) -> list[str]:
+        """Cohorts in the order they first appear in the metrics table."""
+        return list(dict.fromkeys(self.metrics["cohort"].tolist()))
+
+    @property
+    def structure_names(self) -> list[str]:
+        """Structures of the metrics table, in the data set's structure-set order."""
+        present = set(self.metrics["structure"].tolist())
+        ordered = [n for n in self.dataset.structure_set.names if n in present]
+        return ordered + sorted(present - set(ordered))
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ReportError(
+            "sidecar JSON is not valid JSON",
+            where=str(path),
+            expected="the JSON written next to the table by dlas",
+            found=f"{exc.msg} at line {exc.lineno}",
+            fix="restore the file, or run the step that writes it again",
+        ) from None
+    if not isinstance(data, dict):
+        raise ReportError(
+            "sidecar JSON is not an object",
+            where=str(path),
+            expected="a JSON object",
+            found=type(data).__name__,
+            fix="run the step that writes it again",
+        )
+    return data
+
+
+def _read_table(path: Path, columns: Sequence[str], text: Sequence[str], what: str) -> pd.DataFrame:
+    import pandas as pd
+
+    if not path.is_file():
+        raise ReportError(
+            f"{what} not found",
+            where=str(path),
+            expected=f"the {what} written by dlas",
+            found="no such file" if not path.exists() else "a folder",
+            fix="check the path"
+            + (
+                ", or run `dlas evaluate` first"
+                if what == "metrics CSV"
+                else ", or run `dlas compare` first"
+            ),
+        )
+    try:
+        table = pd.read_csv(
+            path,
+            dtype={c: str for c in text},
+            keep_default_na=False,
+            na_values={c: ["nan", "NaN", ""] for c in columns if c not in text},
+        )
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise ReportError(
+            f"{what} cannot be parsed",
+            where=str(path),
+            expected="comma-separated values with a header row",
+            found=" ".join(str(exc).split())[:200] or "an empty file",
+            fix="write the file again with dlas",
+        ) from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ReportError(
+            f"{what} lacks columns",
+            where=str(path),
+            expected="columns " + ", ".join(columns),
+            found=f"no {', '.join(missing)} (columns: {', '.join(map(str, table.columns))})",
+            fix="write the file again with this version of dlas",
+        )
+    if table.empty:
+        raise ReportError(
+            f"{what} has no rows",
+            where=str(path),
+            expected="one row per case, model and structure"
+            if what == "metrics CSV"
+            else "one row per cohort, structure and metric",
+            found="a header only",
+            fix="check that the evaluation ran on at least one case",
+        )
+    numeric = [c for c in columns if c not in text and c != "significant"]
+    for column in numeric:
+        converted = pd.to_numeric(table[column], errors="coerce")
+        bad = converted.isna() & table[column].notna()
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise ReportError(
+                f"{what} holds a non-number",
+                where=f"{path}, row {row + 2}, column {column}",
+                expected="a number, nan or inf",
+                found=repr(table[column].iloc[row]),
+                fix="write the file again with dlas",
+            )
+        table[column] = converted.astype(float)
+    for column in text:
+        if column in table.columns:
+            table[column] = table[column].fillna("").astype(str)
+    return table[list(columns)].copy()
+
+
+def read_metrics(path: str | Path) -> pd.DataFrame:
+    """Read and check a metrics CSV (``dlas evaluate``'s long format).
+
+    Raises
+    ------
+    ReportError
+        If the file is missing, unparsable, lacks a column of :data:`METRIC_COLUMNS`, has no
+        rows, holds non-numbers in a metric column, or lists a (case, model, structure) twice.
+    """
+    p = Path(path)
+    table = _read_table(p, METRIC_COLUMNS, _METRIC_TEXT, "metrics CSV")
+    duplicated = table.duplicated(["case_id", "model", "structure"])
+    if duplicated.any():
+        row = table[duplicated].iloc[0]
+        raise ReportError(
+            "metrics CSV lists a case twice",
+            where=str(p),
+            expected="one row per case, model and structure",
+            found=f"case {row['case_id']}, model {row['model']}, structure {row['structure']} "
+            f"{int(duplicated.sum()) + 1} times",
+            fix="evaluate each model once, or concatenate tables of different models only",
+        )
+    return table
+
+
+def read_comparison(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Read ``comparison.csv`` (a file, or the folder that holds it) and its ``comparison.json``.
+
+    Raises
+    ------
+    ReportError
+        If the file is missing, malformed or lacks a column of :data:`COMPARISON_COLUMNS`.
+    """
+    p = Path(path)
+    csv = p / "comparison.csv" if p.is_dir() else p
+    table = _read_table(csv, COMPARISON_COLUMNS, _COMPARISON_TEXT, "comparison CSV")
+    table["significant"] = table["significant"].map(_as_bool)
+    return table, _read_json(csv.with_name("comparison.json"))
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    if isinstance(value, float) and math.isnan(value):
+        return False
+    return bool(value)
+
+
+def _check_consistency(
+    metrics: pd.DataFrame,
+    dataset: CaseDataset,
+    predictions: Mapping[str, Path],
+    comparison: pd.DataFrame | None,
+    metrics_path: Path,
+) -> None:
+    models = list(dict.fromkeys(metrics["model"].tolist()))
+    missing = [m for m in models if m not in predictions]
+    if missing:
+        raise ReportError(
+            "no prediction folder for a model of the metrics table",
+            where=str(metrics_path),
+            expected="a prediction folder for each model: " + ", ".join(models),
+            found="none for " + ", ".join(missing),
+            fix="add --prediction NAME=DIR for " + ", ".join(missing),
+        )
+    extra = [m for m in predictions if m not in models]
+    if extra:
+        raise ReportError(
+            "prediction folder of a model that the metrics table does not hold",
+            where=", ".join(str(predictions[m]) for m in extra),
+            expected="models " + ", ".join(models),
+            found=", ".join(extra),
+            fix="check the NAME in --prediction NAME=DIR, or evaluate that model first",
+        )
+    for name, folder in predictions.items():
+        if not Path(folder).is_dir():
+            raise ReportError(
+                "prediction folder not found",
+                where=str(folder),
+                expected=f"a folder of <case_id>/structures/<Name>.nii.gz for model {name}",
+                found="no such folder",
+                fix="check the path given with --prediction",
+            )
+    unknown = sorted(set(metrics["case_id"]) - set(dataset.case_ids()))
+    if unknown:
+        raise ReportError(
+            "metrics table lists cases that the data set lacks",
+            where=str(dataset.root),
+            expected="every case of the metrics table in the data set",
+            found=f"{len(unknown)} unknown, e.g. {', '.join(unknown[:3])}",
+            fix="give the data set the metrics were computed on (--dataset)",
+        )
+    if comparison is not None:
+        pairs = set(zip(comparison["model_a"], comparison["model_b"], strict=True))
+        for a, b in pairs:
+            absent = [m for m in (a, b) if m not in models]
+            if absent:
+                raise ReportError(
+                    "comparison names a model that the metrics table does not hold",
+                    where="comparison.csv",
+                    expected="models " + ", ".join(models),
+                    found=", ".join(absent),
+                    fix="compare the metrics table given here (`dlas compare metrics.csv`)",
+                )
+
+
+def load_inputs(
+    metrics_csv: str | Path,
+    *,
+    dataset: str | Path,
+    predictions: Mapping[str, str | Path],
+    comparison: str | Path | None = None,
+    models: Sequence[Mapping[str, Any]] = (),
+    config: Mapping[str, Any] | None = None,
+) -> ReportInputs:
+    """Gather and check the inputs of a report given explicitly.
+
+    Parameters
+    ----------
+    metrics_csv
+        The metrics table; its ``metrics.json`` sidecar is read when present.
+    dataset
+        The data set the metrics were computed on.
+    predictions
+        Model name → prediction folder, one for every model of the metrics table.
+    comparison
+        ``comparison.csv`` or its folder; None to compute the comparison when building.
+    models, config
+        Provenance of the models and of the configuration, when known.
+
+    Raises
+    ------
+    ReportError
+        If an input is missing or malformed, or the inputs do not belong together.
+    """
+    metrics_path = Path(metrics_csv)
+    if metrics_path.is_dir():
+        raise ReportError(
+            "expected a metrics CSV, got a folder that is not a study",
+            where=str(metrics_path),
+            expected="metrics.csv, or a study folder with study.yaml",
+            found="a folder without study.yaml",
+            fix="give the metrics CSV file, or the study folder `dlas study` wrote",
+        )
+    metrics = read_metrics(metrics_path)
+    meta = _read_json(metrics_path.with_suffix(".json"))
+    ds = CaseDataset.open(dataset)
+    preds = {name: Path(p) for name, p in predictions.items()}
+    comp_df: pd.DataFrame | None = None
+    comp_meta: dict[str, Any] = {}
+    comp_dir: Path | None = None
+    sources = {metrics_path.name: _sha256_file(metrics_path)}
+    if comparison is not None:
+        comp_df, comp_meta = read_comparison(comparison)
+        comp_path = Path(comparison)
+        comp_dir = comp_path if comp_path.is_dir() else comp_path.parent
+        csv = comp_dir / "comparison.csv" if comp_path.is_dir() else comp_path
+        sources[f"{csv.parent.name}/{csv.name}"] = _sha256_file(csv)
+    _check_consistency(metrics, ds, preds, comp_df, metrics_path)
+    return ReportInputs(
+        metrics=metrics,
+        metrics_meta=meta,
+        comparison=comp_df,
+        comparison_meta=comp_meta,
+        dataset=ds,
+        predictions=preds,
+        models=[dict(m) for m in models]
+        or [{"name": name, "sha256": None, "source": "not recorded"} for name in preds],
+        config=dict(config) if config is not None else None,
+        sources=sources,
+        comparison_dir=comp_dir,
+    )
+
+
+def _model_provenance(models_dir: Path) -> list[dict[str, Any]]:
+    """Name and hash of each model from the checkpoint metadata (``models/**/*.json``)."""
+    found: list[dict[str, Any]] = []
+    if not models_dir.is_dir():
+        return found
+    for path in sorted(models_dir.rglob("*.json")):
+        data = _read_json(path)
+        name = data.get("name") or data.get("model_name") or data.get("model")
+        digest = data.get("sha256") or data.get("model_sha256") or data.get("weights_sha256")
+        if not isinstance(name, str):
+            continue
+        entry: dict[str, Any] = {
+            "name": name,
+            "sha256": digest if isinstance(digest, str) else None,
+            "source": path.relative_to(models_dir).as_posix(),
+        }
+        for key in ("version", "architecture", "created_by", "config_sha256", "dataset_sha256"):
+            if key in data:
+                entry[key] = data[key]
+        found.append(entry)
+    return found
+
+
+def load_study(study_dir: str | Path) -> ReportInputs:
+    """Gather and check the inputs of a report from a study folder (see the module docstring).
+
+    Raises
+    ------
+    ReportError
+        If the folder is not a study or lacks the metrics table, the data set or predictions.
+    """
+    root = Path(study_dir)
+    config_path = root / "study.yaml"
+    if not config_path.is_file():
+        raise ReportError(
+            "not a study folder",
+            where=str(root),
+            expected="a folder with study.yaml (written by `dlas study`)",
+            found="no study.yaml" if root.is_dir() else "no such folder",
+            fix="give the study folder, or a metrics CSV with --dataset and --prediction",
+        )
+    pred_root = root / "predictions"
+    predictions = (
+        {
+            p.name: p
+            for p in sorted(pred_root.iterdir())
+            if p.is_dir() and not p.name.startswith(".")
+        }
+        if pred_root.is_dir()
+        else {}
+    )
+    comparison = root / "comparison"
+    has_comparison = (comparison / "comparison.csv").is_file()
+    metrics_path = root / "metrics.csv"
+    models = _model_provenance(root / "models")
+    metrics = read_metrics(metrics_path)
+    wanted = set(metrics["model"])
+    predictions = {k: v for k, v in predictions.items() if k in wanted}
+    known = {m["name"] for m in models}
+    models += [
+        {"name": m, "sha256": None, "source": "not recorded"}
+        for m in dict.fromkeys(metrics["model"])
+        if m not in known
+    ]
+    inputs = load_inputs(
+        metrics_path,
+        dataset=root / "data",
+        predictions=predictions,
+        comparison=comparison if has_comparison else None,
+        models=models,
+        config={"path": "study.yaml", "sha256": _sha256_file(config_path)},
+    )
+    inputs.sources[config_path.name] = _sha256_file(config_path)
+    return inputs
+
+
+def resolve_inputs(
+    source: str | Path,
+    *,
+    dataset: str | Path | None = None,
+    predictions: Mapping[str, str | Path] | None = None,
+    comparison: str | Path | None = None,
+) -> ReportInputs:
+    """Inputs from a study folder, or from a metrics CSV with its data set and predictions.
+
+    Raises
+    ------
+    ReportError
+        If ``source`` is neither, if a study folder is given together with explicit inputs,
+        or if a metrics CSV is given without its data set.
+    """
+    path = Path(source)
+    if path.is_dir() and (path / "study.yaml").is_file():
+        if dataset is not None or predictions:
+            raise ReportError(
+                "a study folder already names its data set and predictions",
+                where=str(path),
+                expected="either STUDY_DIR alone, or metrics.csv with --dataset/--prediction",
+                found="a study folder together with --dataset or --prediction",
+                fix="drop --dataset/--prediction, or give the metrics CSV instead of the folder",
+            )
+        inputs = load_study(path)
+        if comparison is not None:
+            inputs.comparison, inputs.comparison_meta = read_comparison(comparison)
+            csv = (
+                Path(comparison) / "comparison.csv"
+                if Path(comparison).is_dir()
+                else Path(comparison)
+            )
+            inputs.sources = {
+                k: v for k, v in inputs.sources.items() if not k.endswith("comparison.csv")
+            }
+            inputs.sources[f"{csv.parent.name}/{csv.name}"] = _sha256_file(csv)
+        return inputs
+    if dataset is None:
+        raise ReportError(
+            "a metrics CSV needs its data set",
+            where=str(path),
+            expected="--dataset DATASET (the CTs and ground truth the metrics were computed on)",
+            found="no --dataset" if path.is_file() else "neither a study folder nor a file",
+            fix="add --dataset DATASET and --prediction NAME=DIR for each model, "
+            "or give a study folder",
+        )
+    return load_inputs(path, dataset=dataset, predictions=predictions or {}, comparison=comparison)
