@@ -326,3 +326,14 @@ def test_summary_needs_no_ct(ct, tmp_path: Path) -> None:
     rois = summarize_rtstruct(_write(ct, tmp_path / "rs.dcm", _shapes()))
     assert [r.name for r in rois] == ["nested", "islands", "thin", "single", "blobs"]
     assert rois[3].n_contours == 1 and rois[3].geometric_types == {"CLOSED_PLANAR": 1}
+
+
+def test_institution_spellings_take_colour_and_type_from_the_structure_set(
+    ct, tmp_path: Path
+) -> None:
+    masks = {"CTV_Rectum": _shapes()["single"], "Femoral Head Lt": _shapes()["islands"]}
+    path = _write(ct, tmp_path / "rs.dcm", masks, structure_set=StructureSet.builtin())
+    ds = pydicom.dcmread(path)
+    assert [r.ROIName for r in ds.StructureSetROISequence] == ["CTV_Rectum", "Femoral Head Lt"]
+    assert [o.RTROIInterpretedType for o in ds.RTROIObservationsSequence] == ["CTV", "ORGAN"]
+    assert list(ds.ROIContourSequence[1].ROIDisplayColor) == [0, 200, 0]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import typer
 
-from dlas.cli import data, evaluation, report
+from dlas.cli import data, evaluation, phantom, report
 from dlas.cli._common import SETTINGS, stderr
 from dlas.errors import DlasError
 
@@ -43,6 +43,7 @@ def _root(
 
 
 data.register(app)
+phantom.register(app)
 evaluation.register(app)
 report.register(app)
 

@@ -276,7 +276,6 @@ def import_source(
         s
         for s in scan.skipped
         if not any(parent in nifti_dirs for parent in s.path.resolve().parents)
-        and s.path.name != "index.json"
     ]
     if not scan.ct_series and not nifti_cases:
         reasons = Counter(s.reason for s in scan.skipped)

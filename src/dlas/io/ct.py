@@ -56,6 +56,7 @@ SCANNER_TAGS = (
     "ConvolutionKernel",
     "PixelSpacing",
     "SliceThickness",
+    "ReconstructionDiameter",
 )
 
 
@@ -138,7 +139,7 @@ def scanner_tags(ds: Dataset) -> dict[str, Any]:
             out[key] = None
         elif key == "PixelSpacing":
             out[key] = [float(v) for v in value]
-        elif key in ("KVP", "SliceThickness"):
+        elif key in ("KVP", "SliceThickness", "ReconstructionDiameter"):
             out[key] = float(value)
         elif isinstance(value, pydicom.multival.MultiValue):
             out[key] = "\\".join(str(v) for v in value)

@@ -550,7 +550,8 @@ def write_rtstruct(
     algorithm
         The model that made them (name and version are written into every ROI).
     structure_set
-        Supplies colours and RT ROI interpreted types; every mask name must be in it when given.
+        Supplies colours and RT ROI interpreted types; every mask name must map onto it (a
+        canonical name or any spelling it matches, such as an institution's "CTV_Rectum").
     timestamp
         Structure set date/time (now by default; fixed for reproducible files).
     uid_seed
@@ -603,13 +604,13 @@ def write_rtstruct(
                     found=f"shape {array.shape}",
                     fix="resample the mask onto the CT before writing",
                 )
-        if structure_set is not None and name not in structure_set:
+        if structure_set is not None and structure_set.match(name) is None:
             raise RTStructError(
                 "structure not in the structure set",
                 where=f"structure {name!r}",
-                expected=f"one of {', '.join(structure_set.names)}",
+                expected=f"a name that maps to one of {', '.join(structure_set.names)}",
                 found=repr(name),
-                fix="use canonical names, or write without a structure set",
+                fix="use canonical names or their synonyms, or write without a structure set",
             )
         if len(name) > 64 or not name.strip():
             raise RTStructError(
@@ -693,7 +694,8 @@ def write_rtstruct(
 
     roi_seq, contour_seq, obs_seq = DicomSequence(), DicomSequence(), DicomSequence()
     for number, (name, array) in enumerate(checked.items(), start=1):
-        definition = structure_set[name] if structure_set is not None else None
+        canonical = structure_set.match(name) if structure_set is not None else None
+        definition = structure_set[canonical] if structure_set and canonical else None
         roi = Dataset()
         roi.ROINumber = number
         roi.ReferencedFrameOfReferenceUID = ct.frame_of_reference_uid
