@@ -17,6 +17,7 @@ __all__ = [
     "RTStructError",
     "ReportError",
     "StructureSetError",
+    "StudyError",
 ]
 
 
@@ -94,3 +95,7 @@ class EvaluationError(DlasError):
 
 class ReportError(DlasError):
     """Inputs or options of a report that are missing, malformed or inconsistent."""
+
+
+class StudyError(DlasError):
+    """A study configuration or study folder that cannot be run or resumed."""

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import typer
 
-from dlas.cli import data, evaluation, phantom, report
+from dlas.cli import data, evaluation, model, phantom, report, study
 from dlas.cli._common import SETTINGS, stderr
 from dlas.errors import DlasError
 
@@ -44,8 +44,10 @@ def _root(
 
 data.register(app)
 phantom.register(app)
+model.register(app)
 evaluation.register(app)
 report.register(app)
+study.register(app)
 
 
 def _configure_logging(debug: bool) -> None:

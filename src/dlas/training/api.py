@@ -1,0 +1,627 @@
+"""``train()``: pretraining, localized fine-tuning and k-fold cross-validation (``dlas train``).
+
+A run writes into one folder::
+
+    OUT/
+      run.json                what was asked for: recipe, architecture, preprocessing, data set,
+                              split and pretrained model, with their hashes (checked on --resume)
+      folds/fold-K/           per-fold training state (see dlas.training.state)
+      cv.json, cv.csv         per-fold, per-epoch curves and the selection
+      model.json + weights    the output model (the selected fold, or the fold ensemble)
+
+Fine-tuning (``pretrained=``) starts every fold from the pretrained weights. The architecture and
+preprocessing are the pretrained model's (fields set explicitly in the recipe override them, and
+weights that no longer fit are an error listing the layers). When the structure set differs from
+the pretrained model's classes, the output head is re-initialised (seeded); everything else must
+match.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dlas import __version__
+from dlas.dataset import CaseDataset
+from dlas.io.atomic import write_json, write_text
+from dlas.model.checkpoint import (
+    ModelInfo,
+    check_state_dict,
+    load_weights,
+    read_model_info,
+    save_model,
+)
+from dlas.model.config import DpnUNetConfig, Preprocessing, config_sha256
+from dlas.model.runtime import lr_swap_table, resolve_device
+from dlas.training.config import Recipe, TrainingConfigError, load_recipe
+from dlas.training.cv import Fold, make_folds, split_sha256
+from dlas.training.data import (
+    PreparedCase,
+    SliceSet,
+    class_frequencies,
+    class_weights,
+    pad_to_canvas,
+    prepare_case,
+)
+from dlas.training.distributed import DistContext, init_distributed
+from dlas.training.loop import (
+    EventCallback,
+    FoldSetup,
+    TrainingEvent,
+    train_fold,
+)
+from dlas.training.state import FoldState, best_weights, load_fold_state
+
+if TYPE_CHECKING:
+    import torch
+
+    from dlas.model.dpn_unet import DpnUNet
+
+__all__ = ["TrainResult", "initial_network", "train"]
+
+log = logging.getLogger(__name__)
+
+RUN_JSON = "run.json"
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    model_dir: Path
+    model_sha256: str
+    selected_fold: int | None
+    ensemble: bool
+    folds: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _select_cases(
+    dataset: CaseDataset, cohorts: Sequence[str] | None, recipe: Recipe
+) -> tuple[list[str], list[str]]:
+    """Case ids to train on, and notes about cases left out."""
+    known = dataset.cohorts()
+    if cohorts:
+        unknown = [c for c in cohorts if c not in known]
+        if unknown:
+            raise TrainingConfigError(
+                "unknown cohort",
+                where=str(dataset.root),
+                expected=f"one of {', '.join(known) or '(no cohorts)'}",
+                found=", ".join(unknown),
+                fix="list the cohorts with `dlas inspect DATASET`",
+            )
+        ids = [c for name in cohorts for c in known[name]]
+    else:
+        ids = dataset.case_ids()
+    if not ids:
+        raise TrainingConfigError(
+            "no cases to train on",
+            where=str(dataset.root),
+            expected="at least one case",
+            found="an empty selection",
+            fix="import cases first, or choose another --cohort",
+        )
+    names = dataset.structure_set.names
+    notes: list[str] = []
+    usable: list[str] = []
+    for case_id in sorted(ids):
+        missing = [n for n in names if n not in dataset.record(case_id).structures]
+        if not missing:
+            usable.append(case_id)
+            continue
+        if recipe.missing_structures == "error":
+            raise TrainingConfigError(
+                "case lacks structures of the structure set",
+                where=f"case {case_id}",
+                expected=f"masks of {', '.join(names)}",
+                found=f"no {', '.join(missing)}",
+                fix="its label map would call them background, teaching the model to omit "
+                "them; set `missing_structures: skip-case` in the recipe to leave such cases out",
+            )
+        notes.append(f"case {case_id} left out: no {', '.join(missing)}")
+    if not usable:
+        raise TrainingConfigError(
+            "no case has every structure",
+            where=str(dataset.root),
+            expected=f"cases with {', '.join(names)}",
+            found=f"{len(ids)} case(s), each missing at least one",
+            fix="use a structure set that matches the data",
+        )
+    return usable, notes
+
+
+def _median_spacing(dataset: CaseDataset, case_ids: Sequence[str]) -> float:
+    import SimpleITK as sitk
+
+    values = []
+    for case_id in case_ids:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(dataset.case_dir(case_id) / "ct.nii.gz"))
+        reader.ReadImageInformation()
+        sx, sy, _ = reader.GetSpacing()
+        values.append((float(sx) + float(sy)) / 2.0)
+    return round(float(np.median(values)), 4)
+
+
+def _resolve_model(
+    recipe: Recipe,
+    dataset: CaseDataset,
+    case_ids: Sequence[str],
+    device: torch.device,
+    pretrained: ModelInfo | None,
+) -> tuple[DpnUNetConfig, Preprocessing]:
+    num_classes = len(dataset.structure_set.names) + 1
+    if pretrained is not None:
+        data = {
+            **pretrained.architecture.model_dump(),
+            **recipe.model.overrides(),
+            "num_classes": num_classes,
+        }
+        architecture = DpnUNetConfig.model_validate(data)
+        explicit = {
+            k: getattr(recipe.preprocessing, k) for k in recipe.preprocessing.model_fields_set
+        }
+        pre = pretrained.preprocessing.model_copy(update=explicit)
+    else:
+        architecture = recipe.model.resolve(num_classes, device.type)
+        pre = recipe.preprocessing
+    if pre.spacing_mm is None:
+        pre = pre.model_copy(update={"spacing_mm": _median_spacing(dataset, case_ids)})
+    return architecture, Preprocessing.model_validate(pre.model_dump())
+
+
+def initial_network(
+    architecture: DpnUNetConfig,
+    classes: Sequence[str],
+    *,
+    seed: int,
+    pretrained: ModelInfo | None = None,
+) -> tuple[DpnUNet, dict[str, Any] | None]:
+    """The network every fold starts from: seeded initialisation, then the pretrained weights.
+
+    Returns the network and a description of what was taken from the pretrained model.
+
+    Raises
+    ------
+    ModelFileError
+        The pretrained weights do not fit ``architecture`` (the message lists the layers).
+    """
+    import torch
+
+    from dlas.model.dpn_unet import DpnUNet
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = DpnUNet(architecture)
+    if pretrained is None:
+        return net, None
+    if len(pretrained.weights) != 1:
+        raise TrainingConfigError(
+            "cannot fine-tune a fold ensemble",
+            where=str(pretrained.folder),
+            expected="a single model",
+            found=f"an ensemble of {len(pretrained.weights)} members",
+            fix="train the pretrained model without --ensemble",
+        )
+    entry = pretrained.weights[0]
+    state = load_weights(pretrained.folder / entry.file, sha256=entry.sha256)
+    reinit_head = list(classes) != list(pretrained.classes)
+    ignore = ("head.",) if reinit_head else ()
+    check_state_dict(net, state, where=str(pretrained.folder / entry.file), ignore_prefixes=ignore)
+    own = net.state_dict()
+    for key, value in state.items():
+        if not key.startswith(ignore):
+            own[key] = value
+    net.load_state_dict(own)
+    return net, {
+        "model_sha256": pretrained.model_sha256,
+        "name": pretrained.name,
+        "classes": pretrained.classes,
+        "head_reinitialised": reinit_head,
+    }
+
+
+def _run_description(
+    recipe: Recipe,
+    architecture: DpnUNetConfig,
+    pre: Preprocessing,
+    dataset: CaseDataset,
+    case_ids: Sequence[str],
+    folds: Sequence[Fold],
+    pretrained: ModelInfo | None,
+) -> dict[str, Any]:
+    cohorts: dict[str, int] = {}
+    for case_id in case_ids:
+        cohort = dataset.record(case_id).cohort
+        cohorts[cohort] = cohorts.get(cohort, 0) + 1
+    parts = {
+        "recipe": config_sha256(
+            {k: v for k, v in recipe.model_dump(mode="json").items() if k != "ensemble"}
+        ),
+        "architecture": config_sha256(architecture),
+        "preprocessing": config_sha256(pre),
+        "structure_set": dataset.structure_set.sha256(),
+        "dataset": dataset.sha256(list(case_ids)),
+        "split": split_sha256(folds),
+        "pretrained": pretrained.model_sha256 if pretrained else None,
+    }
+    return {
+        "schema_version": 1,
+        "kind": "dlas-training-run",
+        "software": {"name": "dlas", "version": __version__},
+        "run_sha256": config_sha256(parts),
+        "hashes": parts,
+        "recipe": recipe.model_dump(mode="json"),
+        "architecture": architecture.model_dump(mode="json"),
+        "preprocessing": pre.model_dump(mode="json"),
+        "dataset": {
+            "name": dataset.name,
+            "sha256": parts["dataset"],
+            "cases": len(case_ids),
+            "cohorts": dict(sorted(cohorts.items())),
+        },
+        "split": {"sha256": parts["split"], "folds": [f.to_data() for f in folds]},
+        "pretrained": (
+            {"model_sha256": pretrained.model_sha256, "name": pretrained.name}
+            if pretrained
+            else None
+        ),
+    }
+
+
+def _check_output(out: Path, run: dict[str, Any], resume: bool) -> None:
+    import json
+
+    existing = out / RUN_JSON
+    if not resume:
+        if out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")):
+            raise TrainingConfigError(
+                "output folder is not empty",
+                where=str(out),
+                expected="a new or empty folder",
+                found=f"{sum(1 for _ in out.iterdir())} entries"
+                + (" of an earlier training run" if existing.exists() else ""),
+                fix="pass --resume to continue that run, or choose another --out",
+            )
+        return
+    if not existing.is_file():
+        raise TrainingConfigError(
+            "nothing to resume",
+            where=str(out),
+            expected=f"a folder with {RUN_JSON} from an interrupted `dlas train`",
+            found="no run.json",
+            fix="leave out --resume to start a new run",
+        )
+    before = json.loads(existing.read_text(encoding="utf-8"))
+    if before.get("run_sha256") == run["run_sha256"]:
+        return
+    changed = [
+        key for key, value in run["hashes"].items() if before.get("hashes", {}).get(key) != value
+    ]
+    raise TrainingConfigError(
+        "cannot resume: the run's configuration or data changed",
+        where=str(out / RUN_JSON),
+        expected="the same recipe, model, data set and split "
+        f"(run {str(before.get('run_sha256', '?'))[:12]})",
+        found=f"changed: {', '.join(changed) or 'run description'}",
+        fix="resume with exactly the original options and data, or start a new --out folder",
+    )
+
+
+def _prepare(
+    dataset: CaseDataset,
+    case_ids: Sequence[str],
+    architecture: DpnUNetConfig,
+    pre: Preprocessing,
+    emit: EventCallback,
+) -> dict[str, PreparedCase]:
+    prepared: dict[str, PreparedCase] = {}
+    for i, case_id in enumerate(case_ids):
+        emit(TrainingEvent("prepare", step=i, steps=len(case_ids), message=case_id))
+        case = dataset.load_case(case_id)
+        prepared[case_id] = prepare_case(
+            case, dataset.structure_set, pre, architecture.size_multiple
+        )
+    emit(TrainingEvent("prepare", step=len(case_ids), steps=len(case_ids)))
+    h = max(c.shape[1] for c in prepared.values())
+    w = max(c.shape[2] for c in prepared.values())
+    return {k: pad_to_canvas(v, (h, w)) for k, v in prepared.items()}
+
+
+def _with_canvas(pre: Preprocessing, prepared: dict[str, PreparedCase]) -> Preprocessing:
+    """The preprocessing with the canvas the training cases were padded to."""
+    shape = next(iter(prepared.values())).shape[1:]
+    return pre.model_copy(update={"canvas": (int(shape[0]), int(shape[1]))})
+
+
+def _cv_outputs(out: Path, states: Sequence[FoldState], names: Sequence[str]) -> None:
+    rows = io.StringIO()
+    writer = csv.writer(rows, lineterminator="\n")
+    header = [
+        "fold",
+        "epoch",
+        "lr",
+        "train_loss",
+        "val_loss",
+        "val_dsc",
+        *[f"val_dsc_{n}" for n in names],
+    ]
+    writer.writerow(header)
+    for state in states:
+        for entry in state.history:
+            per = entry.get("val_dsc_per_structure") or {}
+            writer.writerow(
+                [
+                    state.fold,
+                    entry["epoch"],
+                    f"{entry['lr']:.6g}",
+                    f"{entry['train_loss']:.6f}",
+                    "" if entry["val_loss"] is None else f"{entry['val_loss']:.6f}",
+                    "" if entry["val_dsc"] is None else f"{entry['val_dsc']:.4f}",
+                    *["" if per.get(n) is None else f"{per[n]:.4f}" for n in names],
+                ]
+            )
+    write_text(out / "cv.csv", rows.getvalue())
+
+
+def _select(states: Sequence[FoldState], rule: str) -> FoldState:
+    def key(state: FoldState) -> float:
+        last = state.history[-1]
+        if rule == "val_dsc":
+            return -float(state.best_score if state.best_score is not None else float("-inf"))
+        if rule == "val_loss":
+            return float(state.best_score if state.best_score is not None else float("inf"))
+        return float(last["val_loss"]) if last["val_loss"] is not None else 0.0
+
+    return min(states, key=key)
+
+
+def train(
+    dataset: str | os.PathLike[str] | CaseDataset,
+    out: str | os.PathLike[str],
+    *,
+    config: str | os.PathLike[str] | Recipe | dict[str, Any] | None = None,
+    pretrained: str | os.PathLike[str] | None = None,
+    folds: int | None = None,
+    epochs: int | None = None,
+    device: str = "auto",
+    resume: bool = False,
+    cohorts: Sequence[str] | None = None,
+    ensemble: bool | None = None,
+    name: str | None = None,
+    progress: EventCallback | None = None,
+) -> TrainResult:
+    """Train a DpnUNet on a data set with k-fold cross-validation (``dlas train``).
+
+    Parameters
+    ----------
+    dataset
+        A dlas data set (folder or opened); its structure set defines the classes.
+    out
+        Output folder (see the module docstring); must be new or empty unless ``resume``.
+    config
+        Recipe: YAML/JSON file, mapping or :class:`Recipe`; default the study's recipe.
+    pretrained
+        Model folder to fine-tune (``--from``).
+    folds, epochs, ensemble
+        Override the recipe's values.
+    device
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    resume
+        Continue an interrupted run in ``out`` (same configuration and data required).
+    cohorts
+        Train on these cohorts of the data set only (default: every case).
+    name
+        Model name written into RTSTRUCTs (default ``"dlas DpnUNet"``).
+    progress
+        Called with :class:`TrainingEvent` objects (rank 0 only).
+
+    Raises
+    ------
+    TrainingConfigError
+        Invalid recipe or request; a run that cannot resume.
+    TrainingError
+        Training diverged or has too little data.
+    dlas.model.ModelFileError
+        Unusable pretrained model (pickled, corrupt, or weights that do not fit).
+    dlas.errors.DatasetError
+        Unreadable data set.
+    """
+    recipe = load_recipe(config).with_overrides(folds=folds, epochs=epochs, ensemble=ensemble)
+    ds = dataset if isinstance(dataset, CaseDataset) else CaseDataset.open(dataset)
+    out_dir = Path(out)
+    emit: EventCallback = progress or (lambda event: None)
+    dist = init_distributed(_device_type(device))
+    try:
+        if not dist.is_main:
+            emit = lambda event: None  # noqa: E731 - only rank 0 reports
+        dev = resolve_device(device, local_rank=dist.local_rank if dist.enabled else None)
+        case_ids, notes = _select_cases(ds, cohorts, recipe)
+        for note in notes:
+            log.warning(note)
+        pre_info = read_model_info(pretrained) if pretrained is not None else None
+        architecture, pre = _resolve_model(recipe, ds, case_ids, dev, pre_info)
+        classes = ["background", *ds.structure_set.names]
+        cohort_of = {c: ds.record(c).cohort for c in case_ids}
+        split = make_folds(
+            case_ids,
+            recipe.folds,
+            seed=recipe.seed,
+            cohorts=cohort_of,
+            stratify=recipe.stratify_by_cohort,
+        )
+        run = _run_description(recipe, architecture, pre, ds, case_ids, split, pre_info)
+        _check_output(out_dir, run, resume)
+        dist.barrier()  # every process checked the folder before rank 0 writes into it
+        net0, pretrained_note = initial_network(
+            architecture, classes, seed=recipe.seed, pretrained=pre_info
+        )
+        if dist.is_main:
+            write_json(out_dir / RUN_JSON, {**run, "notes": notes})
+        dist.barrier()
+        prepared = _prepare(ds, case_ids, architecture, pre, emit)
+        pre = _with_canvas(pre, prepared)
+        swap = lr_swap_table(ds.structure_set)
+        if swap is None and recipe.augmentation.flip_lr:
+            log.warning("left-right flips disabled: a sided structure has no counterpart")
+        states: list[FoldState] = []
+        for fold in split:
+            folder = out_dir / "folds" / f"fold-{fold.index}"
+            state = load_fold_state(folder)
+            if state is not None and state.complete:
+                states.append(state)
+                continue
+            train_cases = [prepared[c] for c in fold.train]
+            weights = class_weights(
+                recipe.class_weights, class_frequencies(train_cases, len(classes))
+            )
+            setup = FoldSetup(
+                index=fold.index,
+                folds=len(split),
+                folder=folder,
+                train=SliceSet(train_cases, architecture.in_slices),
+                validation=[prepared[c] for c in fold.validation],
+                class_weights=weights,
+                structure_names=ds.structure_set.names,
+                swap=swap,
+                run_sha256=run["run_sha256"],
+            )
+            net = _copy_network(net0)
+            states.append(
+                train_fold(net, setup, recipe, device=dev, dist=dist, state=state, callback=emit)
+            )
+        result = _finish(
+            out_dir,
+            recipe,
+            states,
+            ds,
+            architecture,
+            pre,
+            run,
+            pretrained_note,
+            name or "dlas DpnUNet",
+            dist,
+            dev,
+        )
+        emit(TrainingEvent("done", message=result.model_sha256))
+        return result
+    finally:
+        dist.close()
+
+
+def _device_type(device: str) -> str:
+    return (
+        "cuda"
+        if device.strip().lower().startswith("cuda")
+        or (device.strip().lower() == "auto" and _cuda_available())
+        else "cpu"
+    )
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _copy_network(net: DpnUNet) -> DpnUNet:
+    from dlas.model.dpn_unet import DpnUNet
+
+    copy = DpnUNet(net.config)
+    copy.load_state_dict(net.state_dict())
+    return copy
+
+
+def _finish(
+    out: Path,
+    recipe: Recipe,
+    states: Sequence[FoldState],
+    dataset: CaseDataset,
+    architecture: DpnUNetConfig,
+    pre: Preprocessing,
+    run: dict[str, Any],
+    pretrained_note: dict[str, Any] | None,
+    name: str,
+    dist: DistContext,
+    device: torch.device,
+) -> TrainResult:
+    has_validation = any(f["validation"] for f in run["split"]["folds"])
+    rule = recipe.selection if has_validation else "last"
+    chosen = _select(states, rule)
+    folders = {s.fold: out / "folds" / f"fold-{s.fold}" for s in states}
+    members_states = list(states) if recipe.ensemble else [chosen]
+    fold_summary = [
+        {
+            "fold": s.fold,
+            "best_epoch": s.best_epoch,
+            "best_score": s.best_score,
+            "class_weights": s.class_weights,
+            "history": s.history,
+        }
+        for s in states
+    ]
+    selection = {
+        "rule": rule,
+        "requested_rule": recipe.selection,
+        "fold": None if recipe.ensemble else chosen.fold,
+        "epoch": None if recipe.ensemble else chosen.best_epoch,
+        "ensemble": recipe.ensemble,
+        "members": [{"fold": s.fold, "epoch": s.best_epoch} for s in members_states],
+    }
+    model_sha = ""
+    if dist.is_main:
+        members = [(best_weights(folders[s.fold], s), s.fold, s.best_epoch) for s in members_states]
+        info = save_model(
+            out,
+            name=name,
+            architecture=architecture,
+            preprocessing=pre,
+            structure_set=dataset.structure_set,
+            members=members,
+            training={
+                "run_sha256": run["run_sha256"],
+                "recipe": run["recipe"],
+                "recipe_sha256": recipe.sha256(),
+                "dataset": run["dataset"],
+                "split": run["split"],
+                "pretrained": pretrained_note,
+                "selection": selection,
+                "folds": fold_summary,
+                "device": device.type,
+                "world_size": dist.world_size,
+            },
+        )
+        model_sha = info.model_sha256
+        write_json(
+            out / "cv.json",
+            {
+                "schema_version": 1,
+                "software": {"name": "dlas", "version": __version__},
+                "run_sha256": run["run_sha256"],
+                "model_sha256": model_sha,
+                "selection": selection,
+                "folds": [
+                    {**summary, "validation": fold["validation"], "train": fold["train"]}
+                    for summary, fold in zip(fold_summary, run["split"]["folds"], strict=True)
+                ],
+            },
+        )
+        _cv_outputs(out, states, dataset.structure_set.names)
+    dist.barrier()
+    if not dist.is_main:
+        model_sha = read_model_info(out).model_sha256
+    return TrainResult(
+        model_dir=out,
+        model_sha256=model_sha,
+        selected_fold=None if recipe.ensemble else chosen.fold,
+        ensemble=recipe.ensemble,
+        folds=fold_summary,
+    )

@@ -1,0 +1,95 @@
+"""``dlas train`` on the command line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+
+@pytest.fixture
+def dlas() -> Callable[[Sequence[str]], int]:
+    """``dlas(args)`` → exit status, with the model commands registered."""
+    from dlas import cli
+    from dlas.cli import model
+
+    if "train" not in {c.name for c in cli.app.registered_commands}:
+        model.register(cli.app)
+    return cli.main
+
+
+def test_train_command_writes_a_model(
+    tmp_path: Path, synthetic: ModuleType, dlas, capsys: pytest.CaptureFixture[str]
+) -> None:
+    synthetic.make_dataset(tmp_path / "ds", 2)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "learning_rate: 0.003\nmodel: {preset: cpu, widths: [8, 16, 24], blocks: [1, 1, 1], "
+        "growth: [4, 4, 4], groups: 4, norm_groups: 4}\n"
+    )
+    status = dlas(
+        [
+            "train",
+            str(tmp_path / "ds"),
+            "--out",
+            str(tmp_path / "model"),
+            "--config",
+            str(recipe),
+            "--folds",
+            "2",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+    )
+    assert status == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["selected_fold"] in (1, 2)
+    info = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert info["model_sha256"] == out["model_sha256"]
+    assert info["training"]["recipe"]["epochs"] == 1
+
+
+def test_train_command_prints_losses_per_epoch(
+    tmp_path: Path, synthetic: ModuleType, dlas, capsys: pytest.CaptureFixture[str]
+) -> None:
+    synthetic.make_dataset(tmp_path / "ds", 2)
+    status = dlas(
+        [
+            "train",
+            str(tmp_path / "ds"),
+            "--out",
+            str(tmp_path / "model"),
+            "--folds",
+            "1",
+            "--epochs",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert status == 0
+    captured = capsys.readouterr()
+    assert "fold 1/1 epoch 1/2: train loss" in captured.err
+    assert "fold 1/1 epoch 2/2: train loss" in captured.err
+    assert "model written to" in captured.out
+
+
+def test_train_command_with_a_bad_recipe_fails_with_one_line(
+    tmp_path: Path, synthetic: ModuleType, dlas, capsys: pytest.CaptureFixture[str]
+) -> None:
+    synthetic.make_dataset(tmp_path / "ds", 2)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("epochz: 3\n")
+    status = dlas(
+        ["train", str(tmp_path / "ds"), "--out", str(tmp_path / "model"), "--config", str(recipe)]
+    )
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "epochz" in err[0]
+    assert not (tmp_path / "model").exists()
