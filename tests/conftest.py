@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from pydicom import config as pydicom_config
 
+from helpers.browser import browser_missing, start_chromium
+
 #: Real data shared next to the repository (see ../shared/data/README.md); never copied in.
 SHARED_DATA = Path(
     os.environ.get(
@@ -105,3 +107,24 @@ def dciodvfy() -> Callable[[Path], list[str]]:
         return [line for line in lines if line.startswith("Error")]
 
     return run
+
+
+# ------------------------------------------------------------------ headless Chromium
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``browser`` skip, with the reason, when Chromium or selenium is missing."""
+    reason = browser_missing()
+    if reason is None:
+        return
+    for item in items:
+        if "browser" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Headless Chromium with a fresh profile, logging the console and the network."""
+    driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"))
+    try:
+        yield driver
+    finally:
+        driver.quit()

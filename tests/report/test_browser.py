@@ -7,88 +7,23 @@ written to ``$DLAS_SCREENSHOT_DIR`` when it is set, for a person to look at.
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
+from helpers.browser import assert_offline_and_clean, open_page
 
-pytestmark = [
-    pytest.mark.skipif(CHROMIUM is None, reason="Debian package chromium is not installed"),
-    pytest.mark.skipif(
-        CHROMEDRIVER is None, reason="Debian package chromium-driver is not installed"
-    ),
-    pytest.mark.skipif(
-        importlib.util.find_spec("selenium") is None, reason="selenium is not installed"
-    ),
-]
-
-_ARGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1280,900",
-)
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """Headless Chromium with a fresh profile, logging the console and the network."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in _ARGS:
-        options.add_argument(arg)
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+pytestmark = pytest.mark.browser
 
 
 def _open(driver: Any, page: Path) -> None:
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    driver.get("about:blank")
-    driver.get_log("browser")  # drop what the start page logged
-    driver.get_log("performance")
-    driver.get(page.as_uri())
-    WebDriverWait(driver, 30).until(
-        lambda d: d.execute_script("return document.readyState") == "complete"
-    )
+    open_page(driver, page)
 
 
 def _check_clean(driver: Any) -> None:
-    """No console error, and no request beyond the page's own file and data: URIs."""
-    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-    assert errors == []
-    leaving = []
-    for entry in driver.get_log("performance"):
-        message = json.loads(entry["message"])["message"]
-        if message["method"] != "Network.requestWillBeSent":
-            continue
-        url = message["params"]["request"]["url"]
-        document = message["params"].get("documentURL", "")
-        network = url.split(":", 1)[0] in ("http", "https", "ws", "wss", "ftp")
-        from_page = document.startswith("file:") and not url.startswith(("file:", "data:"))
-        if network or from_page:
-            leaving.append(url)
-    assert leaving == []
+    assert_offline_and_clean(driver)
 
 
 def _screenshot(driver: Any, name: str, tmp_path: Path) -> Path:

@@ -2,7 +2,13 @@
 
 from dlas.dataset.cohorts import CaseKeys, CohortRule
 from dlas.dataset.deid import KEY_FILE, Pseudonymizer, age_in_years
-from dlas.dataset.importer import ImportItem, ImportOptions, ImportReport, import_source
+from dlas.dataset.importer import (
+    ImportItem,
+    ImportOptions,
+    ImportReport,
+    import_source,
+    series_case_ids,
+)
 from dlas.dataset.inspect import inspect_path
 from dlas.dataset.layout import (
     DATASET_SCHEMA_VERSION,
@@ -28,4 +34,5 @@ __all__ = [
     "import_source",
     "inspect_path",
     "label_map",
+    "series_case_ids",
 ]

@@ -38,6 +38,7 @@ from dlas.errors import DatasetError, DlasError
 from dlas.io.ct import CTSeries, read_ct_series, scanner_tags
 from dlas.io.dicom_scan import (
     UNIDENTIFIED_SERIES,
+    DicomScan,
     ScannedFile,
     SkippedFile,
     scan_dicom,
@@ -48,7 +49,7 @@ from dlas.io.rtstruct import RTStructData, read_rtstruct, referenced_series_uids
 from dlas.io.volume import Volume
 from dlas.structures import StructureSet
 
-__all__ = ["ImportItem", "ImportOptions", "ImportReport", "import_source"]
+__all__ = ["ImportItem", "ImportOptions", "ImportReport", "import_source", "series_case_ids"]
 
 log = logging.getLogger(__name__)
 
@@ -300,9 +301,7 @@ def import_source(
 
     total = len(scan.ct_series) + len(nifti_cases)
     done = 0
-    patient_series: Counter[str] = Counter(
-        str(files[0].header.get("PatientID", "")) for files in scan.ct_series.values()
-    )
+    case_ids = series_case_ids(scan, pseudo, keep_ids=options.keep_ids)
     for uid, files in scan.ct_series.items():
         folder = _relative(Path(os.path.commonpath([str(f.path.parent) for f in files])), src)
         if progress:
@@ -317,7 +316,7 @@ def import_source(
             pseudo,
             rule,
             options,
-            patient_series,
+            case_ids[uid],
         )
         report.items.append(item)
         done += 1
@@ -398,6 +397,33 @@ def _map_rois(
     return masks, records, unmatched, empty, warnings
 
 
+def series_case_ids(
+    scan: DicomScan, pseudo: Pseudonymizer, *, keep_ids: bool = False
+) -> dict[str, str]:
+    """The case id each CT series of a scan gets (or got) on import, by series key.
+
+    A keyed pseudonym of patient and series; with ``keep_ids`` the patient id itself (with the
+    series number appended when the patient has several series). Other tools use this to find
+    the DICOM series of an imported case without storing identifying paths.
+    """
+    patient_series: Counter[str] = Counter(
+        str(files[0].header.get("PatientID", "") or "") for files in scan.ct_series.values()
+    )
+    out: dict[str, str] = {}
+    for uid, files in scan.ct_series.items():
+        first = files[0].header
+        patient_id = str(first.get("PatientID", "") or "")
+        patient_key = patient_id or str(first.get("StudyInstanceUID", "")) or uid
+        if keep_ids:
+            case_id = _safe_name(patient_key)
+            if patient_series[patient_id] > 1:
+                case_id += f"_s{_safe_name(str(first.get('SeriesNumber', '') or uid[-6:]))}"
+        else:
+            case_id = pseudo.case_id(patient_key, uid)
+        out[uid] = case_id
+    return out
+
+
 def _import_dicom_case(
     uid: str,
     files: list[ScannedFile],
@@ -408,7 +434,7 @@ def _import_dicom_case(
     pseudo: Pseudonymizer,
     rule: CohortRule,
     options: ImportOptions,
-    patient_series: Counter[str],
+    case_id: str,
 ) -> ImportItem:
     first = files[0].header
     patient_id = str(first.get("PatientID", "") or "")
@@ -422,13 +448,6 @@ def _import_dicom_case(
         model=str(first.get("ManufacturerModelName", "") or ""),
         station=str(first.get("StationName", "") or ""),
     )
-    patient_key = patient_id or str(first.get("StudyInstanceUID", "")) or uid
-    if options.keep_ids:
-        case_id = _safe_name(patient_key)
-        if patient_series[patient_id] > 1:
-            case_id += f"_s{_safe_name(str(first.get('SeriesNumber', '') or uid[-6:]))}"
-    else:
-        case_id = pseudo.case_id(patient_key, uid)
     item = ImportItem(status="skipped", source=folder, case_id=case_id)
     cohort = rule.assign(keys)
     if cohort is None:
