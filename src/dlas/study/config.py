@@ -1,0 +1,352 @@
+"""The study configuration: what `dlas study` runs, as typed, validated data.
+
+A study is the seed paper's experiment on any data: a vendor-style pretrained model (VPM) — given,
+or pretrained here on a cohort contoured in another style — is fine-tuned on the local training
+cohort with the study's recipe and cross-validation (LFT), and both are compared on held-out
+cohorts (same scanner, other scanner) with declared metrics and paired statistics.
+
+The configuration is YAML (data, never code), with a schema version; ``dlas study`` writes the
+resolved configuration and its hash to ``STUDY_DIR/study.yaml``. ``examples/study-hospital.yaml``
+is a commented example for a department's own DICOM export; the built-in presets (``tiny``,
+``demo``, ``paper``) run on the embedded synthetic replica. Every field has a default, so a
+hospital's file only names what differs::
+
+    schema_version: 1
+    name: rectal-lft
+    structures: rectal                 # built-in name or a structure-set YAML
+    data:
+      kind: dicom                      # dicom | dataset | phantom
+      path: /data/export               # DICOM folder (any depth) or NIfTI case folders
+      cohort_by: csv:cohorts.csv       # see `dlas import --help`
+    cohorts:
+      pretrain: null                   # cohort to pretrain the vendor model on, if no model
+      finetune: training
+      evaluate: [ExVal, GenEva]
+    pretrained_model: /models/vendor   # a dlas model folder; else pretrain on cohorts.pretrain
+    pretrain: {epochs: 60, folds: 1}   # recipe overrides for pretraining
+    finetune: {}                       # recipe overrides for fine-tuning (study recipe default)
+    models: {vendor: VPM, finetuned: LFT}
+    metrics: {hd95: pooled, specificity_domain: reference-bbox}
+    statistics: {alpha: 0.05, correction: none}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dlas.errors import StudyError
+
+__all__ = [
+    "PRESETS",
+    "CohortRoles",
+    "DatasetSource",
+    "DicomSource",
+    "MetricsSpec",
+    "ModelNames",
+    "PhantomSource",
+    "PredictionSpec",
+    "ReportSpec",
+    "StatisticsSpec",
+    "StudyConfig",
+    "load_study_config",
+    "preset_config",
+]
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PhantomSource(_Strict):
+    """Generate the synthetic replica (the embedded default)."""
+
+    kind: Literal["phantom"] = "phantom"
+    preset: Literal["demo", "paper"] = "demo"
+    seed: int = Field(0, ge=0)
+    counts: dict[str, int] | None = None
+    format: Literal["dicom", "nifti"] = "dicom"
+    slice_mm: float | None = Field(None, gt=0)
+
+
+class DicomSource(_Strict):
+    """Import a planning-system export (DICOM at any depth, or NIfTI case folders)."""
+
+    kind: Literal["dicom"] = "dicom"
+    path: Path
+    cohort_by: str = "none"
+    keep_ids: bool = False
+    keep_unmapped: bool = False
+    pseudonym_key: Path | None = None
+
+
+class DatasetSource(_Strict):
+    """Use a data set imported before (``dlas import``); it is read, never changed."""
+
+    kind: Literal["dataset"] = "dataset"
+    path: Path
+
+
+DataSource = Annotated[PhantomSource | DicomSource | DatasetSource, Field(discriminator="kind")]
+
+
+class CohortRoles(_Strict):
+    """Which cohort plays which part."""
+
+    pretrain: str | None = "vendor"
+    finetune: str = "training"
+    evaluate: tuple[str, ...] = ("ExVal", "GenEva")
+
+    @field_validator("evaluate")
+    @classmethod
+    def _some(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("name at least one evaluation cohort")
+        return value
+
+
+class ModelNames(_Strict):
+    """Names of the two models in every table and figure."""
+
+    vendor: str = Field("VPM", pattern=_NAME)
+    finetuned: str = Field("LFT", pattern=_NAME)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ModelNames:
+        if self.vendor == self.finetuned:
+            raise ValueError("the two models need different names")
+        return self
+
+
+class MetricsSpec(_Strict):
+    """Metric definitions (see ``dlas evaluate --help``)."""
+
+    hd95: Literal["pooled", "max", "mean"] = "pooled"
+    specificity_domain: Literal["reference-bbox", "union-bbox", "body", "image"] = "reference-bbox"
+    specificity_margin_mm: float = Field(10.0, ge=0)
+    tolerance_mm: float = Field(2.0, gt=0)
+
+
+class StatisticsSpec(_Strict):
+    """Paired statistics (see ``dlas compare --help``)."""
+
+    alpha: float = Field(0.05, gt=0, lt=1)
+    correction: Literal["none", "holm", "bh"] = "none"
+    bootstrap: int = Field(2000, ge=0)
+    seed: int = Field(0, ge=0)
+    zero_method: Literal["wilcox", "pratt", "zsplit"] = "wilcox"
+
+
+class PredictionSpec(_Strict):
+    """Inference options."""
+
+    tta: bool = False
+    batch_size: int = Field(8, ge=1)
+    rtstruct_sample: int = Field(1, ge=0)
+
+
+class ReportSpec(_Strict):
+    """Report options."""
+
+    palette: Literal["paper", "colorblind"] = "paper"
+    viewer: bool = True
+    title: str | None = None
+
+
+class StudyConfig(_Strict):
+    """A whole study; see the module docstring for the YAML form."""
+
+    schema_version: Literal[1] = 1
+    name: str = Field("study", pattern=_NAME)
+    structures: str = "rectal"
+    data: DataSource = PhantomSource()
+    cohorts: CohortRoles = CohortRoles()
+    pretrained_model: Path | None = None
+    pretrain: dict[str, Any] = Field(default_factory=dict)
+    finetune: dict[str, Any] = Field(default_factory=dict)
+    models: ModelNames = ModelNames()
+    metrics: MetricsSpec = MetricsSpec()
+    statistics: StatisticsSpec = StatisticsSpec()
+    prediction: PredictionSpec = PredictionSpec()
+    report: ReportSpec = ReportSpec()
+
+    @model_validator(mode="after")
+    def _pretraining_possible(self) -> StudyConfig:
+        if self.pretrained_model is None and self.cohorts.pretrain is None:
+            raise ValueError(
+                "give pretrained_model, or name a cohorts.pretrain cohort to pretrain it on"
+            )
+        used = [self.cohorts.finetune, *self.cohorts.evaluate]
+        if self.pretrained_model is None and self.cohorts.pretrain is not None:
+            used.append(self.cohorts.pretrain)
+        if len(set(used)) != len(used):
+            raise ValueError(f"a cohort plays two parts: {used}; patients would leak")
+        return self
+
+    def to_data(self) -> dict[str, Any]:
+        """JSON/YAML-ready form."""
+        return self.model_dump(mode="json")
+
+    def sha256(self) -> str:
+        """Hash of the canonical JSON form."""
+        text = json.dumps(self.to_data(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def section_sha256(self, *keys: str) -> str:
+        """Hash of some top-level sections only (what one step of the study depends on)."""
+        data = self.to_data()
+        text = json.dumps({k: data[k] for k in keys}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _error(exc: ValidationError, source: str) -> StudyError:
+    first = exc.errors()[0]
+    location = ".".join(str(p) for p in first["loc"]) or "top level"
+    more = len(exc.errors()) - 1
+    return StudyError(
+        "invalid study configuration",
+        where=f"{source}, at {location}",
+        expected="the schema in the dlas.study.config documentation "
+        "(see examples/study-hospital.yaml)",
+        found=first["msg"],
+        fix="correct the configuration" + (f" ({more} more problem(s))" if more else ""),
+    )
+
+
+def load_study_config(path: str | os.PathLike[str]) -> StudyConfig:
+    """Read and validate a study configuration (YAML or JSON).
+
+    Relative paths inside the file are taken relative to the file's folder.
+    """
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StudyError(
+            "study configuration not found",
+            where=str(p),
+            expected="a YAML study configuration",
+            found="nothing at that path",
+            fix="check the path, or leave CONFIG out to run the embedded demo study",
+        ) from None
+    except yaml.YAMLError as exc:
+        raise StudyError(
+            "study configuration is not valid YAML",
+            where=str(p),
+            expected="YAML",
+            found=str(exc).splitlines()[0],
+            fix="correct the YAML syntax",
+        ) from None
+    if not isinstance(data, dict):
+        raise StudyError(
+            "study configuration is not a mapping",
+            where=str(p),
+            expected="keys such as name, data, cohorts",
+            found=type(data).__name__,
+            fix="see examples/study-hospital.yaml",
+        )
+    base = p.resolve().parent
+    data = _absolute_paths(data, base)
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _error(exc, str(p)) from None
+
+
+def _absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    out = dict(data)
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, str) and value and not value.startswith("csv:"):
+            candidate = Path(value).expanduser()
+            return str(candidate if candidate.is_absolute() else base / candidate)
+        return value
+
+    if isinstance(out.get("data"), dict):
+        section = dict(out["data"])
+        for key in ("path", "pseudonym_key"):
+            if section.get(key):
+                section[key] = fix(section[key])
+        rule = section.get("cohort_by")
+        if isinstance(rule, str) and rule.startswith("csv:"):
+            section["cohort_by"] = "csv:" + fix(rule[4:])
+        out["data"] = section
+    if out.get("pretrained_model"):
+        out["pretrained_model"] = fix(out["pretrained_model"])
+    structures = out.get("structures")
+    if isinstance(structures, str) and structures.endswith((".yaml", ".yml")):
+        out["structures"] = fix(structures)
+    return out
+
+
+#: The replica's training settings for a 2-core CPU, found by measurement (benchmarks/results/
+#: demo-study.md): the model works on a 6 mm grid; mirroring is off, because left and right
+#: femoral heads are told apart by position alone (two coordinate channels) and a mirrored
+#: phantom pelvis is a valid other pelvis; class weights are given rather than derived from
+#: class frequencies, because frequency weights made short CPU runs over-contour every
+#: structure by 50-100 %. Fine-tuning keeps the study's recipe (Adam, lr 1e-4 x 0.9 per
+#: epoch, batch 4, 5 folds, lowest validation loss) with fewer epochs.
+_CPU_WEIGHTS = [1.0, 1.0, 1.0, 4.0, 4.0, 1.5]
+_CPU_PRETRAIN = {
+    "folds": 1,
+    "learning_rate": 2e-3,
+    "class_weights": _CPU_WEIGHTS,
+    "augmentation": {"flip_lr": False},
+    "preprocessing": {"spacing_mm": 6.0},
+    "model": {"preset": "cpu", "coordinates": True},
+}
+_CPU_FINETUNE = {"class_weights": _CPU_WEIGHTS, "augmentation": {"flip_lr": False}}
+
+#: Built-in presets on the synthetic replica. ``tiny`` is for tests (about a minute on 2 CPU
+#: cores; too short to learn anything), ``demo`` the README's study (about 8 minutes on 2 CPU
+#: cores, and it shows the paper's pattern), ``paper`` the full-size replica with the study's
+#: recipe (for a GPU).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "name": "tiny-replica",
+        "data": {
+            "kind": "phantom",
+            "preset": "demo",
+            "seed": 0,
+            "format": "dicom",
+            "counts": {"vendor": 4, "training": 4, "ExVal": 3, "GenEva": 3},
+            "slice_mm": 16.0,
+        },
+        "pretrain": {**_CPU_PRETRAIN, "epochs": 2},
+        "finetune": {**_CPU_FINETUNE, "epochs": 1, "folds": 2},
+        "statistics": {"bootstrap": 200},
+    },
+    "demo": {
+        "name": "demo-replica",
+        "data": {"kind": "phantom", "preset": "demo", "seed": 0, "format": "dicom"},
+        "pretrain": {**_CPU_PRETRAIN, "epochs": 16},
+        "finetune": {**_CPU_FINETUNE, "epochs": 4, "folds": 5},
+    },
+    "paper": {
+        "name": "paper-replica",
+        "data": {"kind": "phantom", "preset": "paper", "seed": 0, "format": "dicom"},
+        "pretrain": {"epochs": 60, "folds": 1, "learning_rate": 1e-3},
+        "finetune": {},
+    },
+}
+
+
+def preset_config(name: str) -> StudyConfig:
+    """A built-in study on the synthetic replica."""
+    if name not in PRESETS:
+        raise StudyError(
+            "unknown study preset",
+            where=f"--preset {name}",
+            expected=", ".join(PRESETS),
+            found=repr(name),
+            fix="use --preset demo (2-core CPU, minutes) or --preset paper (GPU)",
+        )
+    return StudyConfig.model_validate(PRESETS[name])

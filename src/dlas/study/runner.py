@@ -1,0 +1,592 @@
+"""`dlas study`: the whole study in one call, every step resumable.
+
+Steps, in order; each writes its outputs in place and then a completion marker
+(``STUDY_DIR/.steps/<step>.json``), so an interrupted study continues where it stopped:
+
+=========  ==========================================================================
+data       generate the synthetic replica (``source/``) and import it, or import the
+           department's export, into ``data/`` (or use an existing data set as is)
+pretrain   train the vendor model on ``cohorts.pretrain`` → ``models/<VPM>/``, unless
+           ``pretrained_model`` is given (then it is only referenced)
+finetune   fine-tune it on ``cohorts.finetune`` with the recipe and k-fold CV → ``models/<LFT>/``
+predict    both models on every evaluation cohort → ``predictions/<model>/<case>/...`` (NIfTI),
+           plus RTSTRUCTs of a sample of DICOM cases → ``predictions/rtstruct-sample/``
+evaluate   ``metrics.csv`` + ``metrics.json`` (definitions, hashes)
+compare    ``comparison/`` (paired statistics, Table 2)
+report     ``report/index.html``, tables, figures and the contour viewer
+=========  ==========================================================================
+
+A step interrupted half-way is redone (training continues from its last finished epoch through
+the trainer's own resume; prediction skips cases already written). ``study.yaml`` holds the
+resolved configuration and its hash; resuming with another configuration is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dlas import __version__
+from dlas.errors import StudyError
+from dlas.io.atomic import write_json, write_text
+from dlas.study.config import DatasetSource, DicomSource, PhantomSource, StudyConfig
+
+__all__ = ["STEPS", "StudyProgress", "StudyResult", "check_study_folder", "run_study"]
+
+log = logging.getLogger(__name__)
+
+#: The steps and their share of a study's running time (for the progress estimate).
+STEPS: dict[str, float] = {
+    "data": 0.06,
+    "pretrain": 0.36,
+    "finetune": 0.42,
+    "predict": 0.05,
+    "evaluate": 0.03,
+    "compare": 0.02,
+    "report": 0.06,
+}
+
+
+@dataclass(frozen=True)
+class StudyProgress:
+    """Where a study is: ``fraction`` of the whole (0-1, by step weights), the step, a note."""
+
+    step: str
+    fraction: float
+    message: str = ""
+
+
+ProgressCallback = Callable[[StudyProgress], None]
+
+
+@dataclass
+class StudyResult:
+    """What a study produced."""
+
+    root: Path
+    config_sha256: str
+    steps: dict[str, str] = field(default_factory=dict)  # step -> "ran" | "skipped"
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def report(self) -> Path:
+        """The report's main page."""
+        return self.root / "report" / "index.html"
+
+
+class _Study:
+    """Paths and step helpers of one study folder."""
+
+    def __init__(
+        self, root: Path, config: StudyConfig, device: str, progress: ProgressCallback | None
+    ) -> None:
+        self.root = root
+        self.config = config
+        self.device = device
+        self.progress = progress
+        self.names = (config.models.vendor, config.models.finetuned)
+        self._done_before = 0.0
+        self._step = ""
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def data(self) -> Path:
+        if isinstance(self.config.data, DatasetSource):
+            return self.config.data.path
+        return self.root / "data"
+
+    def model(self, name: str) -> Path:
+        if name == self.config.models.vendor and self.config.pretrained_model is not None:
+            return self.config.pretrained_model
+        return self.root / "models" / name
+
+    def marker(self, step: str) -> Path:
+        return self.root / ".steps" / f"{step}.json"
+
+    # ------------------------------------------------------------------ progress
+    def report_progress(self, within: float, message: str = "") -> None:
+        if self.progress is None:
+            return
+        share = STEPS[self._step]
+        fraction = self._done_before + share * min(max(within, 0.0), 1.0)
+        self.progress(StudyProgress(self._step, min(fraction, 1.0), message))
+
+    def counter(self, what: str) -> Callable[[int, int, str], None]:
+        def update(done: int, total: int, label: str) -> None:
+            self.report_progress(done / total if total else 0.0, f"{what} {label}".strip())
+
+        return update
+
+
+def _write_config(root: Path, config: StudyConfig) -> None:
+    header = (
+        f"# Resolved configuration of this study, written by dlas {__version__}.\n"
+        f"# config_sha256: {config.sha256()}\n"
+    )
+    body = yaml.safe_dump(config.to_data(), sort_keys=False, allow_unicode=True)
+    write_text(root / "study.yaml", header + body)
+
+
+def check_study_folder(
+    out: str | os.PathLike[str], config: StudyConfig, *, resume: bool = False
+) -> None:
+    """Refuse a folder that :func:`run_study` could not start (or resume) in.
+
+    Raises
+    ------
+    StudyError
+        The folder holds another study (without ``resume``), a study begun with another
+        configuration, or unrelated files.
+    """
+    root = Path(out)
+    existing = root / "study.yaml"
+    if existing.exists():
+        if not resume:
+            raise StudyError(
+                "study folder already holds a study",
+                where=str(root),
+                expected="a new or empty folder",
+                found="study.yaml from an earlier run",
+                fix="add --resume to continue it, or choose another --out folder",
+            )
+        text = existing.read_text(encoding="utf-8")
+        line = next((x for x in text.splitlines() if x.startswith("# config_sha256: ")), "")
+        recorded = line.split(": ", 1)[1].strip() if line else ""
+        if recorded != config.sha256():
+            raise StudyError(
+                "the configuration changed since the study started",
+                where=str(existing),
+                expected=f"config_sha256 {recorded[:12] or '?'} (the one the study began with)",
+                found=f"config_sha256 {config.sha256()[:12]}",
+                fix="resume with the same configuration and preset, or start a new --out folder",
+            )
+    elif root.exists() and any(not p.name.startswith(".") for p in root.iterdir()):
+        raise StudyError(
+            "study folder is not empty",
+            where=str(root),
+            expected="a new or empty folder",
+            found=f"{sum(1 for _ in root.iterdir())} entries and no study.yaml",
+            fix="choose a new --out folder",
+        )
+
+
+def run_study(
+    config: StudyConfig,
+    out: str | os.PathLike[str],
+    *,
+    device: str = "auto",
+    resume: bool = False,
+    progress: ProgressCallback | None = None,
+) -> StudyResult:
+    """Run (or resume) every step of a study into ``out``.
+
+    Parameters
+    ----------
+    config
+        The study (see :mod:`dlas.study.config`).
+    out
+        The study folder: new or empty, or an interrupted study with ``resume``.
+    device
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` for training and inference.
+    resume
+        Continue a study begun with the same configuration; completed steps are skipped.
+    progress
+        Called with :class:`StudyProgress` as the study advances.
+
+    Raises
+    ------
+    StudyError
+        The folder holds another study or is not empty; the configuration does not fit the
+        data (e.g. a cohort it names does not exist).
+    dlas.errors.DlasError
+        Any step's own errors (bad DICOM, unusable model, ...), with their one-line message.
+    """
+    root = Path(out)
+    check_study_folder(root, config, resume=resume)
+    root.mkdir(parents=True, exist_ok=True)
+    _write_config(root, config)
+    study = _Study(root, config, device, progress)
+    result = StudyResult(root=root, config_sha256=config.sha256())
+    runners: dict[str, Callable[[_Study], dict[str, Any]]] = {
+        "data": _step_data,
+        "pretrain": _step_pretrain,
+        "finetune": _step_finetune,
+        "predict": _step_predict,
+        "evaluate": _step_evaluate,
+        "compare": _step_compare,
+        "report": _step_report,
+    }
+    for step, share in STEPS.items():
+        study._step = step
+        marker = study.marker(step)
+        if marker.exists():
+            result.steps[step] = "skipped"
+            log.info("step %s already complete; skipped", step)
+        else:
+            study.report_progress(0.0, "starting")
+            start = time.perf_counter()
+            details = runners[step](study)
+            seconds = time.perf_counter() - start
+            write_json(
+                marker,
+                {
+                    "step": step,
+                    "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                    "seconds": round(seconds, 2),
+                    "config_sha256": config.sha256(),
+                    "software": {"name": "dlas", "version": __version__},
+                    **details,
+                },
+            )
+            result.steps[step] = "ran"
+            result.seconds[step] = seconds
+            log.info("step %s finished in %.1f s", step, seconds)
+        study._done_before += share
+        study.report_progress(0.0, "done")
+    return result
+
+
+# ---------------------------------------------------------------------------------- steps
+
+
+def _structure_set(study: _Study) -> Any:
+    from dlas.structures import load_structure_set
+
+    return load_structure_set(study.config.structures)
+
+
+def _step_data(study: _Study) -> dict[str, Any]:
+    from dlas.dataset import CaseDataset, ImportOptions, import_source
+
+    source = study.config.data
+    if isinstance(source, DatasetSource):
+        dataset = CaseDataset.open(source.path)
+        _check_cohorts(study, dataset)
+        return {"dataset": str(source.path), "cases": len(dataset)}
+    # A data step interrupted half-way is simply redone: it is cheap and leaves no trace.
+    for partial in (study.root / "source", study.root / "data"):
+        if partial.exists() and isinstance(source, PhantomSource):
+            shutil.rmtree(partial)
+    if isinstance(source, PhantomSource):
+        from dlas.phantom import generate
+        from dlas.phantom.config import preset
+
+        phantom = preset(source.preset).with_seed(source.seed)
+        if source.counts:
+            phantom = phantom.with_counts(source.counts)
+        if source.slice_mm is not None:
+            phantom = phantom.model_copy(
+                update={"grid": phantom.grid.model_copy(update={"slice_mm": source.slice_mm})}
+            )
+        if source.format == "nifti":
+            study.report_progress(0.0, "generating the synthetic cohorts")
+            generate(
+                study.data,
+                phantom,
+                fmt="nifti",
+                workers=os.cpu_count() or 1,
+                progress=study.counter("generating"),
+            )
+            dataset = CaseDataset.open(study.data)
+            _check_cohorts(study, dataset)
+            return {
+                "source": "phantom",
+                "format": "nifti",
+                "cases": len(dataset),
+                "phantom_sha256": phantom.sha256(),
+            }
+        generate(
+            study.root / "source",
+            phantom,
+            fmt="dicom",
+            workers=os.cpu_count() or 1,
+            progress=lambda d, t, label: study.report_progress(
+                0.6 * d / max(t, 1), f"generating {label}"
+            ),
+        )
+        options = ImportOptions(
+            structure_set=_structure_set(study),
+            cohort_by=f"csv:{study.root / 'source' / 'cohorts.csv'}",
+        )
+        report = import_source(
+            study.root / "source",
+            study.data,
+            options,
+            progress=lambda d, t, label: study.report_progress(
+                0.6 + 0.4 * d / max(t, 1), f"importing {label}"
+            ),
+        )
+        details = {"source": "phantom", "format": "dicom", "phantom_sha256": phantom.sha256()}
+    else:
+        assert isinstance(source, DicomSource)
+        options = ImportOptions(
+            structure_set=_structure_set(study),
+            cohort_by=source.cohort_by,
+            keep_ids=source.keep_ids,
+            keep_unmapped=source.keep_unmapped,
+            key_file=str(source.pseudonym_key) if source.pseudonym_key else None,
+        )
+        report = import_source(
+            source.path, study.data, options, progress=study.counter("importing")
+        )
+        details = {"source": "dicom"}
+    if report.skipped:
+        log.warning(
+            "%d case(s) were not imported; see %s",
+            len(report.skipped),
+            study.data / "import-report.json",
+        )
+    dataset = CaseDataset.open(study.data)
+    _check_cohorts(study, dataset)
+    return {**details, "cases": len(dataset), "skipped": len(report.skipped)}
+
+
+def _check_cohorts(study: _Study, dataset: Any) -> None:
+    roles = study.config.cohorts
+    wanted = [roles.finetune, *roles.evaluate]
+    if study.config.pretrained_model is None and roles.pretrain is not None:
+        wanted.append(roles.pretrain)
+    cohorts = dataset.cohorts()
+    missing = [c for c in wanted if not cohorts.get(c)]
+    if missing:
+        raise StudyError(
+            "cohort not found in the data",
+            where=str(dataset.root),
+            expected="cases in cohort(s) " + ", ".join(wanted),
+            found="no case in "
+            + ", ".join(missing)
+            + "; the data set has "
+            + (", ".join(f"{k} ({len(v)})" for k, v in cohorts.items()) or "no cases"),
+            fix="set data.cohort_by (or cohorts.*) so that every named cohort has patients",
+        )
+
+
+def _train_progress(study: _Study) -> Callable[[Any], None]:
+    def update(event: Any) -> None:
+        if event.kind in ("epoch", "step") and event.folds and event.epochs:
+            steps = max(event.steps, 1)
+            within_epoch = event.step / steps if event.kind == "step" else 1.0
+            # fold and epoch count from 1
+            done = ((event.fold - 1) * event.epochs + (event.epoch - 1) + within_epoch) / (
+                event.folds * event.epochs
+            )
+            note = f"fold {event.fold}/{event.folds}, epoch {event.epoch}/{event.epochs}"
+            if event.kind == "epoch" and event.val_loss is not None:
+                note += f", val loss {event.val_loss:.3f}"
+            study.report_progress(done, note)
+        elif event.kind == "prepare" and event.steps:
+            study.report_progress(0.0, f"preparing case {event.step}/{event.steps}")
+
+    return update
+
+
+def _step_pretrain(study: _Study) -> dict[str, Any]:
+    from dlas.training import train
+
+    config = study.config
+    if config.pretrained_model is not None:
+        from dlas.model import read_model_info
+
+        info = read_model_info(config.pretrained_model)
+        return {"pretrained_model": str(config.pretrained_model), "model_sha256": info.model_sha256}
+    assert config.cohorts.pretrain is not None
+    target = study.model(config.models.vendor)
+    result = train(
+        study.data,
+        target,
+        config=_recipe(config.pretrain),
+        cohorts=[config.cohorts.pretrain],
+        device=study.device,
+        resume=(target / "run.json").exists(),
+        name=config.models.vendor,
+        progress=_train_progress(study),
+    )
+    return {"model": str(target.relative_to(study.root)), "model_sha256": result.model_sha256}
+
+
+def _step_finetune(study: _Study) -> dict[str, Any]:
+    from dlas.training import train
+
+    config = study.config
+    target = study.model(config.models.finetuned)
+    result = train(
+        study.data,
+        target,
+        config=_recipe(config.finetune),
+        pretrained=study.model(config.models.vendor),
+        cohorts=[config.cohorts.finetune],
+        device=study.device,
+        resume=(target / "run.json").exists(),
+        name=config.models.finetuned,
+        progress=_train_progress(study),
+    )
+    return {
+        "model": str(target.relative_to(study.root)),
+        "model_sha256": result.model_sha256,
+        "selected_fold": result.selected_fold,
+    }
+
+
+def _recipe(overrides: dict[str, Any]) -> Any:
+    from dlas.training.config import Recipe
+
+    return Recipe.model_validate({"schema_version": 1, **overrides}) if overrides else None
+
+
+def _step_predict(study: _Study) -> dict[str, Any]:
+    from dlas.prediction import predict
+
+    config = study.config
+    cohorts = list(config.cohorts.evaluate)
+    details: dict[str, Any] = {}
+    for n, name in enumerate(study.names):
+
+        def update(done: int, total: int, label: str, _n: int = n, _name: str = name) -> None:
+            share = (_n + (done / total if total else 0.0)) / 2
+            study.report_progress(0.9 * share, f"{_name}: {label}")
+
+        report = predict(
+            study.model(name),
+            study.data,
+            study.root / "predictions" / name,
+            formats="nifti",
+            device=study.device,
+            tta=config.prediction.tta,
+            batch_size=config.prediction.batch_size,
+            cohorts=cohorts,
+            progress=update,
+        )
+        if report.failed:
+            first = report.failed[0]
+            raise StudyError(
+                "prediction failed",
+                where=f"model {name}",
+                expected="a prediction for every evaluation case",
+                found=f"{len(report.failed)} failed; the first: {first.reason}",
+                fix="see predictions.json in the model's prediction folder",
+            )
+        details[name] = {"cases": len(report.items), "model_sha256": report.model_sha256}
+    details["rtstruct_sample"] = _rtstruct_sample(study)
+    return details
+
+
+def _rtstruct_sample(study: _Study) -> list[str]:
+    """RTSTRUCTs of the fine-tuned model for a few DICOM cases of each evaluation cohort: the
+    deliverable a planning system loads, checked on the study's own data."""
+    from dlas.prediction import predict
+
+    per_cohort = study.config.prediction.rtstruct_sample
+    source = study.root / "source" if isinstance(study.config.data, PhantomSource) else None
+    if isinstance(study.config.data, DicomSource):
+        source = study.config.data.path
+    if per_cohort == 0 or source is None or not source.is_dir():
+        return []
+    folders = _dicom_case_folders(study, source, per_cohort)
+    written = []
+    out = study.root / "predictions" / "rtstruct-sample"
+    for folder in folders:
+        report = predict(
+            study.model(study.config.models.finetuned),
+            folder,
+            out,
+            formats="rtstruct",
+            device=study.device,
+        )
+        written += [f for item in report.items for f in item.files]
+    return written
+
+
+def _dicom_case_folders(study: _Study, source: Path, per_cohort: int) -> list[Path]:
+    """The DICOM series of the first ``per_cohort`` cases of each evaluation cohort.
+
+    The source is scanned again and each series' case id recomputed with the data set's
+    pseudonym key, so the study folder never stores paths that might name a patient.
+    """
+    from dlas.dataset import CaseDataset, Pseudonymizer, series_case_ids
+    from dlas.io import scan_dicom
+
+    dataset = CaseDataset.open(study.data)
+    keep_ids = isinstance(study.config.data, DicomSource) and study.config.data.keep_ids
+    key_file = (
+        str(study.config.data.pseudonym_key)
+        if isinstance(study.config.data, DicomSource) and study.config.data.pseudonym_key
+        else None
+    )
+    scan = scan_dicom(source)
+    ids = series_case_ids(
+        scan, Pseudonymizer.for_dataset(dataset.root, key_file), keep_ids=keep_ids
+    )
+    by_case = {case_id: uid for uid, case_id in ids.items()}
+    folders = []
+    for cohort in study.config.cohorts.evaluate:
+        for case_id in dataset.case_ids(cohort)[:per_cohort]:
+            uid = by_case.get(case_id)
+            if uid is not None:
+                files = scan.ct_series[uid]
+                folders.append(Path(os.path.commonpath([str(f.path.parent) for f in files])))
+    return folders
+
+
+def _step_evaluate(study: _Study) -> dict[str, Any]:
+    from dlas.evaluation import MetricOptions, evaluate
+
+    spec = study.config.metrics
+    options = MetricOptions(
+        hd95=spec.hd95,
+        specificity_domain=spec.specificity_domain,
+        specificity_margin_mm=spec.specificity_margin_mm,
+        tolerance_mm=spec.tolerance_mm,
+    )
+    result = evaluate(
+        study.data,
+        {name: study.root / "predictions" / name for name in study.names},
+        options=options,
+        cohorts=list(study.config.cohorts.evaluate),
+        workers=min(2, os.cpu_count() or 1),
+        progress=study.counter("evaluating"),
+    )
+    result.write(study.root / "metrics.csv")
+    return {"rows": len(result.table)}
+
+
+def _step_compare(study: _Study) -> dict[str, Any]:
+    from dlas.evaluation import compare, write_comparison
+
+    spec = study.config.statistics
+    table = compare(
+        study.root / "metrics.csv",
+        study.config.models.vendor,
+        study.config.models.finetuned,
+        correction=spec.correction,
+        alpha=spec.alpha,
+        bootstrap=spec.bootstrap,
+        seed=spec.seed,
+        zero_method=spec.zero_method,
+    )
+    write_comparison(table, study.root / "comparison", source=study.root / "metrics.csv")
+    return {"rows": len(table)}
+
+
+def _step_report(study: _Study) -> dict[str, Any]:
+    from dlas.report import ReportOptions, build_report, load_study
+
+    spec = study.config.report
+    inputs = load_study(study.root)
+    options = ReportOptions(
+        palette=spec.palette,
+        viewer=spec.viewer,
+        title=spec.title or f"{study.config.name}: {study.names[1]} vs {study.names[0]}",
+    )
+    build_report(
+        inputs, study.root / "report", options, overwrite=True, progress=study.counter("report")
+    )
+    return {"report": "report/index.html"}

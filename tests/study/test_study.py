@@ -1,0 +1,203 @@
+"""`dlas study` end to end on the tiny replica: artefacts, resume, report in a browser, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+import yaml
+
+from dlas.cli import main
+from dlas.errors import StudyError
+from dlas.study import StudyConfig, load_study_config, preset_config, run_study
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A tiny study that is killed after fine-tuning, then resumed from the command line."""
+    out = tmp_path_factory.mktemp("study") / "tiny"
+
+    def killed(_: Any) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("dlas.study.runner._step_predict", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_study(preset_config("tiny"), out, device="cpu")
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["study", "--preset", "tiny", "--out", str(out), "--device", "cpu", "--resume"])
+    return {"out": out, "code": code, "stdout": stdout.getvalue()}
+
+
+def test_resume_skips_completed_steps(tiny: dict[str, Any]) -> None:
+    assert tiny["code"] == 0
+    assert "already complete, skipped: data, pretrain, finetune" in tiny["stdout"]
+    assert "ran: predict, evaluate, compare, report" in tiny["stdout"]
+
+
+def test_every_artefact_exists(tiny: dict[str, Any]) -> None:
+    out: Path = tiny["out"]
+    for path in [
+        "study.yaml",
+        "study.log",
+        "data/dataset.json",
+        "models/VPM/model.json",
+        "models/LFT/model.json",
+        "models/LFT/cv.json",
+        "metrics.csv",
+        "metrics.json",
+        "comparison/comparison.csv",
+        "comparison/table2.md",
+        "comparison/table2.tex",
+        "report/index.html",
+        "report/viewer/ExVal.html",
+        "report/viewer/GenEva.html",
+    ]:
+        assert (out / path).is_file(), path
+    for model in ("VPM", "LFT"):
+        cases = sorted(p.name for p in (out / "predictions" / model).iterdir() if p.is_dir())
+        assert len(cases) == 6  # ExVal 3 + GenEva 3
+        assert (out / "predictions" / model / cases[0] / "structures" / "CTV.nii.gz").is_file()
+    steps = sorted(p.stem for p in (out / ".steps").glob("*.json"))
+    assert steps == sorted(
+        ["data", "pretrain", "finetune", "predict", "evaluate", "compare", "report"]
+    )
+
+
+def test_configuration_and_provenance_are_recorded(tiny: dict[str, Any]) -> None:
+    out: Path = tiny["out"]
+    text = (out / "study.yaml").read_text()
+    config = StudyConfig.model_validate(yaml.safe_load(text))
+    assert f"# config_sha256: {config.sha256()}" in text
+    assert config == preset_config("tiny")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["options"]["hd95"] == "pooled"
+    finetune = json.loads((out / ".steps" / "finetune.json").read_text())
+    model = json.loads((out / "models" / "LFT" / "model.json").read_text())
+    assert finetune["model_sha256"] == model["model_sha256"]
+
+
+def test_outputs_hold_no_patient_identifiers(tiny: dict[str, Any]) -> None:
+    out: Path = tiny["out"]
+    manifest = json.loads((out / "source" / "manifest.json").read_text())
+    names = set()
+    for cohort in ("ExVal", "GenEva", "training", "vendor"):
+        for folder in (out / "source" / cohort).iterdir():
+            ds = pydicom.dcmread(next(folder.glob("CT*.dcm")), stop_before_pixels=True)
+            names |= {str(ds.PatientName), str(ds.PatientID)}
+    assert manifest["patients"] and names
+    for path in [
+        *(out / "data").rglob("*.json"),
+        out / "metrics.csv",
+        out / "report" / "index.html",
+        *(out / "report" / "viewer").glob("*.html"),
+    ]:
+        text = path.read_text(errors="ignore")
+        assert not [n for n in names if n in text], path
+
+
+def test_rtstruct_sample_loads_back_onto_its_ct(tiny: dict[str, Any], dciodvfy) -> None:
+    out: Path = tiny["out"]
+    sample = sorted((out / "predictions" / "rtstruct-sample").rglob("*.dcm"))
+    rtstructs = [
+        p for p in sample if pydicom.dcmread(p, stop_before_pixels=True).Modality == "RTSTRUCT"
+    ]
+    assert len(rtstructs) == 2  # one case of each evaluation cohort
+    for path in rtstructs:
+        assert dciodvfy(path) == []
+        ds = pydicom.dcmread(path)
+        roi = ds.StructureSetROISequence[0]
+        assert roi.ROIGenerationAlgorithm == "AUTOMATIC"
+        assert roi.ROIDerivationAlgorithmIdentificationSequence[0].AlgorithmName == "LFT"
+
+
+@pytest.mark.browser
+def test_report_opens_in_chromium(tiny: dict[str, Any], browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    from helpers.browser import assert_offline_and_clean, open_page
+
+    open_page(browser, tiny["out"] / "report" / "index.html")
+    assert_offline_and_clean(browser)
+    assert browser.find_elements(By.CSS_SELECTOR, "#table2 tbody tr")
+    assert browser.find_elements(By.CSS_SELECTOR, "figure img")
+
+
+def _write(tmp_path: Path, data: dict[str, Any]) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_invalid_study_configuration_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StudyError, match=r"at colour: invalid study configuration"):
+        load_study_config(_write(tmp_path, {"colour": "red"}))
+    with pytest.raises(StudyError, match="study configuration not found"):
+        load_study_config(tmp_path / "absent.yaml")
+    (tmp_path / "bad.yaml").write_text("name: [unclosed")
+    with pytest.raises(StudyError, match="not valid YAML"):
+        load_study_config(tmp_path / "bad.yaml")
+
+
+def test_cohort_playing_two_parts_is_refused(tmp_path: Path) -> None:
+    data = {
+        "cohorts": {
+            "pretrain": "vendor",
+            "finetune": "training",
+            "evaluate": ["training", "GenEva"],
+        }
+    }
+    with pytest.raises(StudyError, match=r"a cohort plays two parts.*leak"):
+        load_study_config(_write(tmp_path, data))
+
+
+def test_relative_paths_are_relative_to_the_configuration(tmp_path: Path) -> None:
+    data = {
+        "data": {"kind": "dicom", "path": "export", "cohort_by": "csv:cohorts.csv"},
+        "pretrained_model": "models/vendor",
+    }
+    config = load_study_config(_write(tmp_path, data))
+    assert config.data.path == tmp_path / "export"  # type: ignore[union-attr]
+    assert config.data.cohort_by == f"csv:{tmp_path / 'cohorts.csv'}"  # type: ignore[union-attr]
+    assert config.pretrained_model == tmp_path / "models" / "vendor"
+
+
+def test_cohort_missing_from_the_data_is_refused(tmp_path: Path, synthetic_ct) -> None:
+    from dlas.dataset import ImportOptions, import_source
+    from dlas.structures import StructureSet
+
+    folder, _, _ = synthetic_ct(name="export/ct")
+    import_source(
+        folder.parent,
+        tmp_path / "ds",
+        ImportOptions(structure_set=StructureSet.builtin(), cohort_by="none"),
+    )
+    config = StudyConfig.model_validate({"data": {"kind": "dataset", "path": str(tmp_path / "ds")}})
+    with pytest.raises(StudyError, match=r"cohort not found.*all \(1\)"):
+        run_study(config, tmp_path / "study", device="cpu")
+
+
+def test_existing_study_needs_resume_and_the_same_configuration(tiny: dict[str, Any]) -> None:
+    out: Path = tiny["out"]
+    with pytest.raises(StudyError, match=r"already holds a study.*--resume"):
+        run_study(preset_config("tiny"), out, device="cpu")
+    other = preset_config("tiny").model_copy(update={"name": "other"})
+    with pytest.raises(StudyError, match="configuration changed since the study started"):
+        run_study(other, out, device="cpu", resume=True)
+
+
+def test_non_empty_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    code = main(["study", "--preset", "tiny", "--out", str(tmp_path)])
+    assert code == 2
+
+
+def test_unknown_preset_is_refused() -> None:
+    with pytest.raises(StudyError, match="unknown study preset"):
+        preset_config("huge")
