@@ -25,17 +25,18 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     def killed(_: Any) -> dict[str, Any]:
         raise KeyboardInterrupt
 
+    args = ["study", "--preset", "tiny", "--out", str(out), "--device", "cpu"]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("dlas.study.runner._step_predict", killed)
-        with pytest.raises(KeyboardInterrupt):
-            run_study(preset_config("tiny"), out, device="cpu")
+        interrupted = main(args)
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        code = main(["study", "--preset", "tiny", "--out", str(out), "--device", "cpu", "--resume"])
-    return {"out": out, "code": code, "stdout": stdout.getvalue()}
+        code = main([*args, "--resume"])
+    return {"out": out, "code": code, "stdout": stdout.getvalue(), "interrupted": interrupted}
 
 
 def test_resume_skips_completed_steps(tiny: dict[str, Any]) -> None:
+    assert tiny["interrupted"] == 130
     assert tiny["code"] == 0
     assert "already complete, skipped: data, pretrain, finetune" in tiny["stdout"]
     assert "ran: predict, evaluate, compare, report" in tiny["stdout"]

@@ -145,7 +145,8 @@ def check_study_folder(
     ------
     StudyError
         The folder holds another study (without ``resume``), a study begun with another
-        configuration, or unrelated files.
+        configuration, or unrelated files (a ``study.log`` alone, left by the CLI or by a start
+        that failed, is not a study and is appended to).
     """
     root = Path(out)
     existing = root / "study.yaml"
@@ -169,7 +170,9 @@ def check_study_folder(
                 found=f"config_sha256 {config.sha256()[:12]}",
                 fix="resume with the same configuration and preset, or start a new --out folder",
             )
-    elif root.exists() and any(not p.name.startswith(".") for p in root.iterdir()):
+    elif root.exists() and any(
+        not p.name.startswith(".") and p.name != "study.log" for p in root.iterdir()
+    ):
         raise StudyError(
             "study folder is not empty",
             where=str(root),
