@@ -139,7 +139,7 @@ def _write(tmp_path: Path, data: dict[str, Any]) -> Path:
 def test_invalid_study_configuration_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StudyError, match=r"at colour: invalid study configuration"):
         load_study_config(_write(tmp_path, {"colour": "red"}))
-    with pytest.raises(StudyError, match="study configuration not found"):
+    with pytest.raises(StudyError, match="study configuration file not found"):
         load_study_config(tmp_path / "absent.yaml")
     (tmp_path / "bad.yaml").write_text("name: [unclosed")
     with pytest.raises(StudyError, match="not valid YAML"):

@@ -7,11 +7,11 @@ model's metadata (``dlas info``, reports) stays fast.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dlas.config_files import canonical_sha256
 
 __all__ = [
     "PRESETS",
@@ -22,12 +22,8 @@ __all__ = [
 ]
 
 
-def config_sha256(data: Any) -> str:
-    """SHA-256 of the canonical JSON form of ``data`` (a pydantic model or JSON-ready data)."""
-    if isinstance(data, BaseModel):
-        data = data.model_dump(mode="json")
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+#: SHA-256 of the canonical JSON form of a configuration (pydantic model or JSON-ready data).
+config_sha256 = canonical_sha256
 
 
 class DpnUNetConfig(BaseModel):

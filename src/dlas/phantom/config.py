@@ -25,14 +25,13 @@ canonical JSON is recorded in every output.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dlas.config_files import canonical_sha256, validation_error
 from dlas.errors import DlasError
 from dlas.phantom.scanners import SCANNERS
 
@@ -140,8 +139,7 @@ class PhantomConfig(BaseModel):
 
     def sha256(self) -> str:
         """Hash of the canonical JSON form."""
-        text = json.dumps(self.to_data(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return canonical_sha256(self.to_data())
 
     def cohort(self, name: str) -> CohortSpec:
         """The cohort called ``name``."""
@@ -287,11 +285,11 @@ def validate_config(data: Mapping[str, Any]) -> PhantomConfig:
     try:
         return PhantomConfig.model_validate(dict(data))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise PhantomError(
-            "invalid phantom configuration",
-            where=".".join(str(p) for p in first["loc"]) or "top level",
+        raise validation_error(
+            exc,
+            PhantomError,
+            what="invalid phantom configuration",
+            source=None,
             expected="the schema of dlas.phantom.config",
-            found=first["msg"],
             fix="correct the configuration",
         ) from None

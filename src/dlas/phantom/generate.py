@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
-import json
 import logging
 import os
 import zlib
@@ -38,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dlas import __version__
+from dlas.config_files import canonical_sha256
 from dlas.io.volume import Volume
 from dlas.phantom.anatomy import Anatomy, sample_anatomy
 from dlas.phantom.config import CohortSpec, PhantomConfig, PhantomError
@@ -210,8 +209,7 @@ class PhantomPatient:
             "cohort": self.cohort.model_dump(mode="json", exclude={"count"}),
             "index": self.index,
         }
-        text = json.dumps(key, sort_keys=True, separators=(",", ":"))
-        return "dlas-phantom:" + hashlib.sha256(text.encode()).hexdigest()[:32]
+        return "dlas-phantom:" + canonical_sha256(key)[:32]
 
 
 @dataclass

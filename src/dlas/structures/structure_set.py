@@ -40,8 +40,6 @@ Schema (version 1)::
 from __future__ import annotations
 
 import enum
-import hashlib
-import json
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -54,6 +52,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dlas.config_files import canonical_sha256, read_yaml_mapping, validation_error
 from dlas.errors import StructureSetError
 
 __all__ = [
@@ -348,8 +347,7 @@ class StructureSet(BaseModel):
 
     def sha256(self) -> str:
         """Hash of the canonical JSON form (independent of YAML formatting)."""
-        text = json.dumps(self.to_data(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return canonical_sha256(self.to_data())
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any], *, source: str = "structure set") -> StructureSet:
@@ -357,47 +355,28 @@ class StructureSet(BaseModel):
         try:
             return cls.model_validate(dict(data))
         except ValidationError as exc:
-            first = exc.errors()[0]
-            location = ".".join(str(p) for p in first["loc"]) or "top level"
-            raise StructureSetError(
-                "invalid structure set",
-                where=f"{source}, at {location}",
+            raise validation_error(
+                exc,
+                StructureSetError,
+                what="invalid structure set",
+                source=source,
                 expected="the schema in the dlas.structures documentation",
-                found=first["msg"],
-                fix="correct the YAML file"
-                + (f" ({len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""),
+                fix="correct the YAML file",
             ) from None
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> StructureSet:
         """Read a structure set from a YAML file."""
         p = Path(path)
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise StructureSetError(
-                "structure set file not found",
-                where=str(p),
-                expected="a YAML structure set",
-                found="nothing at that path",
-                fix="check the path, or use a built-in set: " + ", ".join(BUILTIN_STRUCTURE_SETS),
-            ) from None
-        except yaml.YAMLError as exc:
-            raise StructureSetError(
-                "structure set is not valid YAML",
-                where=str(p),
-                expected="YAML",
-                found=str(exc).splitlines()[0],
-                fix="correct the YAML syntax",
-            ) from None
-        if not isinstance(data, dict):
-            raise StructureSetError(
-                "structure set is not a mapping",
-                where=str(p),
-                expected="keys schema_version, name, structures",
-                found=type(data).__name__,
-                fix="see the schema in the dlas.structures documentation",
-            )
+        data = read_yaml_mapping(
+            p,
+            StructureSetError,
+            what="structure set",
+            expected_keys="schema_version, name, structures",
+            missing_fix="check the path, or use a built-in set: "
+            + ", ".join(BUILTIN_STRUCTURE_SETS),
+            schema_fix="see the schema in the dlas.structures documentation",
+        )
         return cls.from_data(data, source=str(p))
 
     @classmethod

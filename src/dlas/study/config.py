@@ -32,15 +32,13 @@ hospital's file only names what differs::
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dlas.config_files import canonical_sha256, read_yaml_mapping, validation_error
 from dlas.errors import StudyError
 
 __all__ = [
@@ -197,27 +195,18 @@ class StudyConfig(_Strict):
 
     def sha256(self) -> str:
         """Hash of the canonical JSON form."""
-        text = json.dumps(self.to_data(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
-
-    def section_sha256(self, *keys: str) -> str:
-        """Hash of some top-level sections only (what one step of the study depends on)."""
-        data = self.to_data()
-        text = json.dumps({k: data[k] for k in keys}, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return canonical_sha256(self.to_data())
 
 
 def _error(exc: ValidationError, source: str) -> StudyError:
-    first = exc.errors()[0]
-    location = ".".join(str(p) for p in first["loc"]) or "top level"
-    more = len(exc.errors()) - 1
-    return StudyError(
-        "invalid study configuration",
-        where=f"{source}, at {location}",
+    return validation_error(
+        exc,
+        StudyError,
+        what="invalid study configuration",
+        source=source,
         expected="the schema in the dlas.study.config documentation "
         "(see examples/study-hospital.yaml)",
-        found=first["msg"],
-        fix="correct the configuration" + (f" ({more} more problem(s))" if more else ""),
+        fix="correct the configuration",
     )
 
 
@@ -227,32 +216,14 @@ def load_study_config(path: str | os.PathLike[str]) -> StudyConfig:
     Relative paths inside the file are taken relative to the file's folder.
     """
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StudyError(
-            "study configuration not found",
-            where=str(p),
-            expected="a YAML study configuration",
-            found="nothing at that path",
-            fix="check the path, or leave CONFIG out to run the embedded demo study",
-        ) from None
-    except yaml.YAMLError as exc:
-        raise StudyError(
-            "study configuration is not valid YAML",
-            where=str(p),
-            expected="YAML",
-            found=str(exc).splitlines()[0],
-            fix="correct the YAML syntax",
-        ) from None
-    if not isinstance(data, dict):
-        raise StudyError(
-            "study configuration is not a mapping",
-            where=str(p),
-            expected="keys such as name, data, cohorts",
-            found=type(data).__name__,
-            fix="see examples/study-hospital.yaml",
-        )
+    data = read_yaml_mapping(
+        p,
+        StudyError,
+        what="study configuration",
+        expected_keys="name, data, cohorts",
+        missing_fix="check the path, or leave CONFIG out to run the embedded demo study",
+        schema_fix="see examples/study-hospital.yaml",
+    )
     base = p.resolve().parent
     data = _absolute_paths(data, base)
     try:

@@ -41,9 +41,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from dlas.config_files import read_yaml_mapping, validation_error
 from dlas.errors import DlasError
 from dlas.model.config import ArchitectureSpec, Preprocessing, config_sha256
 
@@ -160,15 +160,13 @@ class Recipe(BaseModel):
 
 
 def _config_error(exc: ValidationError, source: str) -> TrainingConfigError:
-    first = exc.errors()[0]
-    location = ".".join(str(p) for p in first["loc"]) or "top level"
-    more = len(exc.errors()) - 1
-    return TrainingConfigError(
-        "invalid training recipe",
-        where=f"{source}, at {location}",
+    return validation_error(
+        exc,
+        TrainingConfigError,
+        what="invalid training recipe",
+        source=source,
         expected="the recipe schema in the dlas.training.config documentation",
-        found=first["msg"],
-        fix="correct the recipe" + (f" ({more} more problem(s))" if more else ""),
+        fix="correct the recipe",
     )
 
 
@@ -190,33 +188,14 @@ def load_recipe(source: str | os.PathLike[str] | Recipe | dict[str, Any] | None)
     else:
         path = Path(source)
         where = str(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise TrainingConfigError(
-                "recipe file not found",
-                where=where,
-                expected="a YAML recipe",
-                found="nothing at that path",
-                fix="check the path, or leave out --config to use the study's recipe",
-            ) from None
-        except yaml.YAMLError as exc:
-            raise TrainingConfigError(
-                "recipe is not valid YAML",
-                where=where,
-                expected="YAML",
-                found=str(exc).splitlines()[0],
-                fix="correct the YAML syntax",
-            ) from None
-        if data is None:
-            data = {}
-    if not isinstance(data, dict):
-        raise TrainingConfigError(
-            "recipe is not a mapping",
-            where=where,
-            expected="keys such as epochs, batch_size, learning_rate",
-            found=type(data).__name__,
-            fix="see the recipe schema in the dlas.training.config documentation",
+        data = read_yaml_mapping(
+            path,
+            TrainingConfigError,
+            what="recipe",
+            expected_keys="epochs, batch_size, learning_rate",
+            missing_fix="check the path, or leave out --config to use the study's recipe",
+            schema_fix="see the recipe schema in the dlas.training.config documentation",
+            empty_is_mapping=True,
         )
     try:
         return Recipe.model_validate(data)
