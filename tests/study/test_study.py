@@ -30,9 +30,16 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         patch.setattr("dlas.study.runner._step_predict", killed)
         interrupted = main(args)
     stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
+    stderr = io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         code = main([*args, "--resume"])
-    return {"out": out, "code": code, "stdout": stdout.getvalue(), "interrupted": interrupted}
+    return {
+        "out": out,
+        "code": code,
+        "stdout": stdout.getvalue(),
+        "stderr": stderr.getvalue(),
+        "interrupted": interrupted,
+    }
 
 
 def test_resume_skips_completed_steps(tiny: dict[str, Any]) -> None:
@@ -40,6 +47,14 @@ def test_resume_skips_completed_steps(tiny: dict[str, Any]) -> None:
     assert tiny["code"] == 0
     assert "already complete, skipped: data, pretrain, finetune" in tiny["stdout"]
     assert "ran: predict, evaluate, compare, report" in tiny["stdout"]
+
+
+def test_step_log_goes_to_the_study_log_not_the_console(tiny: dict[str, Any]) -> None:
+    log = (tiny["out"] / "study.log").read_text(encoding="utf-8")
+    assert "step predict finished" in log
+    assert "finetune: fold 2/2, epoch 1/1, train loss" in log
+    assert "step predict finished" not in tiny["stderr"]
+    assert "INFO" not in tiny["stderr"]
 
 
 def test_every_artefact_exists(tiny: dict[str, Any]) -> None:
@@ -202,3 +217,43 @@ def test_non_empty_folder_is_refused(tmp_path: Path) -> None:
 def test_unknown_preset_is_refused() -> None:
     with pytest.raises(StudyError, match="unknown study preset"):
         preset_config("huge")
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.parametrize("name", ["study-hospital.yaml", "openkbp-hn/study.yaml"])
+def test_example_configurations_are_valid(name: str) -> None:
+    config = load_study_config(EXAMPLES / name)
+    assert config.cohorts.finetune == "training"
+    assert config.cohorts.evaluate == ("ExVal", "GenEva")
+
+
+def test_openkbp_example_names_every_patient_of_the_shared_data_once() -> None:
+    config = load_study_config(EXAMPLES / "openkbp-hn" / "study.yaml")
+    source = config.data.path  # type: ignore[union-attr]
+    if not source.is_dir():
+        pytest.skip(f"the real data is not at {source}")
+    patients = {p.name for p in source.iterdir() if (p / "ct.nii.gz").is_file()}
+    rows = (EXAMPLES / "openkbp-hn" / "cohorts.csv").read_text().splitlines()[1:]
+    folders = [row.split(",")[0] for row in rows]
+    assert sorted(folders) == sorted(patients)
+    cohorts = {row.split(",")[1] for row in rows}
+    assert cohorts == {"vendor", "training", "ExVal", "GenEva"}
+
+
+def test_replica_case_ids_are_the_same_in_every_run(tiny: dict[str, Any], tmp_path: Path) -> None:
+    """Case ids decide the order in which training meets the cases: a second run of the same
+    preset must import the replica under the same ids (else its numbers differ)."""
+
+    def stop(_: Any) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("dlas.study.runner._step_pretrain", stop)
+        with pytest.raises(KeyboardInterrupt):
+            run_study(preset_config("tiny"), tmp_path / "again", device="cpu")
+    first = json.loads((tiny["out"] / "data" / "dataset.json").read_text())
+    again = json.loads((tmp_path / "again" / "data" / "dataset.json").read_text())
+    assert again["cases"] == first["cases"]
+    assert len(first["cases"]) == 14

@@ -54,6 +54,9 @@ def _configure_logging(debug: bool) -> None:
     from rich.logging import RichHandler
 
     handler = RichHandler(console=stderr(), show_path=debug, show_time=False, markup=False)
+    # The console shows warnings (or everything with --debug) even when a command lowers the
+    # library's level to feed its own log file (``dlas study`` writes INFO to study.log).
+    handler.setLevel(logging.DEBUG if debug else logging.WARNING)
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(message)s",

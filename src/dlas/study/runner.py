@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from dlas import __version__
+from dlas.config_files import canonical_sha256
 from dlas.errors import StudyError
 from dlas.io.atomic import write_json, write_text
 from dlas.study.config import DatasetSource, DicomSource, PhantomSource, StudyConfig
@@ -269,6 +270,7 @@ def _structure_set(study: _Study) -> Any:
 
 def _step_data(study: _Study) -> dict[str, Any]:
     from dlas.dataset import CaseDataset, ImportOptions, import_source
+    from dlas.dataset.deid import KEY_FILE
 
     source = study.config.data
     if isinstance(source, DatasetSource):
@@ -316,6 +318,11 @@ def _step_data(study: _Study) -> dict[str, Any]:
                 0.6 * d / max(t, 1), f"generating {label}"
             ),
         )
+        # Synthetic patients identify nobody: the pseudonym key is derived from the replica's
+        # configuration, so that case ids, and with them the order in which training meets the
+        # cases, are the same in every run (a random key gave every run other numbers).
+        key = canonical_sha256({"dlas-replica-pseudonym-key": phantom.sha256()})
+        write_text(study.data / KEY_FILE, key + "\n")
         options = ImportOptions(
             structure_set=_structure_set(study),
             cohort_by=f"csv:{study.root / 'source' / 'cohorts.csv'}",
@@ -383,8 +390,19 @@ def _train_progress(study: _Study) -> Callable[[Any], None]:
                 event.folds * event.epochs
             )
             note = f"fold {event.fold}/{event.folds}, epoch {event.epoch}/{event.epochs}"
-            if event.kind == "epoch" and event.val_loss is not None:
-                note += f", val loss {event.val_loss:.3f}"
+            if event.kind == "epoch":
+                losses = [
+                    f"{label} {value:.4f}"
+                    for label, value in (
+                        ("train loss", event.train_loss),
+                        ("val loss", event.val_loss),
+                        ("val DSC", event.val_dsc),
+                    )
+                    if value is not None
+                ]
+                log.info("%s: %s", study._step, ", ".join([note, *losses]))
+                if event.val_loss is not None:
+                    note += f", val loss {event.val_loss:.3f}"
             study.report_progress(done, note)
         elif event.kind == "prepare" and event.steps:
             study.report_progress(0.0, f"preparing case {event.step}/{event.steps}")
