@@ -1,0 +1,230 @@
+"""A whole `dlas study` on this machine: wall time, peak memory, outcome tables, checks.
+
+Without ``--config`` it runs the README's demo study (``dlas study``, the embedded synthetic
+replica: vendor model pretrained on the vendor cohort, fine-tuned with 5-fold CV on the local
+training cohort, both evaluated on ExVal and GenEva) and checks what issue 7 asks the demo to
+show:
+
+* the fine-tuned model's CTV DSC beats the vendor model's on ExVal and on GenEva, and the
+  Wilcoxon signed-rank test finds the difference significant (p < 0.05);
+* the vendor model over-contours the CTV (mean relative volume error at least +10 %), the
+  fine-tuned model does not (within ±5 %);
+* bladder and femoral-head DSC of the two models within a few hundredths (0.06);
+* GenEva not clearly worse than ExVal for either model (mean CTV DSC within 0.03).
+
+With ``--config FILE`` it runs that study (e.g. ``examples/openkbp-hn/study.yaml``) and records
+its tables without checks.
+
+Usage::
+
+    python benchmarks/bench_study.py [--config FILE] [--out DIR] [--write]
+    python benchmarks/bench_study.py [--config FILE] --out DIR --write --summarize-only
+
+``--write`` records ``benchmarks/results/<name>.{md,json}`` (``demo-study``, or
+``<config's name>-study``). ``--summarize-only`` reads an existing study folder again and keeps
+the timing recorded in the results JSON (to change what is summarised without training again).
+The script exits with status 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+STEPS = ("data", "pretrain", "finetune", "predict", "evaluate", "compare", "report")
+METRICS = ("dsc", "hd95_mm", "sensitivity", "specificity", "volume_error_pct")
+
+
+def _summary(root: Path) -> dict[str, Any]:
+    """Means per structure, model and cohort; Wilcoxon p of the DSC difference; models."""
+    import pandas as pd
+    import yaml
+
+    metrics = pd.read_csv(root / "metrics.csv", keep_default_na=False, na_values=["nan"])
+    comparison = pd.read_csv(root / "comparison" / "comparison.csv")
+    config = yaml.safe_load((root / "study.yaml").read_text(encoding="utf-8"))
+    a, b = config["models"]["vendor"], config["models"]["finetuned"]
+    rows = []
+    for (structure, cohort), group in metrics.groupby(["structure", "cohort"], sort=False):
+        row: dict[str, Any] = {"structure": structure, "cohort": cohort}
+        row["n"] = int(group.case_id.nunique())
+        for model in (a, b):
+            means = group[group.model == model][list(METRICS)].mean()
+            for metric in METRICS:
+                row[f"{metric}|{model}"] = round(float(means[metric]), 4)
+        test = comparison[
+            (comparison.cohort == cohort)
+            & (comparison.structure == structure)
+            & (comparison.metric == "dsc")
+        ]
+        row["dsc_p_value"] = round(float(test.p_value.iloc[0]), 4) if len(test) else None
+        rows.append(row)
+    return {"models": [a, b], "name": config["name"], "rows": rows}
+
+
+def _demo_checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = {(r["structure"], r["cohort"]): r for r in summary["rows"]}
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, ok: bool, value: str) -> None:
+        checks.append({"check": name, "passed": bool(ok), "value": value})
+
+    for cohort in ("ExVal", "GenEva"):
+        ctv = rows[("CTV", cohort)]
+        before, after, p = ctv["dsc|VPM"], ctv["dsc|LFT"], ctv["dsc_p_value"]
+        check(
+            f"CTV DSC LFT > VPM, Wilcoxon p < 0.05 ({cohort})",
+            after > before and p is not None and p < 0.05,
+            f"{before:.3f} -> {after:.3f}, p = {p:.4f}",
+        )
+        vpm, lft = ctv["volume_error_pct|VPM"], ctv["volume_error_pct|LFT"]
+        check(f"VPM over-contours the CTV ({cohort})", vpm >= 10.0, f"{vpm:+.1f} %")
+        check(f"LFT CTV volume within ±5 % ({cohort})", abs(lft) <= 5.0, f"{lft:+.1f} %")
+        for structure in ("Bladder", "FemoralHead_L", "FemoralHead_R"):
+            r = rows[(structure, cohort)]
+            check(
+                f"{structure} DSC of both models within 0.06 ({cohort})",
+                abs(r["dsc|VPM"] - r["dsc|LFT"]) <= 0.06,
+                f"VPM {r['dsc|VPM']:.3f}, LFT {r['dsc|LFT']:.3f}",
+            )
+    for model in ("VPM", "LFT"):
+        ex, ge = rows[("CTV", "ExVal")][f"dsc|{model}"], rows[("CTV", "GenEva")][f"dsc|{model}"]
+        check(
+            f"{model}: GenEva not clearly worse than ExVal (CTV DSC)",
+            ge >= ex - 0.03,
+            f"ExVal {ex:.3f}, GenEva {ge:.3f}",
+        )
+    return checks
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    summary = result["summary"]
+    a, b = summary["models"]
+    machine = result["machine"]
+    command = "dlas study" + (f" {result['config']}" if result["config"] else "")
+    steps = [s for s in STEPS if s in result["step_seconds"]]
+    lines = [
+        f"# `{command}` on a {machine['cpus']}-core CPU",
+        "",
+        f"Date {result['date']}; {machine['platform']}, {machine['cpus']} CPUs, torch "
+        f"{machine['torch']} with {machine['torch_threads']} threads, load average before "
+        f"{machine['load_average_before']}. Script: `benchmarks/bench_study.py"
+        + (f" --config {result['config']}" if result["config"] else "")
+        + " --write`.",
+        "",
+        f"**Wall time {result['wall_seconds'] / 60:.1f} min, peak memory "
+        f"{result['peak_memory_mb']:.0f} MB** (largest process).",
+        "",
+        "| step | " + " | ".join(steps) + " |",
+        "|---|" + "---|" * len(steps),
+        "| seconds | " + " | ".join(f"{result['step_seconds'][s]:.0f}" for s in steps) + " |",
+        "",
+    ]
+    if result.get("checks"):
+        lines += [
+            "| check (issue 7) | passed | value |",
+            "|---|---|---|",
+            *[
+                f"| {c['check']} | {'yes' if c['passed'] else 'NO'} | {c['value']} |"
+                for c in result["checks"]
+            ],
+            "",
+        ]
+    lines += [
+        f"Means over the patients of each cohort ({a} → {b}); p: two-sided Wilcoxon "
+        "signed-rank test of the paired DSC differences. 95HD pooled, specificity in the "
+        "reference box + 10 mm, volume error 100·(V − V_ref)/V_ref.",
+        "",
+        "| cohort | structure | n | DSC | 95HD (mm) | sensitivity | specificity "
+        "| volume error (%) | p (DSC) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def pair(row: dict[str, Any], metric: str, digits: int) -> str:
+        return f"{row[f'{metric}|{a}']:.{digits}f} → {row[f'{metric}|{b}']:.{digits}f}"
+
+    for row in sorted(summary["rows"], key=lambda r: (r["cohort"], r["structure"])):
+        p = row["dsc_p_value"]
+        lines.append(
+            f"| {row['cohort']} | {row['structure']} | {row['n']} | {pair(row, 'dsc', 3)} "
+            f"| {pair(row, 'hd95_mm', 1)} | {pair(row, 'sensitivity', 3)} "
+            f"| {pair(row, 'specificity', 3)} | {pair(row, 'volume_error_pct', 1)} "
+            f"| {'n/a' if p is None else f'{p:.4f}'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=None, help="study YAML (default: demo)")
+    parser.add_argument("--out", type=Path, default=None, help="study folder (default: a temp)")
+    parser.add_argument("--write", action="store_true", help="record results in results/")
+    parser.add_argument(
+        "--summarize-only", action="store_true", help="summarise an existing --out folder again"
+    )
+    args = parser.parse_args()
+    out = args.out or Path(tempfile.mkdtemp(prefix="dlas-study-")) / "study"
+    config = str(args.config) if args.config else None
+    stem = "demo" if config is None else Path(config).parent.name or Path(config).stem
+    record = RESULTS / f"{stem}-study.json"
+    if args.summarize_only:
+        result = json.loads(record.read_text(encoding="utf-8"))
+        result.setdefault("config", config)
+        if "torch" not in result["machine"]:
+            import torch
+
+            result["machine"]["torch"] = torch.__version__
+    else:
+        if out.exists():
+            shutil.rmtree(out)
+        load_before = os.getloadavg()
+        start = time.perf_counter()
+        command = [sys.executable, "-m", "dlas", "--quiet", "study", "--out", str(out)]
+        subprocess.run(command + ([config] if config else []), check=True)
+        import torch
+
+        result = {
+            "date": dt.date.today().isoformat(),
+            "config": config,
+            "machine": {
+                "platform": platform.platform(),
+                "cpus": os.cpu_count(),
+                "torch": torch.__version__,
+                "torch_threads": torch.get_num_threads(),
+                "load_average_before": [round(x, 2) for x in load_before],
+            },
+            "wall_seconds": round(time.perf_counter() - start, 1),
+            "peak_memory_mb": round(
+                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1
+            ),
+        }
+    result["step_seconds"] = {
+        p.stem: json.loads(p.read_text())["seconds"] for p in sorted((out / ".steps").glob("*"))
+    }
+    result["summary"] = _summary(out)
+    result["checks"] = _demo_checks(result["summary"]) if config is None else []
+    print(_markdown(result))
+    if args.write:
+        RESULTS.mkdir(exist_ok=True)
+        record.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        record.with_suffix(".md").write_text(_markdown(result), encoding="utf-8")
+    failed = [c for c in result["checks"] if not c["passed"]]
+    for c in failed:
+        print(f"FAILED: {c['check']}: {c['value']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
