@@ -1,42 +1,16 @@
-"""Fixtures of the prediction tests: synthetic data (``tests/training/synthetic_data.py``) and a
+"""Fixtures of the prediction tests: synthetic data (``tests/helpers/synthetic_data.py``) and a
 small model trained on it once per session."""
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from helpers.torch_fixtures import _one_torch_thread, synthetic
 
-def _load_synthetic() -> ModuleType:
-    # Tests are not a package (pytest runs with --import-mode=importlib): load by path.
-    path = Path(__file__).parents[1] / "training" / "synthetic_data.py"
-    spec = importlib.util.spec_from_file_location("dlas_tests_synthetic_data", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="session")
-def synthetic() -> ModuleType:
-    """The synthetic data helpers: ``make_case``, ``make_dataset``, ``structure_set``."""
-    return _load_synthetic()
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: these networks are tiny, and on a shared 2-core machine a second
-    spinning OpenMP thread makes steps up to ten times slower, not faster."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+__all__ = ["_one_torch_thread", "synthetic", "trained_model"]
 
 
 @pytest.fixture(scope="session")

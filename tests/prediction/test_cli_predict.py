@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -11,6 +10,7 @@ from types import ModuleType
 import pytest
 
 from dlas.io import CTSeriesSpec, write_ct_series
+from helpers.synthetic_data import write_malicious_pickle
 
 
 @pytest.fixture
@@ -91,11 +91,7 @@ def test_predict_command_refuses_a_pickle(
 ) -> None:
     marker = tmp_path / "pwned"
 
-    class Payload:
-        def __reduce__(self) -> tuple[object, tuple[str, str]]:
-            return (open, (str(marker), "w"))
-
-    (tmp_path / "evil.pt").write_bytes(pickle.dumps(Payload()))
+    write_malicious_pickle(tmp_path / "evil.pt", marker)
     folder = _dicom(tmp_path, synthetic, 8, "ct")
     status = dlas(
         ["predict", str(tmp_path / "evil.pt"), str(folder), "--out", str(tmp_path / "out")]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 from types import ModuleType
 
@@ -25,6 +24,7 @@ from dlas.io import (
 )
 from dlas.model import ModelFileError, read_model_info
 from dlas.prediction import PredictionError, Predictor, predict
+from helpers.synthetic_data import write_malicious_pickle
 
 
 def _dsc(a: np.ndarray, b: np.ndarray) -> float:
@@ -260,11 +260,7 @@ def test_malicious_pickle_as_model_is_refused_without_execution(
 ) -> None:
     marker = tmp_path / "pwned"
 
-    class Payload:
-        def __reduce__(self) -> tuple[object, tuple[str, str]]:
-            return (open, (str(marker), "w"))
-
-    (tmp_path / "model.pt").write_bytes(pickle.dumps(Payload()))
+    write_malicious_pickle(tmp_path / "model.pt", marker)
     folder = _dicom(tmp_path, synthetic, 81)
     with pytest.raises(ModelFileError, match="refusing to load a pickled model file"):
         predict(tmp_path / "model.pt", folder, tmp_path / "out", device="cpu")

@@ -52,7 +52,7 @@ def test_resume_skips_completed_steps(tiny: dict[str, Any]) -> None:
 def test_step_log_goes_to_the_study_log_not_the_console(tiny: dict[str, Any]) -> None:
     log = (tiny["out"] / "study.log").read_text(encoding="utf-8")
     assert "step predict finished" in log
-    assert "finetune: fold 2/2, epoch 1/1, train loss" in log
+    assert "finetune: fold 2/2 epoch 1/1: train loss" in log
     assert "step predict finished" not in tiny["stderr"]
     assert "INFO" not in tiny["stderr"]
 

@@ -14,15 +14,9 @@ import torch
 
 from dlas.model import load_model
 from dlas.training import train
+from helpers.synthetic_data import TINY_NETWORK
 
-TINY = {
-    "preset": "cpu",
-    "widths": [8, 16, 24],
-    "blocks": [1, 1, 1],
-    "growth": [4, 4, 4],
-    "groups": 4,
-    "norm_groups": 4,
-}
+TINY = TINY_NETWORK
 RECIPE = {"epochs": 1, "folds": 2, "batch_size": 4, "learning_rate": 3e-3, "model": TINY}
 
 WORKER = """

@@ -10,15 +10,9 @@ import torch
 
 from dlas.model import ModelFileError, load_model, read_model_info
 from dlas.training import TrainingConfigError, initial_network, train
+from helpers.synthetic_data import TINY_NETWORK, write_malicious_pickle
 
-TINY = {
-    "preset": "cpu",
-    "widths": [8, 16, 24],
-    "blocks": [1, 1, 1],
-    "growth": [4, 4, 4],
-    "groups": 4,
-    "norm_groups": 4,
-}
+TINY = TINY_NETWORK
 RECIPE = {"epochs": 1, "folds": 1, "learning_rate": 3e-3, "model": TINY}
 
 
@@ -134,15 +128,10 @@ def test_fine_tuning_a_fold_ensemble_is_refused(tmp_path: Path, synthetic: Modul
 def test_pickled_pretrained_model_is_refused_without_execution(
     tmp_path: Path, synthetic: ModuleType
 ) -> None:
-    import pickle
 
     marker = tmp_path / "pwned"
 
-    class Payload:
-        def __reduce__(self) -> tuple[object, tuple[str, str]]:
-            return (open, (str(marker), "w"))
-
-    (tmp_path / "vendor.pth").write_bytes(pickle.dumps(Payload()))
+    write_malicious_pickle(tmp_path / "vendor.pth", marker)
     dataset = synthetic.make_dataset(tmp_path / "ds", 2)
     with pytest.raises(ModelFileError, match="refusing to load a pickled model file"):
         train(

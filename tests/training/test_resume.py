@@ -10,15 +10,9 @@ import pytest
 
 from dlas.model import file_sha256, read_model_info
 from dlas.training import TrainingConfigError, TrainingEvent, train
+from helpers.synthetic_data import TINY_NETWORK
 
-TINY = {
-    "preset": "cpu",
-    "widths": [8, 16, 24],
-    "blocks": [1, 1, 1],
-    "growth": [4, 4, 4],
-    "groups": 4,
-    "norm_groups": 4,
-}
+TINY = TINY_NETWORK
 # Augmentation on: the resumed run must replay the same random draws.
 RECIPE = {
     "epochs": 3,

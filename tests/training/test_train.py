@@ -15,6 +15,7 @@ from dlas.model import read_model_info
 from dlas.prediction import Predictor
 from dlas.training import TrainingConfigError, TrainingEvent, train
 from dlas.training.data import class_weights
+from helpers.synthetic_data import TINY_NETWORK
 
 NO_AUGMENTATION = {
     "flip_lr": False,
@@ -23,15 +24,7 @@ NO_AUGMENTATION = {
     "intensity_shift": 0,
     "intensity_scale": 0,
 }
-#: A three-level network: the tests below check the machinery, not the learning.
-TINY = {
-    "preset": "cpu",
-    "widths": [8, 16, 24],
-    "blocks": [1, 1, 1],
-    "growth": [4, 4, 4],
-    "groups": 4,
-    "norm_groups": 4,
-}
+TINY = TINY_NETWORK
 FAST = {"epochs": 2, "folds": 2, "learning_rate": 3e-3, "lr_decay": 0.95, "model": TINY}
 
 

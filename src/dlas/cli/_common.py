@@ -43,6 +43,30 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
+def progress_bar(*extra_columns: Any) -> Any:
+    """A transient Rich progress bar on standard error: description, bar, count, elapsed and
+    remaining time, then ``extra_columns``."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        *extra_columns,
+        console=stderr(),
+        transient=True,
+    )
+
+
 @contextmanager
 def progress_callback(description: str) -> Iterator[Any]:
     """A ``(done, total, label)`` callback that drives a Rich progress bar.
@@ -53,25 +77,9 @@ def progress_callback(description: str) -> Iterator[Any]:
     if SETTINGS.quiet or not console.is_terminal:
         yield lambda done, total, label: None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import TextColumn
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[label]}"),
-        console=console,
-        transient=True,
-    ) as progress:
+    with progress_bar(TextColumn("{task.fields[label]}")) as progress:
         task = progress.add_task(description, total=None, label="")
 
         def update(done: int, total: int, label: str) -> None:

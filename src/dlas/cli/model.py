@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from dlas.cli._common import SETTINGS, print_json, progress_callback, stderr, stdout
+from dlas.cli._common import SETTINGS, print_json, progress_bar, progress_callback, stdout
 
 if TYPE_CHECKING:
     from dlas.training import TrainingEvent
@@ -24,24 +24,7 @@ def _training_display() -> Iterator[Any]:
     if SETTINGS.quiet:
         yield lambda event: None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=stderr(),
-        transient=True,
-    ) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("preparing cases", total=None)
 
         def on_event(event: TrainingEvent) -> None:
@@ -61,16 +44,7 @@ def _training_display() -> Iterator[Any]:
                     total=event.steps,
                 )
             elif event.kind == "epoch":
-                parts = [f"train loss {event.train_loss:.4f}"]
-                if event.val_loss is not None:
-                    parts.append(f"val loss {event.val_loss:.4f}")
-                if event.val_dsc is not None:
-                    parts.append(f"val DSC {event.val_dsc:.3f}")
-                parts.append(f"lr {event.lr:.3g}")
-                progress.console.print(
-                    f"  fold {event.fold}/{event.folds} epoch {event.epoch}/{event.epochs}: "
-                    + ", ".join(parts)
-                )
+                progress.console.print(f"  {event.summary()}")
 
         yield on_event
 

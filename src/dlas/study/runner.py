@@ -391,16 +391,7 @@ def _train_progress(study: _Study) -> Callable[[Any], None]:
             )
             note = f"fold {event.fold}/{event.folds}, epoch {event.epoch}/{event.epochs}"
             if event.kind == "epoch":
-                losses = [
-                    f"{label} {value:.4f}"
-                    for label, value in (
-                        ("train loss", event.train_loss),
-                        ("val loss", event.val_loss),
-                        ("val DSC", event.val_dsc),
-                    )
-                    if value is not None
-                ]
-                log.info("%s: %s", study._step, ", ".join([note, *losses]))
+                log.info("%s: %s", study._step, event.summary())
                 if event.val_loss is not None:
                     note += f", val loss {event.val_loss:.3f}"
             study.report_progress(done, note)

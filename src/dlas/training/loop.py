@@ -85,6 +85,22 @@ class TrainingEvent:
     lr: float | None = None
     message: str = ""
 
+    def summary(self) -> str:
+        """One line for an ``epoch`` event: where, and the losses it has."""
+        parts = [
+            f"{label} {value:{fmt}}"
+            for label, value, fmt in (
+                ("train loss", self.train_loss, ".4f"),
+                ("val loss", self.val_loss, ".4f"),
+                ("val DSC", self.val_dsc, ".3f"),
+                ("lr", self.lr, ".3g"),
+            )
+            if value is not None
+        ]
+        return f"fold {self.fold}/{self.folds} epoch {self.epoch}/{self.epochs}: " + ", ".join(
+            parts
+        )
+
 
 EventCallback = Callable[[TrainingEvent], None]
 

@@ -1,5 +1,5 @@
-"""Tiny synthetic data sets for the model, training and prediction tests (loaded by path from the
-conftest files, since tests are not a package).
+"""Tiny synthetic data sets for the model, training and prediction tests (``tests/`` is on
+pytest's python path; the ``synthetic`` fixture hands this module over).
 
 A case is a small axial CT: an elliptic body of soft tissue (40 HU, noise) in air, a "bladder"
 (a sphere of 180 HU) and two "femoral heads" (spheres of 700 HU) left and right, with positions
@@ -100,3 +100,31 @@ def make_dataset(
             f"case{i:02d}", cohort, ct, masks, {"case_id": f"case{i:02d}", "cohort": cohort}
         )
     return ds
+
+
+#: A three-level network: tests of the machinery, not of the learning.
+TINY_NETWORK: dict[str, Any] = {
+    "preset": "cpu",
+    "widths": [8, 16, 24],
+    "blocks": [1, 1, 1],
+    "growth": [4, 4, 4],
+    "groups": 4,
+    "norm_groups": 4,
+}
+
+
+class _OpensAFile:
+    """Unpickling this object calls ``open(path, "w")``: proof that a pickle was executed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.path), "w"))
+
+
+def write_malicious_pickle(path: Path, marker: Path) -> None:
+    """Write a pickle at ``path`` whose loading would create ``marker``."""
+    import pickle
+
+    path.write_bytes(pickle.dumps(_OpensAFile(marker)))
