@@ -143,15 +143,18 @@ def test_resume_without_a_run_is_refused(tmp_path: Path, synthetic: ModuleType) 
         train(dataset, tmp_path / "model", config=FAST, device="cpu", resume=True)
 
 
-def test_case_missing_a_structure_is_refused(tmp_path: Path, synthetic: ModuleType) -> None:
+def test_case_missing_a_structure_is_refused_when_asked(
+    tmp_path: Path, synthetic: ModuleType
+) -> None:
     dataset = synthetic.make_dataset(tmp_path / "ds", 3)
     ct, masks = synthetic.make_case(50)
     del masks["FemoralHead_R"]
     dataset.write_case("case99", "A", ct, masks, {})
     with pytest.raises(
-        TrainingConfigError, match=r"case case99: case lacks structures.*FemoralHead_R"
+        TrainingConfigError,
+        match=r"case case99: case lacks structures.*FemoralHead_R.*missing_structures: partial",
     ):
-        train(dataset, tmp_path / "model", config=FAST, device="cpu")
+        train(dataset, tmp_path / "model", config={**FAST, "missing_structures": "error"})
     train(
         dataset,
         tmp_path / "skip",

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from dlas.config_files import canonical_sha256
 
@@ -172,9 +180,17 @@ class Preprocessing(BaseModel):
 
     Attributes
     ----------
+    intensity
+        How clipped HU become network input. ``window``: ``[hu_min, hu_max]`` maps linearly to
+        [-1, 1] (the seed study's fixed window). ``percentile``: nnU-Net's CT normalisation
+        (Isensee et al., Nature Methods 2021) — ``hu_min``/``hu_max`` are the 0.5th and 99.5th
+        percentiles and ``mean_hu``/``std_hu`` the mean and standard deviation of the HU inside
+        the training cases' structures, fitted once when a model is trained from scratch (a
+        fine-tuned model keeps its pretrained model's values); input is ``(HU - mean) / std``.
     hu_min, hu_max
-        HU window: values are clipped to it and mapped linearly to [-1, 1]. Voxels outside the CT
-        (padding) count as ``hu_min``.
+        HU clipping range. Voxels outside the CT (padding) count as ``hu_min`` ("air").
+    mean_hu, std_hu
+        Centre and scale of the ``percentile`` normalisation (fitted; ``None`` for ``window``).
     spacing_mm
         In-plane pixel size of the model grid in mm (rows and columns alike). ``None`` in a
         recipe means: the median in-plane spacing of the training cases (resolved at training).
@@ -193,8 +209,11 @@ class Preprocessing(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     schema_version: Literal[1] = 1
+    intensity: Literal["window", "percentile"] = "window"
     hu_min: float = -1000.0
     hu_max: float = 1000.0
+    mean_hu: float | None = None
+    std_hu: float | None = Field(None, gt=0)
     spacing_mm: float | None = Field(None, gt=0.05, le=20.0)
     crop_to_body: bool = True
     body_threshold_hu: float = -500.0
@@ -205,4 +224,42 @@ class Preprocessing(BaseModel):
     def _window(self) -> Preprocessing:
         if not self.hu_max > self.hu_min:
             raise ValueError(f"hu_max ({self.hu_max}) must exceed hu_min ({self.hu_min})")
+        if self.intensity == "window" and (self.mean_hu is not None or self.std_hu is not None):
+            raise ValueError("mean_hu and std_hu belong to intensity: percentile, not window")
         return self
+
+    @model_serializer(mode="wrap")
+    def _serialise(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> dict[str, Any]:
+        # Fields added after the first release are left out while they hold their defaults, so
+        # that the recorded form (and the model hash) of earlier models stays what it was.
+        data: dict[str, Any] = handler(self)
+        for key, default in _LATER_FIELDS.items():
+            if key in data and data[key] == default:
+                del data[key]
+        return data
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the intensity normalisation is complete (``percentile`` needs its fit)."""
+        return self.intensity == "window" or (self.mean_hu is not None and self.std_hu is not None)
+
+    def intensity_affine(self) -> tuple[float, float]:
+        """``(scale, air)``: network input = ``(clip(HU) - hu_min) * scale + air``, so that
+        ``air`` is the input value of ``hu_min`` and of everything outside the CT."""
+        if self.intensity == "window":
+            return 2.0 / (self.hu_max - self.hu_min), -1.0
+        if self.mean_hu is None or self.std_hu is None:
+            raise ValueError("percentile normalisation has not been fitted (mean_hu, std_hu)")
+        return 1.0 / self.std_hu, (self.hu_min - self.mean_hu) / self.std_hu
+
+    @property
+    def air_value(self) -> float:
+        """Network input of air (``hu_min``) and of padding."""
+        return self.intensity_affine()[1]
+
+
+#: Preprocessing fields added after the first release, with the defaults that leave them out of
+#: the recorded form.
+_LATER_FIELDS: dict[str, Any] = {"intensity": "window", "mean_hu": None, "std_hu": None}

@@ -10,8 +10,9 @@ slices are never resampled along z. For each CT:
 3. a :class:`SliceGrid` places the model's pixel grid over that region, centred, at the model
    spacing, with a size that is a multiple of the network's ``size_multiple`` (extra pixels are
    air, i.e. ``hu_min``);
-4. HU are clipped to the window and mapped to [-1, 1]; the slices are resampled bilinearly onto
-   the model grid (labels: nearest neighbour).
+4. HU are clipped to the window and normalised (``Preprocessing.intensity``: mapped to [-1, 1],
+   or standardised with fitted statistics); the slices are resampled bilinearly onto the model
+   grid (labels: nearest neighbour).
 
 Predictions (class probabilities per model pixel) go back the same way: bilinear resampling of the
 probabilities onto the CT pixels inside the region, argmax there, background elsewhere. So a
@@ -83,10 +84,11 @@ def canonical_axial(volume: Volume, *, where: str = "CT") -> Volume:
 
 
 def normalise_hu(hu: npt.NDArray[np.floating], pre: Preprocessing) -> npt.NDArray[np.float32]:
-    """HU clipped to ``[hu_min, hu_max]`` and mapped linearly to [-1, 1] (float32)."""
-    scale = 2.0 / (pre.hu_max - pre.hu_min)
+    """HU clipped to ``[hu_min, hu_max]`` and normalised as ``pre.intensity`` says (float32):
+    mapped linearly to [-1, 1] (``window``) or standardised (``percentile``)."""
+    scale, air = pre.intensity_affine()
     clipped = np.clip(hu.astype(np.float32, copy=False), pre.hu_min, pre.hu_max)
-    out: npt.NDArray[np.float32] = ((clipped - pre.hu_min) * scale - 1.0).astype(np.float32)
+    out: npt.NDArray[np.float32] = ((clipped - pre.hu_min) * scale + air).astype(np.float32)
     return out
 
 

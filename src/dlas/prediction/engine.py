@@ -130,7 +130,7 @@ class Predictor:
         ct_c = canonical_axial(ct)
         grid = plan_grid(ct_c, pre, arch.size_multiple)
         nz = ct_c.shape[0]
-        scale = 2.0 / (pre.hu_max - pre.hu_min)
+        scale, air = pre.intensity_affine()
         y0, y1, x0, x1 = grid.box
         labels = np.zeros(ct_c.shape, dtype=np.uint8)
         chunk = max(self.batch_size, 16)
@@ -140,7 +140,7 @@ class Predictor:
                 z1 = min(nz, z0 + chunk)
                 hu = np.clip(ct_c.array[z0:z1].astype(np.float32), pre.hu_min, pre.hu_max)
                 shifted = torch.from_numpy(hu - pre.hu_min).to(self.device)[:, None]
-                image[z0:z1] = resample_to_model(shifted, grid)[:, 0] * scale - 1.0
+                image[z0:z1] = resample_to_model(shifted, grid)[:, 0] * scale + air
             for z0 in range(0, nz, self.batch_size):
                 z1 = min(nz, z0 + self.batch_size)
                 index = torch.tensor(

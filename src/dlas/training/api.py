@@ -21,7 +21,9 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,7 @@ from dlas.model.checkpoint import (
 )
 from dlas.model.config import DpnUNetConfig, Preprocessing, config_sha256
 from dlas.model.runtime import lr_swap_table, resolve_device
+from dlas.training.budget import BudgetPlan, measure_step, plan_budget
 from dlas.training.config import Recipe, TrainingConfigError, load_recipe
 from dlas.training.cv import Fold, make_folds, split_sha256
 from dlas.training.data import (
@@ -48,6 +51,7 @@ from dlas.training.data import (
     SliceSet,
     class_frequencies,
     class_weights,
+    fit_intensity,
     pad_to_canvas,
     prepare_case,
 )
@@ -56,6 +60,7 @@ from dlas.training.loop import (
     EventCallback,
     FoldSetup,
     TrainingEvent,
+    steps_in_epoch,
     train_fold,
 )
 from dlas.training.state import FoldState, best_weights, load_fold_state
@@ -123,17 +128,24 @@ def _select_cases(
                 where=f"case {case_id}",
                 expected=f"masks of {', '.join(names)}",
                 found=f"no {', '.join(missing)}",
-                fix="its label map would call them background, teaching the model to omit "
-                "them; set `missing_structures: skip-case` in the recipe to leave such cases out",
+                fix="set `missing_structures: partial` in the recipe to train on what the case "
+                "has (its missing structures count as unknown, not background), or `skip-case` "
+                "to leave such cases out",
             )
+        if recipe.missing_structures == "partial" and len(missing) < len(names):
+            usable.append(case_id)
+            notes.append(f"case {case_id} trains without {', '.join(missing)} (unknown there)")
+            continue
         notes.append(f"case {case_id} left out: no {', '.join(missing)}")
     if not usable:
+        partial = recipe.missing_structures == "partial"
         raise TrainingConfigError(
-            "no case has every structure",
+            "no case has any structure" if partial else "no case has every structure",
             where=str(dataset.root),
-            expected=f"cases with {', '.join(names)}",
-            found=f"{len(ids)} case(s), each missing at least one",
-            fix="use a structure set that matches the data",
+            expected=f"cases with {'any of ' if partial else ''}{', '.join(names)}",
+            found=f"{len(ids)} case(s), each missing {'all' if partial else 'at least one'}",
+            fix="use a structure set that matches the data"
+            + ("" if partial else ", or `missing_structures: partial` in the recipe"),
         )
     return usable, notes
 
@@ -172,9 +184,19 @@ def _resolve_model(
         pre = pretrained.preprocessing.model_copy(update=explicit)
     else:
         architecture = recipe.model.resolve(num_classes, device.type)
-        pre = recipe.preprocessing
+        pre = recipe.new_model_preprocessing()
     if pre.spacing_mm is None:
         pre = pre.model_copy(update={"spacing_mm": _median_spacing(dataset, case_ids)})
+    if not pre.fitted:
+        pre = fit_intensity((dataset.load_case(c) for c in case_ids), pre, seed=recipe.seed)
+        log.info(
+            "intensity normalisation fitted on %d case(s): HU clipped to [%g, %g], mean %g, SD %g",
+            len(case_ids),
+            pre.hu_min,
+            pre.hu_max,
+            pre.mean_hu,
+            pre.std_hu,
+        )
     return architecture, Preprocessing.model_validate(pre.model_dump())
 
 
@@ -333,7 +355,8 @@ def _prepare(
     emit(TrainingEvent("prepare", step=len(case_ids), steps=len(case_ids)))
     h = max(c.shape[1] for c in prepared.values())
     w = max(c.shape[2] for c in prepared.values())
-    return {k: pad_to_canvas(v, (h, w)) for k, v in prepared.items()}
+    air = pre.air_value
+    return {k: pad_to_canvas(v, (h, w), air=air) for k, v in prepared.items()}
 
 
 def _with_canvas(pre: Preprocessing, prepared: dict[str, PreparedCase]) -> Preprocessing:
@@ -398,6 +421,7 @@ def train(
     ensemble: bool | None = None,
     name: str | None = None,
     progress: EventCallback | None = None,
+    time_budget: str | float | None = None,
 ) -> TrainResult:
     """Train a DpnUNet on a data set with k-fold cross-validation (``dlas train``).
 
@@ -411,8 +435,9 @@ def train(
         Recipe: YAML/JSON file, mapping or :class:`Recipe`; default the study's recipe.
     pretrained
         Model folder to fine-tune (``--from``).
-    folds, epochs, ensemble
-        Override the recipe's values.
+    folds, epochs, ensemble, time_budget
+        Override the recipe's values (``time_budget``: seconds or text such as ``15m``; the
+        epochs are then sized to finish the whole run within it).
     device
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     resume
@@ -435,7 +460,18 @@ def train(
     dlas.errors.DatasetError
         Unreadable data set.
     """
-    recipe = load_recipe(config).with_overrides(folds=folds, epochs=epochs, ensemble=ensemble)
+    started = time.perf_counter()
+    recipe = load_recipe(config).with_overrides(
+        folds=folds, epochs=epochs, ensemble=ensemble, time_budget=time_budget
+    )
+    if epochs is not None and recipe.time_budget is not None:
+        raise TrainingConfigError(
+            "both a number of epochs and a time budget",
+            where="--epochs" + (" and --time-budget" if time_budget is not None else ""),
+            expected="one of them: the time budget chooses the number of epochs",
+            found=f"{epochs} epochs and a budget of {recipe.time_budget:.0f} s",
+            fix="leave out --epochs, or the time budget",
+        )
     ds = dataset if isinstance(dataset, CaseDataset) else CaseDataset.open(dataset)
     out_dir = Path(out)
     emit: EventCallback = progress or (lambda event: None)
@@ -446,7 +482,8 @@ def train(
         dev = resolve_device(device, local_rank=dist.local_rank if dist.enabled else None)
         case_ids, notes = _select_cases(ds, cohorts, recipe)
         for note in notes:
-            log.warning(note)
+            # Cases left out are worth a warning; partial cases are the expected way to train.
+            log.log(logging.INFO if "unknown there" in note else logging.WARNING, note)
         pre_info = read_model_info(pretrained) if pretrained is not None else None
         architecture, pre = _resolve_model(recipe, ds, case_ids, dev, pre_info)
         classes = ["background", *ds.structure_set.names]
@@ -472,36 +509,53 @@ def train(
         swap = lr_swap_table(ds.structure_set)
         if swap is None and recipe.augmentation.flip_lr:
             log.warning("left-right flips disabled: a sided structure has no counterpart")
-        states: list[FoldState] = []
-        for fold in split:
-            folder = out_dir / "folds" / f"fold-{fold.index}"
-            state = load_fold_state(folder)
-            if state is not None and state.complete:
-                states.append(state)
-                continue
-            train_cases = [prepared[c] for c in fold.train]
-            weights = class_weights(
-                recipe.class_weights, class_frequencies(train_cases, len(classes))
-            )
-            setup = FoldSetup(
+        # One set of class weights for the whole training cohort: every fold trains and
+        # validates with the same weights, so fold validation losses are on one scale.
+        weights = class_weights(
+            recipe.class_weights, class_frequencies(list(prepared.values()), len(classes))
+        )
+        setups = [
+            FoldSetup(
                 index=fold.index,
                 folds=len(split),
-                folder=folder,
-                train=SliceSet(train_cases, architecture.in_slices),
+                folder=out_dir / "folds" / f"fold-{fold.index}",
+                train=SliceSet([prepared[c] for c in fold.train], architecture.in_slices),
                 validation=[prepared[c] for c in fold.validation],
                 class_weights=weights,
                 structure_names=ds.structure_set.names,
                 swap=swap,
                 run_sha256=run["run_sha256"],
+                epochs=recipe.epochs,
+                steps_per_epoch=recipe.steps_per_epoch,
+                air=pre.air_value,
             )
-            net = _copy_network(net0)
-            states.append(
-                train_fold(net, setup, recipe, device=dev, dist=dist, state=state, callback=emit)
+            for fold in split
+        ]
+        states: dict[int, FoldState] = {}
+        for setup in setups:
+            state = load_fold_state(setup.folder)
+            if state is not None and state.complete:
+                states[setup.index] = state
+        plan = _budget_plan(out_dir, recipe, net0, setups, states, started, dev, dist)
+        if plan is not None:
+            for setup in setups:
+                setup.epochs, setup.steps_per_epoch = plan.epochs, plan.steps_per_epoch
+        for setup in setups:
+            if setup.index in states:
+                continue
+            states[setup.index] = train_fold(
+                _copy_network(net0),
+                setup,
+                recipe,
+                device=dev,
+                dist=dist,
+                state=load_fold_state(setup.folder),
+                callback=emit,
             )
         result = _finish(
             out_dir,
             recipe,
-            states,
+            [states[s.index] for s in setups],
             ds,
             architecture,
             pre,
@@ -510,11 +564,66 @@ def train(
             name or "dlas DpnUNet",
             dist,
             dev,
+            weights=weights,
+            plan=plan,
+            started=started,
         )
         emit(TrainingEvent("done", message=result.model_sha256))
         return result
     finally:
         dist.close()
+
+
+def _budget_plan(
+    out: Path,
+    recipe: Recipe,
+    net0: DpnUNet,
+    setups: Sequence[FoldSetup],
+    done: dict[int, FoldState],
+    started: float,
+    device: torch.device,
+    dist: DistContext,
+) -> BudgetPlan | None:
+    """The run's sizing to its time budget: the one recorded in ``run.json`` when resuming,
+    else measured now and recorded there."""
+    import json
+
+    if recipe.time_budget is None:
+        return None
+    run_file = out / RUN_JSON
+    recorded = json.loads(run_file.read_text(encoding="utf-8")).get("budget")
+    if recorded is not None:
+        plan = BudgetPlan.from_data(recorded)
+        log.info("resuming with the recorded plan: %s", plan.describe())
+        return plan
+    todo = [s for s in setups if s.index not in done]
+    if not todo:
+        return None
+    probe = todo[0]
+    step_s, batch_s = measure_step(net0, probe, recipe, device=device, dist=dist)
+    val_slices = max(sum(c.shape[0] for c in s.validation) for s in todo)
+    val_batch = max(recipe.batch_size // dist.world_size, 8)
+    validation_s = math.ceil(val_slices / dist.world_size / val_batch) * batch_s
+    import torch
+
+    measured = torch.tensor([step_s, validation_s], dtype=torch.float64)
+    dist.all_reduce_sum(measured)
+    step_s, validation_s = (float(v) / dist.world_size for v in measured)
+    plan = plan_budget(
+        recipe,
+        budget_s=float(recipe.time_budget),
+        spent_s=time.perf_counter() - started,
+        step_s=step_s,
+        validation_s=validation_s,
+        folds=len(todo),
+        pass_steps=max(1, steps_in_epoch(probe.train, recipe, None)),
+    )
+    log.info("%s", plan.describe())
+    if dist.is_main:
+        data = json.loads(run_file.read_text(encoding="utf-8"))
+        write_json(run_file, {**data, "budget": plan.to_data()})
+    dist.barrier()
+    return plan
 
 
 def _device_type(device: str) -> str:
@@ -552,6 +661,10 @@ def _finish(
     name: str,
     dist: DistContext,
     device: torch.device,
+    *,
+    weights: np.ndarray,
+    plan: BudgetPlan | None,
+    started: float,
 ) -> TrainResult:
     has_validation = any(f["validation"] for f in run["split"]["folds"])
     rule = recipe.selection if has_validation else "last"
@@ -563,11 +676,24 @@ def _finish(
             "fold": s.fold,
             "best_epoch": s.best_epoch,
             "best_score": s.best_score,
-            "class_weights": s.class_weights,
             "history": s.history,
         }
         for s in states
     ]
+    seconds = round(time.perf_counter() - started, 1)
+    schedule: dict[str, Any] = {
+        "epochs": plan.epochs if plan else recipe.epochs,
+        "steps_per_epoch": plan.steps_per_epoch if plan else recipe.steps_per_epoch,
+        "time_budget": plan.to_data() if plan else None,
+        "seconds": seconds,
+    }
+    if plan is not None and seconds > 1.1 * plan.budget_s:
+        log.warning(
+            "training took %.0f s, over its time budget of %.0f s (the machine slowed down "
+            "after the first steps were timed?)",
+            seconds,
+            plan.budget_s,
+        )
     selection = {
         "rule": rule,
         "requested_rule": recipe.selection,
@@ -593,6 +719,8 @@ def _finish(
                 "dataset": run["dataset"],
                 "split": run["split"],
                 "pretrained": pretrained_note,
+                "class_weights": [float(w) for w in weights],
+                "schedule": schedule,
                 "selection": selection,
                 "folds": fold_summary,
                 "device": device.type,
@@ -607,6 +735,8 @@ def _finish(
                 "software": {"name": "dlas", "version": __version__},
                 "run_sha256": run["run_sha256"],
                 "model_sha256": model_sha,
+                "class_weights": [float(w) for w in weights],
+                "schedule": schedule,
                 "selection": selection,
                 "folds": [
                     {**summary, "validation": fold["validation"], "train": fold["train"]}

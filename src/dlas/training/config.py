@@ -1,35 +1,70 @@
-"""The training recipe: a typed, validated configuration whose defaults are the seed study's.
+"""The training recipe: a typed, validated configuration, starting from one of two built-in bases.
 
-Study recipe (Geng et al. 2024): class-weighted cross-entropy, Adam, batch size 4, initial
-learning rate 1e-4 multiplied by 0.9 after every epoch, 60 epochs, 5-fold cross-validation split
-by patient, and the model with the lowest validation loss is the output.
+``base: paper`` (the default) is the seed study's recipe (Geng et al. 2024), exactly:
+class-weighted cross-entropy, Adam, batch size 4, initial learning rate 1e-4 multiplied by 0.9
+after every epoch, 60 epochs, 5-fold cross-validation split by patient, and the fold model with
+the lowest validation loss is the output.
+
+``base: fast`` is the recipe for real work on a limited budget, built from what the field knows
+works (nnU-Net, Isensee et al. 2021): Dice + cross-entropy loss, class-balanced foreground
+oversampling of slices, AdamW with a linear warm-up and a polynomial decay over the whole run,
+CT intensities standardised with percentiles fitted to the training data, rotation, scaling,
+gamma and intensity augmentation, selection by validation Dice. How its values were chosen (on
+training data and cross-validation only) is recorded in ``benchmarks/results/recipe-selection.md``.
+A base fills every field the recipe does not set; ``augmentation`` is merged key by key.
 
 A recipe is YAML (or JSON) data, never code::
 
     schema_version: 1
+    base: paper                   # paper | fast: the values of every field not given here
     seed: 0
     epochs: 60
+    steps_per_epoch: null         # null: one pass over the training slices; N: N batches
+    time_budget: null             # e.g. 15m, 1h30m, 900: epochs sized to finish in this time
     batch_size: 4
+    optimizer: adam               # adam | adamw (decoupled weight decay)
     learning_rate: 1.0e-4
-    lr_decay: 0.9                 # multiplied into the learning rate after every epoch
+    lr_schedule: exponential      # exponential (x lr_decay per epoch) | poly | cosine
+    lr_decay: 0.9
+    warmup: 0.0                   # share of all steps with a linear learning-rate warm-up
     weight_decay: 0.0
+    loss: ce                      # ce (class-weighted cross-entropy) | dice_ce (Dice + CE)
+    class_weights: inverse_sqrt_frequency   # | inverse_frequency | uniform | [w0, w1, ...]
+    foreground_fraction: 0.0      # share of samples drawn from slices showing a chosen structure
+    empty_slice_fraction: 1.0     # share of slices without any structure used per epoch
+    missing_structures: partial   # partial | skip-case | error
     folds: 5
     stratify_by_cohort: true
     selection: val_loss           # val_loss | val_dsc | last
     ensemble: false               # output the fold ensemble instead of the selected fold
-    class_weights: inverse_sqrt_frequency   # | inverse_frequency | uniform | [w0, w1, ...]
-    empty_slice_fraction: 1.0     # share of slices without any structure used per epoch
-    missing_structures: error     # error | skip-case
     freeze_encoder_epochs: 0
     train_parts: all              # all | decoder (decoder and head only)
     augmentation: {flip_lr: true, rotation_deg: 10, scale: 0.1, intensity_shift: 0.05,
-                   intensity_scale: 0.05}
+                   intensity_scale: 0.05, gamma: 0}
     model: {preset: auto}         # auto | cpu | full, plus optional overrides
-    preprocessing: {hu_min: -1000, hu_max: 1000, spacing_mm: null}
+    preprocessing: {intensity: window, hu_min: -1000, hu_max: 1000, spacing_mm: null}
     mixed_precision: auto         # auto (bf16 on CUDA) | off
     channels_last: auto           # auto (on CUDA) | off
     compile: false                # torch.compile the network (CUDA)
     deterministic: auto           # auto (on CPU) | on | off
+
+``missing_structures``: a clinical export rarely has every structure for every patient.
+``partial`` (the default) trains on such cases: a structure a case lacks is *unknown* there, not
+background — its voxels are not counted as negatives of that class (the marginal loss of Shi et
+al., Med Image Anal 2021: the probabilities of the unknown classes are added to the background's),
+and it is left out of that case's Dice terms. ``skip-case`` leaves such cases out; ``error``
+refuses them.
+
+``selection``: each fold keeps its best epoch, and the output is the best fold, by ``val_dsc``
+(mean validation Dice over the structures) or by ``val_loss`` (the seed study's rule). The class
+weights are computed once for the whole training cohort, so the validation losses of different
+folds are on one scale; ``last`` keeps every fold's last epoch.
+
+``time_budget``: the whole ``dlas train`` run (preparing the cases, every fold, validation) is
+sized to finish within it on the machine at hand: the first training steps are timed, the number
+of epochs (of ``steps_per_epoch`` steps) follows, and the learning-rate schedule spans them. The
+choice is logged and recorded in ``run.json`` and ``model.json``; the same numbers need the same
+machine, or the recorded epochs given explicitly instead of a budget.
 
 The resolved recipe and its hash are written next to every trained model; ``--resume`` refuses a
 run whose recipe hash changed.
@@ -38,20 +73,30 @@ run whose recipe hash changed.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dlas.config_files import read_yaml_mapping, validation_error
 from dlas.errors import DlasError
 from dlas.model.config import ArchitectureSpec, Preprocessing, config_sha256
 
 __all__ = [
+    "BASES",
     "Augmentation",
     "Recipe",
     "TrainingConfigError",
     "load_recipe",
+    "parse_duration",
 ]
 
 
@@ -76,6 +121,9 @@ class Augmentation(BaseModel):
         Offset added to the normalised intensities (range [-1, 1]), uniform in ±intensity_shift.
     intensity_scale
         Contrast factor drawn uniformly from 1 ± intensity_scale.
+    gamma
+        Gamma correction of each slice's intensities (rescaled to [0, 1] over the slice), the
+        exponent drawn log-uniformly from ``[1 / (1 + gamma), 1 + gamma]``; 0 switches it off.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -84,6 +132,7 @@ class Augmentation(BaseModel):
     scale: float = Field(0.1, ge=0.0, lt=0.5)
     intensity_shift: float = Field(0.05, ge=0.0, le=0.5)
     intensity_scale: float = Field(0.05, ge=0.0, lt=0.5)
+    gamma: float = Field(0.0, ge=0.0, le=1.0)
 
     @property
     def enabled(self) -> bool:
@@ -94,7 +143,77 @@ class Augmentation(BaseModel):
             or self.scale
             or self.intensity_shift
             or self.intensity_scale
+            or self.gamma
         )
+
+
+#: The built-in bases. ``paper`` is the class defaults (the seed study's recipe); ``fast`` the
+#: recipe for real work. Values chosen by cross-validation on training data only: see
+#: ``benchmarks/results/recipe-selection.md``.
+BASES: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "fast": {
+        "epochs": 40,
+        "steps_per_epoch": 50,
+        "batch_size": 8,
+        "optimizer": "adamw",
+        "learning_rate": 2e-3,
+        "lr_schedule": "poly",
+        "warmup": 0.05,
+        "weight_decay": 1e-4,
+        "loss": "dice_ce",
+        "class_weights": "uniform",
+        "foreground_fraction": 0.5,
+        "selection": "val_dsc",
+        "augmentation": {
+            "flip_lr": True,
+            "rotation_deg": 15.0,
+            "scale": 0.15,
+            "intensity_shift": 0.1,
+            "intensity_scale": 0.1,
+            "gamma": 0.3,
+        },
+    },
+}
+
+#: Preprocessing of a model trained from scratch with each base (a fine-tuned model keeps its
+#: pretrained model's preprocessing; fields set in the recipe override both).
+BASE_PREPROCESSING: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "fast": {"intensity": "percentile"},
+}
+
+_DURATION = re.compile(
+    r"^\s*(?:(?P<h>\d+(?:\.\d+)?)\s*h)?\s*(?:(?P<m>\d+(?:\.\d+)?)\s*m(?:in)?)?"
+    r"\s*(?:(?P<s>\d+(?:\.\d+)?)\s*s)?\s*$"
+)
+
+
+def parse_duration(value: str | float) -> float:
+    """Seconds of a duration: a number of seconds, or text such as ``15m``, ``1h30m``, ``90s``.
+
+    Raises
+    ------
+    ValueError
+        Text that is not such a duration, or a duration that is not positive.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        text = str(value)
+        match = _DURATION.match(text)
+        if text.strip().replace(".", "", 1).isdigit():
+            seconds = float(text)
+        elif match is None or not any(match.groupdict().values()):
+            raise ValueError(
+                f"{text!r} is not a duration; write e.g. 15m, 1h30m, 90s or a number of seconds"
+            )
+        else:
+            parts = {k: float(v) if v else 0.0 for k, v in match.groupdict().items()}
+            seconds = parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
+    if not seconds > 0:
+        raise ValueError(f"a time budget must be positive, got {value!r}")
+    return seconds
 
 
 class Recipe(BaseModel):
@@ -102,12 +221,19 @@ class Recipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     schema_version: Literal[1] = 1
+    base: Literal["paper", "fast"] = "paper"
     seed: int = Field(0, ge=0)
     epochs: int = Field(60, ge=1, le=10000)
+    steps_per_epoch: int | None = Field(None, ge=1, le=1_000_000)
+    time_budget: float | None = None
     batch_size: int = Field(4, ge=1, le=4096)
+    optimizer: Literal["adam", "adamw"] = "adam"
     learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
+    lr_schedule: Literal["exponential", "poly", "cosine"] = "exponential"
     lr_decay: float = Field(0.9, gt=0.0, le=1.0)
+    warmup: float = Field(0.0, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
+    loss: Literal["ce", "dice_ce"] = "ce"
     folds: int = Field(5, ge=1, le=100)
     stratify_by_cohort: bool = True
     selection: Literal["val_loss", "val_dsc", "last"] = "val_loss"
@@ -115,8 +241,9 @@ class Recipe(BaseModel):
     class_weights: (
         Literal["inverse_sqrt_frequency", "inverse_frequency", "uniform"] | tuple[float, ...]
     ) = "inverse_sqrt_frequency"
+    foreground_fraction: float = Field(0.0, ge=0.0, le=1.0)
     empty_slice_fraction: float = Field(1.0, ge=0.0, le=1.0)
-    missing_structures: Literal["error", "skip-case"] = "error"
+    missing_structures: Literal["error", "skip-case", "partial"] = "partial"
     freeze_encoder_epochs: int = Field(0, ge=0)
     train_parts: Literal["all", "decoder"] = "all"
     augmentation: Augmentation = Augmentation()
@@ -126,6 +253,30 @@ class Recipe(BaseModel):
     channels_last: Literal["auto", "off"] = "auto"
     compile: bool = False
     deterministic: Literal["auto", "on", "off"] = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_base(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        defaults = BASES.get(str(data.get("base", "paper")))
+        if not defaults:
+            return data
+        merged = {**defaults, **data}
+        if isinstance(data.get("augmentation"), dict):
+            merged["augmentation"] = {**defaults.get("augmentation", {}), **data["augmentation"]}
+        return merged
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value)
+
+    def new_model_preprocessing(self) -> Preprocessing:
+        """The preprocessing of a model trained from scratch: the base's, then the fields this
+        recipe sets."""
+        explicit = {k: getattr(self.preprocessing, k) for k in self.preprocessing.model_fields_set}
+        return Preprocessing.model_validate({**BASE_PREPROCESSING[self.base], **explicit})
 
     @field_validator("class_weights")
     @classmethod
@@ -171,7 +322,8 @@ def _config_error(exc: ValidationError, source: str) -> TrainingConfigError:
 
 
 def load_recipe(source: str | os.PathLike[str] | Recipe | dict[str, Any] | None) -> Recipe:
-    """A recipe from a YAML/JSON file, a mapping, a Recipe, or the defaults (``None``).
+    """A recipe from a YAML/JSON file, a mapping, a Recipe, the name of a built-in base
+    (``paper``, ``fast``), or the defaults (``None``: the seed study's recipe).
 
     Raises
     ------
@@ -182,6 +334,8 @@ def load_recipe(source: str | os.PathLike[str] | Recipe | dict[str, Any] | None)
         return Recipe()
     if isinstance(source, Recipe):
         return source
+    if isinstance(source, str) and source in BASES and not Path(source).exists():
+        return Recipe.model_validate({"base": source})
     if isinstance(source, dict):
         data: Any = source
         where = "recipe"
@@ -193,7 +347,7 @@ def load_recipe(source: str | os.PathLike[str] | Recipe | dict[str, Any] | None)
             TrainingConfigError,
             what="recipe",
             expected_keys="epochs, batch_size, learning_rate",
-            missing_fix="check the path, or leave out --config to use the study's recipe",
+            missing_fix="check the path, or name a built-in recipe (paper, fast)",
             schema_fix="see the recipe schema in the dlas.training.config documentation",
             empty_is_mapping=True,
         )

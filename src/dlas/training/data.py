@@ -1,19 +1,25 @@
 """Training data: data-set cases brought onto the model grid once, then served as slice batches.
 
 Each case is preprocessed once (:mod:`dlas.model.preprocessing`): canonical orientation, body
-crop, in-plane resampling to the model spacing, HU window → [-1, 1]; its label map (background 0,
-structure ``i`` of the structure set ``i + 1``, overlaps resolved by the structure set's
-priorities) is resampled by nearest neighbour. All cases are then padded (air, background) to one
-common canvas so that slices of different patients batch together. The arrays stay in memory:
-about ``4 x 1.25`` bytes per model-grid voxel.
+crop, in-plane resampling to the model spacing, HU clipped and normalised; its label map
+(background 0, structure ``i`` of the structure set ``i + 1``, overlaps resolved by the structure
+set's priorities) is resampled by nearest neighbour. All cases are then padded (air, background)
+to one common canvas so that slices of different patients batch together. The arrays stay in
+memory: about ``4 x 1.25`` bytes per model-grid voxel.
 
-A training sample is one slice with its ``in_slices - 1`` neighbours as channels.
+A case need not have every structure (partial labels): ``PreparedCase.labeled`` says which
+classes were delineated; where a structure was not, its voxels read 0 in the label map but are
+unknown, and the loss (:mod:`dlas.training.losses`) does not count them as background.
+
+A training sample is one slice with its ``in_slices - 1`` neighbours as channels. Batches are
+drawn per epoch either as a shuffled pass over the slices or, with foreground oversampling, as
+independent draws of which a share shows a structure chosen uniformly among the classes.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +35,7 @@ __all__ = [
     "SliceSet",
     "class_frequencies",
     "class_weights",
+    "fit_intensity",
     "pad_to_canvas",
     "prepare_case",
 ]
@@ -46,11 +53,14 @@ class PreparedCase:
         Normalised intensities, float32 (z, h, w).
     labels
         Class per pixel, uint8 (z, h, w).
+    labeled
+        Which classes were delineated in this case (bool, one per class; background always).
     """
 
     case_id: str
     image: npt.NDArray[np.float32]
     labels: npt.NDArray[np.uint8]
+    labeled: npt.NDArray[np.bool_]
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -69,8 +79,7 @@ def prepare_case(
 ) -> PreparedCase:
     """Bring one case onto the model grid (its own, body-centred grid; see :func:`pad_to_canvas`).
 
-    Masks of structures the case lacks are background in the label map: the caller decides
-    beforehand whether such cases may be used.
+    Structures the case lacks are marked unknown in ``labeled`` (their voxels read 0).
     """
     import torch
 
@@ -80,24 +89,81 @@ def prepare_case(
         for name, mask in case.structures.items()
     }
     labels_ct = label_map(masks, structure_set) if masks else np.zeros(ct.shape, dtype=np.uint8)
+    labeled = np.array([True, *(name in masks for name in structure_set.names)], dtype=bool)
     grid = plan_grid(ct, pre, size_multiple)
     nz = ct.shape[0]
     h, w = grid.shape
     image = np.empty((nz, h, w), dtype=np.float32)
     labels = np.empty((nz, h, w), dtype=np.uint8)
-    scale = 2.0 / (pre.hu_max - pre.hu_min)
+    scale, air = pre.intensity_affine()
     for z0 in range(0, nz, chunk):
         z1 = min(nz, z0 + chunk)
         # Shift HU so that 0 is the bottom of the window: samples outside the CT become air.
         hu = np.clip(ct.array[z0:z1].astype(np.float32), pre.hu_min, pre.hu_max) - pre.hu_min
         shifted = resample_to_model(torch.from_numpy(hu)[:, None], grid, mode="bilinear")
-        image[z0:z1] = (shifted[:, 0] * scale - 1.0).numpy()
+        image[z0:z1] = (shifted[:, 0] * scale + air).numpy()
         lab = torch.from_numpy(labels_ct[z0:z1].astype(np.float32))[:, None]
         labels[z0:z1] = resample_to_model(lab, grid, mode="nearest")[:, 0].round().numpy()
-    return PreparedCase(case.case_id, image, labels)
+    return PreparedCase(case.case_id, image, labels, labeled)
 
 
-def pad_to_canvas(case: PreparedCase, shape: tuple[int, int]) -> PreparedCase:
+def fit_intensity(
+    cases: Iterable[Case], pre: Preprocessing, *, samples_per_case: int = 20000, seed: int = 0
+) -> Preprocessing:
+    """Fit the ``percentile`` normalisation to training cases (nnU-Net's CT scheme).
+
+    HU are sampled (at most ``samples_per_case`` per case, seeded) from the voxels inside any of
+    the case's structures; ``hu_min``/``hu_max`` become their 0.5th and 99.5th percentiles
+    (unless the recipe set them) and ``mean_hu``/``std_hu`` the mean and standard deviation of
+    the samples clipped to that range. ``window`` preprocessing is returned unchanged.
+
+    Raises
+    ------
+    TrainingError
+        No case has a structure voxel to fit on.
+    """
+    if pre.intensity != "percentile":
+        return pre
+    rng = np.random.default_rng(seed)
+    values: list[npt.NDArray[np.float32]] = []
+    for case in cases:
+        inside: npt.NDArray[np.bool_] | None = None
+        for mask in case.structures.values():
+            inside = mask.array.astype(bool) if inside is None else inside | mask.array
+        if inside is None or not inside.any():
+            continue
+        hu = case.ct.array[inside].astype(np.float32)
+        if hu.size > samples_per_case:
+            hu = rng.choice(hu, samples_per_case, replace=False)
+        values.append(hu)
+    if not values:
+        from dlas.training.loop import TrainingError
+
+        raise TrainingError(
+            "no structure voxels to fit the intensity normalisation on",
+            expected="training cases with at least one structure",
+            found="only empty or missing structures",
+            fix="check the data set, or set preprocessing: {intensity: window} in the recipe",
+        )
+    pooled = np.concatenate(values)
+    explicit = pre.model_fields_set
+    low = pre.hu_min if "hu_min" in explicit else float(np.percentile(pooled, 0.5))
+    high = pre.hu_max if "hu_max" in explicit else float(np.percentile(pooled, 99.5))
+    if not high > low:
+        high = low + 1.0
+    clipped = np.clip(pooled, low, high)
+    return Preprocessing.model_validate(
+        {
+            **pre.model_dump(),
+            "hu_min": round(low, 2),
+            "hu_max": round(high, 2),
+            "mean_hu": round(float(clipped.mean()), 3),
+            "std_hu": round(max(float(clipped.std()), 1e-3), 3),
+        }
+    )
+
+
+def pad_to_canvas(case: PreparedCase, shape: tuple[int, int], *, air: float = -1.0) -> PreparedCase:
     """Pad a prepared case symmetrically with air/background to ``shape`` (h, w)."""
     _, h, w = case.shape
     th, tw = shape
@@ -107,18 +173,24 @@ def pad_to_canvas(case: PreparedCase, shape: tuple[int, int]) -> PreparedCase:
     pad = ((0, 0), (top, th - h - top), (left, tw - w - left))
     return PreparedCase(
         case.case_id,
-        np.pad(case.image, pad, constant_values=-1.0),
+        np.pad(case.image, pad, constant_values=air),
         np.pad(case.labels, pad, constant_values=0),
+        case.labeled,
     )
 
 
 def class_frequencies(cases: Sequence[PreparedCase], num_classes: int) -> npt.NDArray[np.float64]:
-    """Fraction of model-grid pixels of each class over ``cases``."""
+    """Fraction of model-grid pixels of each class over ``cases``.
+
+    A structure's fraction counts only the cases in which it was delineated (partial labels);
+    the background's, every pixel known to be background.
+    """
     counts = np.zeros(num_classes, dtype=np.float64)
+    totals = np.zeros(num_classes, dtype=np.float64)
     for case in cases:
         counts += np.bincount(case.labels.ravel(), minlength=num_classes)[:num_classes]
-    total = counts.sum()
-    return counts / total if total else counts
+        totals += case.labels.size * case.labeled[:num_classes]
+    return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
 
 
 def class_weights(
@@ -164,7 +236,8 @@ class SliceSet:
     """Slices of prepared cases (all on one canvas) with batch assembly.
 
     ``items`` lists ``(case index, z)``; ``has_foreground`` tells which slices contain any
-    structure (for ``empty_slice_fraction``).
+    structure (for ``empty_slice_fraction``); ``slices_with[c]`` lists the items showing class
+    ``c`` (for foreground oversampling).
     """
 
     def __init__(self, cases: Sequence[PreparedCase], in_slices: int) -> None:
@@ -172,28 +245,42 @@ class SliceSet:
         self.in_slices = in_slices
         self.items: list[tuple[int, int]] = []
         foreground: list[bool] = []
+        num_classes = len(self.cases[0].labeled) if self.cases else 1
+        shows: list[npt.NDArray[np.bool_]] = []
         for ci, case in enumerate(self.cases):
-            fg = np.asarray(case.labels.reshape(case.labels.shape[0], -1).any(axis=1))
+            flat = case.labels.reshape(case.labels.shape[0], -1)
+            present = np.zeros((case.shape[0], num_classes), dtype=bool)
+            for c in np.unique(flat):
+                if 0 < c < num_classes:
+                    present[:, c] = (flat == c).any(axis=1)
             for z in range(case.shape[0]):
                 self.items.append((ci, z))
-                foreground.append(bool(fg[z]))
+                foreground.append(bool(present[z].any()))
+            shows.append(present)
         self.has_foreground = np.asarray(foreground, dtype=bool)
+        table = np.concatenate(shows) if shows else np.zeros((0, num_classes), dtype=bool)
+        self.slices_with: list[npt.NDArray[np.int64]] = [
+            np.flatnonzero(table[:, c]) for c in range(num_classes)
+        ]
 
     def __len__(self) -> int:
         return len(self.items)
 
     def batch(
         self, indices: Sequence[int]
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        """Images (B, in_slices, h, w) and labels (B, h, w) of the given items."""
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """Images (B, in_slices, h, w), labels (B, h, w) and the delineated classes (B, C) of
+        the given items."""
         from dlas.model.preprocessing import context_indices
 
         images = []
         labels = []
+        labeled = []
         for index in indices:
             ci, z = self.items[int(index)]
             case = self.cases[ci]
             zs = context_indices(z, case.shape[0], self.in_slices)
             images.append(case.image[zs])
             labels.append(case.labels[z])
-        return np.stack(images), np.stack(labels).astype(np.int64)
+            labeled.append(case.labeled)
+        return np.stack(images), np.stack(labels).astype(np.int64), np.stack(labeled)

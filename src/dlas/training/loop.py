@@ -1,18 +1,24 @@
 """The training loop of one fold, in plain PyTorch.
 
-Per epoch ``e`` (0-based): learning rate ``lr0 * decay**e``; the slices are shuffled (and, with
-``empty_slice_fraction < 1``, slices without any structure subsampled) by a generator seeded with
-(seed, fold, e); full batches only (the last incomplete batch of an epoch is dropped, as every
-process of a distributed run must take an equal share); each batch is augmented, passed through
-the network (bf16 autocast and channels-last on CUDA), and the class-weighted cross-entropy
+An epoch (0-based ``e``) is ``steps_per_epoch`` batches, or, without it, one shuffled pass over
+the training slices (with ``empty_slice_fraction < 1``, slices without any structure
+subsampled). With ``foreground_fraction > 0`` each sample is drawn independently instead: with
+that probability from the slices that show a structure chosen uniformly among the classes
+(class-balanced foreground oversampling, as nnU-Net does for patches), otherwise from all
+slices. Every draw comes from a generator seeded with (seed, fold, e). Full batches only (every
+process of a distributed run must take an equal share). Each batch is augmented, passed through
+the network (bf16 autocast and channels-last on CUDA), and the loss of
+:mod:`dlas.training.losses` — class-weighted (marginal) cross-entropy
 
-    loss = sum_p w[y_p] * CE_p / sum_p w[y_p]        (p over all pixels of the global batch)
+    CE = sum_p w[y_p] * -log q_p[y_p] / sum_p w[y_p]        (p over all pixels of the global batch)
 
-is minimised with Adam. Then the validation cases are predicted slice by slice without
-augmentation: validation loss (same weights) and Dice similarity per structure, computed on the
-model grid per case and averaged over the cases where the structure is present in the reference
-or the prediction (exact metrics on the CT grid come from ``dlas evaluate``). The fold's state is
-checkpointed after every epoch (:mod:`dlas.training.state`).
+plus, for ``loss: dice_ce``, the batch Dice loss — is minimised with Adam or AdamW. The learning
+rate follows the recipe's schedule per step (:func:`learning_rate`). Then the validation cases
+are predicted slice by slice without augmentation: validation loss (the same loss, the class
+weights of the whole training cohort) and Dice similarity per structure, computed on the model
+grid per case and averaged over the cases that delineate the structure and where it is present
+in the reference or the prediction (exact metrics on the CT grid come from ``dlas evaluate``).
+The fold's state is checkpointed after every epoch (:mod:`dlas.training.state`).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from dlas.training.augment import apply_augmentation, draw_params
 from dlas.training.config import Recipe
 from dlas.training.data import PreparedCase, SliceSet
 from dlas.training.distributed import DistContext
+from dlas.training.losses import marginal_log_probs, segmentation_loss, soft_dice_counts
 from dlas.training.state import (
     FoldState,
     drop_optimizer_state,
@@ -52,7 +59,9 @@ __all__ = [
     "FoldSetup",
     "TrainingError",
     "TrainingEvent",
+    "epoch_order",
     "epoch_seed",
+    "learning_rate",
     "train_fold",
     "validate",
 ]
@@ -107,7 +116,11 @@ EventCallback = Callable[[TrainingEvent], None]
 
 @dataclass
 class FoldSetup:
-    """Everything one fold trains on."""
+    """Everything one fold trains on.
+
+    ``epochs`` and ``steps_per_epoch`` are the run's resolved values (from the recipe, or sized
+    to a time budget); ``air`` is the network input of air (padding of augmented slices).
+    """
 
     index: int
     folds: int
@@ -118,12 +131,42 @@ class FoldSetup:
     structure_names: Sequence[str]
     swap: npt.NDArray[np.int64] | None
     run_sha256: str
+    epochs: int
+    steps_per_epoch: int | None = None
+    air: float = -1.0
 
 
 def epoch_seed(seed: int, fold: int, epoch: int) -> int:
     """Seed of the generator of one epoch of one fold (independent streams per epoch)."""
     digest = hashlib.sha256(f"dlas-train:{seed}:{fold}:{epoch}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def learning_rate(
+    recipe: Recipe, epoch: int, step: int, steps_per_epoch: int, epochs: int
+) -> float:
+    """Learning rate of step ``step`` of epoch ``epoch`` (both 0-based) of a run of ``epochs``
+    epochs of ``steps_per_epoch`` steps.
+
+    ``exponential``: ``lr0 * lr_decay**epoch`` (the seed study's, constant within an epoch);
+    ``poly``: ``lr0 * (1 - t / T)**0.9`` (nnU-Net); ``cosine``: ``lr0 * (1 + cos(pi t / T)) / 2``;
+    ``t`` is the step counted over the whole run and ``T`` all steps of the run. With ``warmup``
+    the first ``warmup * T`` steps ramp up linearly to the scheduled value.
+    """
+    per_epoch = max(1, steps_per_epoch)
+    total = per_epoch * epochs
+    t = min(epoch * per_epoch + min(step, per_epoch - 1), total - 1)
+    lr0 = recipe.learning_rate
+    if recipe.lr_schedule == "exponential":
+        lr = lr0 * recipe.lr_decay**epoch
+    elif recipe.lr_schedule == "poly":
+        lr = lr0 * (1.0 - t / total) ** 0.9
+    else:
+        lr = lr0 * 0.5 * (1.0 + math.cos(math.pi * t / total))
+    warm = recipe.warmup * total
+    if warm >= 1 and t < warm:
+        lr *= (t + 1) / warm
+    return float(lr)
 
 
 @contextlib.contextmanager
@@ -198,31 +241,45 @@ def validate(
     batch_size: int,
     rt: _Runtime,
     dist: DistContext,
+    dice_loss: bool = False,
 ) -> tuple[float, list[float | None]]:
-    """Validation loss and per-structure mean Dice over ``cases`` (sharded over processes)."""
+    """Validation loss and per-structure mean Dice over ``cases`` (sharded over processes).
+
+    The loss is the training loss on whole cases: the (marginal) cross-entropy over every pixel
+    and, with ``dice_loss``, one minus the mean soft Dice over the cases and structures present
+    in the reference. A structure counts only in the cases that delineate it.
+    """
     import torch
-    import torch.nn.functional as tnf
 
     num_classes = int(weights.numel())
-    # Per case and class: intersection, predicted, reference pixel counts; plus loss terms.
+    # Per case and class: intersection, predicted, reference pixel counts (hard, for the DSC)
+    # and the soft ones (for the Dice loss); plus the cross-entropy sum and normaliser.
     counts = torch.zeros((len(cases), num_classes, 3), dtype=torch.float64)
+    soft = torch.zeros((len(cases), num_classes, 3), dtype=torch.float64)
     loss_terms = torch.zeros(2, dtype=torch.float64)
+    known = torch.zeros((len(cases), num_classes), dtype=torch.float64)
     net.eval()
     with torch.no_grad():
         for ci, case in enumerate(cases):
             if ci % dist.world_size != dist.rank:
                 continue
+            known[ci] = torch.from_numpy(case.labeled.astype(np.float64))
             slices = SliceSet([case], in_slices)
             for start in range(0, len(slices), batch_size):
                 idx = list(range(start, min(len(slices), start + batch_size)))
-                images, labels = slices.batch(idx)
+                images, labels, labeled = slices.batch(idx)
                 x = torch.from_numpy(images).to(rt.device)
                 y = torch.from_numpy(labels).to(rt.device)
                 logits = _forward(net, x, rt)
-                loss_terms[0] += float(
-                    tnf.cross_entropy(logits, y, weight=weights, reduction="sum")
+                terms = segmentation_loss(
+                    logits, y, torch.from_numpy(labeled), weights=weights, dice=False
                 )
-                loss_terms[1] += float(weights[y].sum())
+                loss_terms[0] += float(terms.ce_sum)
+                loss_terms[1] += float(terms.ce_norm)
+                if dice_loss:
+                    log_q = marginal_log_probs(logits, torch.from_numpy(labeled))
+                    for k, part in enumerate(soft_dice_counts(log_q, y)):
+                        soft[ci, :, k] += part.sum(0).double().cpu()
                 pred = logits.argmax(1)
                 for c in range(1, num_classes):
                     p, g = pred == c, y == c
@@ -230,19 +287,153 @@ def validate(
                     counts[ci, c, 1] += float(p.sum())
                     counts[ci, c, 2] += float(g.sum())
     net.train()
-    dist.all_reduce_sum(counts)
-    dist.all_reduce_sum(loss_terms)
+    for tensor in (counts, soft, loss_terms, known):
+        dist.all_reduce_sum(tensor)
     mean_loss = float(loss_terms[0] / loss_terms[1].clamp_min(1e-12))
+    if dice_loss:
+        present = (soft[:, 1:, 2] > 0) & (known[:, 1:] > 0)
+        if bool(present.any()):
+            ratio = 2 * soft[:, 1:, 0] / (soft[:, 1:, 1] + soft[:, 1:, 2])
+            mean_loss += float(1.0 - ratio[present].mean())
     dsc: list[float | None] = []
     for c in range(1, num_classes):
         denom = counts[:, c, 1] + counts[:, c, 2]
-        defined = denom > 0
+        defined = (denom > 0) & (known[:, c] > 0)
         if not bool(defined.any()):
             dsc.append(None)
             continue
         values = 2 * counts[defined, c, 0] / denom[defined]
         dsc.append(float(values.mean()))
     return mean_loss, dsc
+
+
+def _optimizer(net: DpnUNet, recipe: Recipe) -> torch.optim.Optimizer:
+    import torch
+
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(
+            net.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay
+        )
+    return torch.optim.Adam(
+        net.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay
+    )
+
+
+@dataclass
+class _Step:
+    """What one fold's training steps share."""
+
+    net: DpnUNet
+    model: Callable[[torch.Tensor], torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    weights: torch.Tensor
+    swap: torch.Tensor | None
+    rt: _Runtime
+    dist: DistContext
+    recipe: Recipe
+    setup: FoldSetup
+    encoder: set[int]
+
+    def run(
+        self, chosen: Sequence[int], generator: torch.Generator, lr: float, frozen: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on the global batch ``chosen``; returns this process's CE sum and
+        normaliser (detached)."""
+        import torch
+
+        recipe, dist = self.recipe, self.dist
+        batch = recipe.batch_size
+        local = batch // dist.world_size
+        params = draw_params(generator, batch, recipe.augmentation, can_flip=self.swap is not None)
+        lo, hi = dist.rank * local, (dist.rank + 1) * local
+        images_np, labels_np, labeled_np = self.setup.train.batch(chosen[lo:hi])
+        device = self.rt.device
+        images = torch.from_numpy(images_np).to(device)
+        labels = torch.from_numpy(labels_np).to(device)
+        if recipe.augmentation.enabled:
+            images, labels = apply_augmentation(
+                images, labels, params.part(lo, hi), self.swap, air=self.setup.air
+            )
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        logits = _forward(self.model, images, self.rt)
+        terms = segmentation_loss(
+            logits,
+            labels,
+            torch.from_numpy(labeled_np),
+            weights=self.weights,
+            dice=recipe.loss == "dice_ce",
+        )
+        denom = terms.ce_norm.detach().double().cpu().reshape(1)
+        dist.all_reduce_sum(denom)
+        loss = terms.ce_sum * (dist.world_size / float(denom.clamp_min(1e-12))) + terms.dice
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        if frozen:
+            for p in self.net.parameters():
+                if id(p) in self.encoder:
+                    p.grad = None
+        self.optimizer.step()
+        return terms.ce_sum.detach(), terms.ce_norm.detach()
+
+
+def prepare_step(
+    net: DpnUNet,
+    setup: FoldSetup,
+    recipe: Recipe,
+    *,
+    device: torch.device,
+    dist: DistContext,
+) -> _Step:
+    """The network on its device with its optimiser, loss weights and runtime switches."""
+    import torch
+
+    rt = _runtime(recipe, device)
+    batch = recipe.batch_size
+    if batch % dist.world_size:
+        raise TrainingError(
+            "batch size not divisible by the number of processes",
+            expected=f"a global batch size that is a multiple of {dist.world_size}",
+            found=f"batch_size {batch}",
+            fix="change batch_size in the recipe or the number of processes",
+        )
+    net.to(device)
+    if rt.channels_last:
+        net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    optimizer = _optimizer(net, recipe)
+    model: Callable[[torch.Tensor], torch.Tensor] = net
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if recipe.compile:
+        model = torch.compile(model)
+    return _Step(
+        net=net,
+        model=model,
+        optimizer=optimizer,
+        weights=torch.tensor(setup.class_weights, dtype=torch.float32, device=device),
+        swap=torch.from_numpy(setup.swap) if setup.swap is not None else None,
+        rt=rt,
+        dist=dist,
+        recipe=recipe,
+        setup=setup,
+        encoder={id(p) for p in net.parameter_groups()["encoder"]},
+    )
+
+
+def steps_in_epoch(slices: SliceSet, recipe: Recipe, steps_per_epoch: int | None) -> int:
+    """Batches per epoch: ``steps_per_epoch``, or one pass over the slices an epoch uses."""
+    if steps_per_epoch is not None:
+        return steps_per_epoch
+    if recipe.empty_slice_fraction >= 1.0:
+        return len(slices) // recipe.batch_size
+    expected = int(slices.has_foreground.sum()) + recipe.empty_slice_fraction * int(
+        (~slices.has_foreground).sum()
+    )
+    return int(expected) // recipe.batch_size
 
 
 def train_fold(
@@ -255,35 +446,18 @@ def train_fold(
     state: FoldState | None,
     callback: EventCallback | None = None,
 ) -> FoldState:
-    """Train one fold for ``recipe.epochs`` epochs, resuming from ``state`` when given.
+    """Train one fold for ``setup.epochs`` epochs, resuming from ``state`` when given.
 
     Returns the final :class:`FoldState` (``complete``), whose best weights follow the recipe's
     selection rule (``last`` when the fold has no validation cases).
     """
     import torch
-    import torch.nn.functional as tnf
 
-    rt = _runtime(recipe, device)
     emit = callback if (callback is not None and dist.is_main) else (lambda event: None)
     rule = recipe.selection if setup.validation else "last"
-    in_slices = net.config.in_slices
-    batch = recipe.batch_size
-    if batch % dist.world_size:
-        raise TrainingError(
-            "batch size not divisible by the number of processes",
-            expected=f"a global batch size that is a multiple of {dist.world_size}",
-            found=f"batch_size {batch}",
-            fix="change batch_size in the recipe or the number of processes",
-        )
-    local = batch // dist.world_size
-    net.to(device)
-    if rt.channels_last:
-        net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    optimizer = torch.optim.Adam(
-        net.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay
-    )
+    step = prepare_step(net, setup, recipe, device=device, dist=dist)
     if state is not None and state.epochs_done > 0:
-        restore_training(setup.folder, state, net, optimizer)
+        restore_training(setup.folder, state, net, step.optimizer)
         log.info("fold %d: resuming after epoch %d", setup.index, state.epochs_done)
     else:
         state = FoldState(
@@ -291,35 +465,20 @@ def train_fold(
             run_sha256=setup.run_sha256,
             class_weights=[float(w) for w in setup.class_weights],
         )
-    model: Callable[[torch.Tensor], torch.Tensor] = net
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if recipe.compile:
-        model = torch.compile(model)
-    weights = torch.tensor(setup.class_weights, dtype=torch.float32, device=device)
-    swap = torch.from_numpy(setup.swap) if setup.swap is not None else None
-    encoder = set(id(p) for p in net.parameter_groups()["encoder"])
     decoder_only = recipe.train_parts == "decoder"
     emit(
         TrainingEvent(
             "fold",
             fold=setup.index,
             folds=setup.folds,
-            epochs=recipe.epochs,
+            epochs=setup.epochs,
             epoch=state.epochs_done,
         )
     )
     net.train()
-    with _deterministic(rt.deterministic):
-        for epoch in range(state.epochs_done, recipe.epochs):
+    with _deterministic(step.rt.deterministic):
+        for epoch in range(state.epochs_done, setup.epochs):
             started = time.perf_counter()
-            lr = recipe.learning_rate * recipe.lr_decay**epoch
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             frozen = decoder_only or epoch < recipe.freeze_encoder_epochs
             if not dist.enabled:
                 # Skip the encoder's backward pass while it is frozen (DDP needs every gradient,
@@ -327,54 +486,38 @@ def train_fold(
                 for p in net.parameter_groups()["encoder"]:
                     p.requires_grad_(not frozen)
             generator = torch.Generator().manual_seed(epoch_seed(recipe.seed, setup.index, epoch))
-            order = _epoch_order(setup.train, recipe.empty_slice_fraction, generator)
-            steps = len(order) // batch
+            per_epoch = steps_in_epoch(setup.train, recipe, setup.steps_per_epoch)
+            order = epoch_order(setup.train, recipe, generator, setup.steps_per_epoch)
+            steps = len(order) // recipe.batch_size
             if steps == 0:
                 raise TrainingError(
                     "too few training slices for one batch",
                     where=f"fold {setup.index}",
-                    expected=f"at least {batch} slices (batch_size)",
+                    expected=f"at least {recipe.batch_size} slices (batch_size)",
                     found=f"{len(order)} slice(s)",
                     fix="lower batch_size, raise empty_slice_fraction, or add cases",
                 )
-            num = torch.zeros(2, dtype=torch.float64)
-            for step in range(steps):
-                chosen = order[step * batch : (step + 1) * batch]
-                params = draw_params(
-                    generator, batch, recipe.augmentation, can_flip=swap is not None
-                )
-                lo, hi = dist.rank * local, (dist.rank + 1) * local
-                images_np, labels_np = setup.train.batch(chosen[lo:hi])
-                images = torch.from_numpy(images_np).to(device)
-                labels = torch.from_numpy(labels_np).to(device)
-                if recipe.augmentation.enabled:
-                    images, labels = apply_augmentation(images, labels, params.part(lo, hi), swap)
-                logits = _forward(model, images, rt)
-                loss_sum = tnf.cross_entropy(logits, labels, weight=weights, reduction="sum")
-                denom = weights[labels].sum().detach().double().cpu().reshape(1)
-                dist.all_reduce_sum(denom)
-                loss = loss_sum * (dist.world_size / float(denom.clamp_min(1e-12)))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
-                if frozen:
-                    for p in net.parameters():
-                        if id(p) in encoder:
-                            p.grad = None
-                optimizer.step()
-                num[0] += float(loss_sum.detach())
-                num[1] += float(weights[labels].sum())
+            num = torch.zeros(2, dtype=torch.float64, device=device)
+            lr = recipe.learning_rate
+            for i in range(steps):
+                lr = learning_rate(recipe, epoch, i, per_epoch, setup.epochs)
+                chosen = order[i * recipe.batch_size : (i + 1) * recipe.batch_size]
+                ce_sum, ce_norm = step.run(chosen, generator, lr, frozen)
+                num[0] += ce_sum.double()
+                num[1] += ce_norm.double()
                 emit(
                     TrainingEvent(
                         "step",
                         fold=setup.index,
                         folds=setup.folds,
                         epoch=epoch + 1,
-                        epochs=recipe.epochs,
-                        step=step + 1,
+                        epochs=setup.epochs,
+                        step=i + 1,
                         steps=steps,
                         lr=lr,
                     )
                 )
+            num = num.cpu()
             dist.all_reduce_sum(num)
             train_loss = float(num[0] / num[1].clamp_min(1e-12))
             if not math.isfinite(train_loss):
@@ -385,52 +528,16 @@ def train_fold(
                     found=f"loss {train_loss}",
                     fix="lower learning_rate in the recipe",
                 )
-            entry: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "lr": lr,
-                "train_loss": train_loss,
-                "val_loss": None,
-                "val_dsc": None,
-                "val_dsc_per_structure": None,
-                "encoder_frozen": frozen,
-            }
-            if setup.validation:
-                val_loss, dsc = validate(
-                    net,
-                    setup.validation,
-                    weights,
-                    in_slices=in_slices,
-                    batch_size=max(local, 8),
-                    rt=rt,
-                    dist=dist,
-                )
-                defined = [d for d in dsc if d is not None]
-                entry["val_loss"] = val_loss
-                entry["val_dsc"] = float(np.mean(defined)) if defined else None
-                entry["val_dsc_per_structure"] = dict(zip(setup.structure_names, dsc, strict=True))
+            entry = _epoch_entry(step, setup, recipe, epoch, lr, train_loss, frozen)
             entry["seconds"] = round(time.perf_counter() - started, 3)
-            state.history.append(entry)
-            state.epochs_done = epoch + 1
-            score = _score(rule, entry)
-            improved = _better(rule, score, state.best_score)
-            if improved:
-                state.best_epoch = epoch + 1
-                state.best_score = score
-            if dist.is_main:
-                best = (
-                    {k: v.detach().clone() for k, v in net.state_dict().items()}
-                    if improved
-                    else None
-                )
-                save_fold_state(setup.folder, state, net, optimizer, best_weights=best)
-            dist.barrier()
+            _record_epoch(step, setup, state, rule, entry)
             emit(
                 TrainingEvent(
                     "epoch",
                     fold=setup.index,
                     folds=setup.folds,
                     epoch=epoch + 1,
-                    epochs=recipe.epochs,
+                    epochs=setup.epochs,
                     train_loss=train_loss,
                     val_loss=entry["val_loss"],
                     val_dsc=entry["val_dsc"],
@@ -446,12 +553,103 @@ def train_fold(
     return state
 
 
-def _epoch_order(slices: SliceSet, empty_fraction: float, generator: torch.Generator) -> list[int]:
+def _epoch_entry(
+    step: _Step,
+    setup: FoldSetup,
+    recipe: Recipe,
+    epoch: int,
+    lr: float,
+    train_loss: float,
+    frozen: bool,
+) -> dict[str, Any]:
+    """The epoch's history entry, with the validation results when the fold has validation.
+
+    ``train_loss`` is the cross-entropy part of the training loss (the Dice part is computed
+    per batch and not comparable between batches of different content).
+    """
+    entry: dict[str, Any] = {
+        "epoch": epoch + 1,
+        "lr": lr,
+        "train_loss": train_loss,
+        "val_loss": None,
+        "val_dsc": None,
+        "val_dsc_per_structure": None,
+        "encoder_frozen": frozen,
+    }
+    if setup.validation:
+        val_loss, dsc = validate(
+            step.net,
+            setup.validation,
+            step.weights,
+            in_slices=step.net.config.in_slices,
+            batch_size=max(recipe.batch_size // step.dist.world_size, 8),
+            rt=step.rt,
+            dist=step.dist,
+            dice_loss=recipe.loss == "dice_ce",
+        )
+        defined = [d for d in dsc if d is not None]
+        entry["val_loss"] = val_loss
+        entry["val_dsc"] = float(np.mean(defined)) if defined else None
+        entry["val_dsc_per_structure"] = dict(zip(setup.structure_names, dsc, strict=True))
+    return entry
+
+
+def _record_epoch(
+    step: _Step, setup: FoldSetup, state: FoldState, rule: str, entry: dict[str, Any]
+) -> None:
+    """Append the epoch to the history, track the best epoch and checkpoint the fold."""
+    state.history.append(entry)
+    state.epochs_done = int(entry["epoch"])
+    score = _score(rule, entry)
+    improved = _better(rule, score, state.best_score)
+    if improved:
+        state.best_epoch = state.epochs_done
+        state.best_score = score
+    if step.dist.is_main:
+        best = (
+            {k: v.detach().clone() for k, v in step.net.state_dict().items()} if improved else None
+        )
+        save_fold_state(setup.folder, state, step.net, step.optimizer, best_weights=best)
+    step.dist.barrier()
+
+
+def epoch_order(
+    slices: SliceSet, recipe: Recipe, generator: torch.Generator, steps: int | None
+) -> list[int]:
+    """The slices (indices into ``slices.items``) of one epoch, in training order.
+
+    The epoch uses every slice with a structure and a random ``empty_slice_fraction`` of the
+    others. Without foreground oversampling: one shuffled pass over them (``steps`` None), or as
+    many shuffled passes as ``steps`` batches need. With it: ``steps`` batches (default: as many
+    as one pass) of independent draws, a ``foreground_fraction`` of them from the slices showing
+    a class chosen uniformly among the classes present.
+    """
     import torch
 
     n = len(slices)
     keep_draw = torch.rand(n, generator=generator, dtype=torch.float64).numpy()
-    keep = slices.has_foreground | (keep_draw < empty_fraction)
+    keep = slices.has_foreground | (keep_draw < recipe.empty_slice_fraction)
     candidates = np.flatnonzero(keep)
-    perm = torch.randperm(len(candidates), generator=generator).numpy()
-    return [int(i) for i in candidates[perm]]
+    batch = recipe.batch_size
+    if len(candidates) == 0:
+        return []
+    if recipe.foreground_fraction <= 0.0:
+        perm = torch.randperm(len(candidates), generator=generator).numpy()
+        order = [int(i) for i in candidates[perm]]
+        if steps is None:
+            return order
+        while len(order) < steps * batch:
+            perm = torch.randperm(len(candidates), generator=generator).numpy()
+            order.extend(int(i) for i in candidates[perm])
+        return order[: steps * batch]
+    wanted = (steps if steps is not None else len(candidates) // batch) * batch
+    classes = [c for c in range(1, len(slices.slices_with)) if len(slices.slices_with[c])]
+    u = torch.rand((3, wanted), generator=generator, dtype=torch.float64).numpy()
+    drawn: list[int] = []
+    for k in range(wanted):
+        if classes and u[0, k] < recipe.foreground_fraction:
+            pool = slices.slices_with[classes[int(u[1, k] * len(classes))]]
+        else:
+            pool = candidates
+        drawn.append(int(pool[int(u[2, k] * len(pool))]))
+    return drawn
