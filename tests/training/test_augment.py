@@ -109,7 +109,7 @@ def test_empty_slice_fraction_keeps_every_slice_with_structures(fraction: float)
     slices = SliceSet([case], 3)
     recipe = Recipe(empty_slice_fraction=fraction, batch_size=2)
     order = epoch_order(slices, recipe, torch.Generator().manual_seed(0), None)
-    chosen = {slices.items[i][1] for i in order}
+    chosen = {slices.items[i][1] for i, _ in order}
     assert set(range(10, 20)) <= chosen
     empty = len(chosen - set(range(10, 20)))
     assert {0.0: empty == 0, 0.5: 5 < empty < 25, 1.0: empty == 30}[fraction]
@@ -176,7 +176,9 @@ def test_gamma_bends_intensities_and_keeps_their_range() -> None:
     unit = float((middle + 2) / 5)
     assert float(out.flatten()[32]) == pytest.approx(-2 + 5 * unit**2, abs=1e-5)
     assert draw_params(torch.Generator(), 4, Augmentation(gamma=0.0), can_flip=True).gamma is None
-    drawn = draw_params(torch.Generator().manual_seed(0), 256, Augmentation(gamma=0.5), can_flip=True)
+    drawn = draw_params(
+        torch.Generator().manual_seed(0), 256, Augmentation(gamma=0.5), can_flip=True
+    )
     assert drawn.gamma is not None
     assert 1 / 1.5 - 1e-9 <= float(drawn.gamma.min()) and float(drawn.gamma.max()) <= 1.5 + 1e-9
 

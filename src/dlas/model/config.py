@@ -205,6 +205,12 @@ class Preprocessing(BaseModel):
         large (centred on the body, extra pixels are air). Resolved at training as the largest
         grid the training cases need, so that a prediction sees the field of view the network
         was trained on (group normalisation takes its statistics over the whole slice).
+    patch
+        Tile size (rows, columns) in model pixels, or ``None`` for whole slices. With a patch
+        the network trains on crops of this size (centred on a structure for the oversampled
+        share of samples) and predicts by overlapping tiles of the same size, blended with
+        Gaussian weights (:mod:`dlas.model.inference`), so that it always sees the field of view
+        it was trained on. Multiples of the network's size multiple.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -219,6 +225,7 @@ class Preprocessing(BaseModel):
     body_threshold_hu: float = -500.0
     body_margin_mm: float = Field(10.0, ge=0.0)
     canvas: tuple[int, int] | None = None
+    patch: tuple[int, int] | None = None
 
     @model_validator(mode="after")
     def _window(self) -> Preprocessing:
@@ -226,6 +233,8 @@ class Preprocessing(BaseModel):
             raise ValueError(f"hu_max ({self.hu_max}) must exceed hu_min ({self.hu_min})")
         if self.intensity == "window" and (self.mean_hu is not None or self.std_hu is not None):
             raise ValueError("mean_hu and std_hu belong to intensity: percentile, not window")
+        if self.patch is not None and min(self.patch) < 8:
+            raise ValueError(f"a patch must be at least 8 x 8 pixels, got {list(self.patch)}")
         return self
 
     @model_serializer(mode="wrap")
@@ -262,4 +271,9 @@ class Preprocessing(BaseModel):
 
 #: Preprocessing fields added after the first release, with the defaults that leave them out of
 #: the recorded form.
-_LATER_FIELDS: dict[str, Any] = {"intensity": "window", "mean_hu": None, "std_hu": None}
+_LATER_FIELDS: dict[str, Any] = {
+    "intensity": "window",
+    "mean_hu": None,
+    "std_hu": None,
+    "patch": None,
+}

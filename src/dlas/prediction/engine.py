@@ -2,7 +2,8 @@
 
 For a CT (any axis-aligned orientation) the engine brings the volume to the canonical axial
 orientation, resamples its body region onto the model grid once, runs the network(s) on batches
-of slices (each with its neighbours as channels), averages the softmax probabilities of the
+of slices (each with its neighbours as channels; by overlapping tiles when the model was trained
+on patches, :mod:`dlas.model.inference`), averages the softmax probabilities of the
 ensemble members (and of the left-right mirrored input with left/right classes swapped, when
 test-time augmentation is on), resamples the probabilities bilinearly onto the CT pixels, takes
 the arg-max, applies each structure's post-processing and returns boolean masks on exactly the
@@ -21,6 +22,7 @@ import numpy.typing as npt
 
 from dlas.io.volume import Volume
 from dlas.model.checkpoint import LoadedModel, load_model
+from dlas.model.inference import slice_logits
 from dlas.model.preprocessing import (
     canonical_axial,
     context_indices,
@@ -101,13 +103,14 @@ class Predictor:
         total: torch.Tensor | None = None
         count = 0
         inputs = [(x, False)] + ([(x.flip(-1), True)] if self.tta else [])
+        patch = self.model.info.preprocessing.patch
         for net in self.model.networks:
             for data, flipped in inputs:
                 if self._amp:
                     with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
-                        logits = net(data).float()
+                        logits = slice_logits(net, data, patch).float()
                 else:
-                    logits = net(data)
+                    logits = slice_logits(net, data, patch)
                 probs = torch.softmax(logits, dim=1)
                 if flipped:
                     assert self._swap is not None

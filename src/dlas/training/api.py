@@ -365,6 +365,24 @@ def _with_canvas(pre: Preprocessing, prepared: dict[str, PreparedCase]) -> Prepr
     return pre.model_copy(update={"canvas": (int(shape[0]), int(shape[1]))})
 
 
+def _canvas_for_patch(pre: Preprocessing, size_multiple: int) -> Preprocessing:
+    """At least the patch size as canvas, so that every slice holds a whole tile."""
+    if pre.patch is None:
+        return pre
+    if pre.patch[0] % size_multiple or pre.patch[1] % size_multiple:
+        raise TrainingConfigError(
+            "patch size does not fit the network",
+            where="recipe preprocessing.patch",
+            expected=f"multiples of {size_multiple} (the network's size multiple)",
+            found=str(list(pre.patch)),
+            fix=f"round the patch to multiples of {size_multiple}",
+        )
+    canvas = pre.canvas or (0, 0)
+    return pre.model_copy(
+        update={"canvas": (max(canvas[0], pre.patch[0]), max(canvas[1], pre.patch[1]))}
+    )
+
+
 def _cv_outputs(out: Path, states: Sequence[FoldState], names: Sequence[str]) -> None:
     rows = io.StringIO()
     writer = csv.writer(rows, lineterminator="\n")
@@ -502,9 +520,16 @@ def train(
             architecture, classes, seed=recipe.seed, pretrained=pre_info
         )
         if dist.is_main:
-            write_json(out_dir / RUN_JSON, {**run, "notes": notes})
+            # A resumed run keeps the time-budget plan it was sized with.
+            kept = _recorded_budget(out_dir) if resume else None
+            write_json(
+                out_dir / RUN_JSON,
+                {**run, "notes": notes, **({"budget": kept} if kept is not None else {})},
+            )
         dist.barrier()
-        prepared = _prepare(ds, case_ids, architecture, pre, emit)
+        prepared = _prepare(
+            ds, case_ids, architecture, _canvas_for_patch(pre, architecture.size_multiple), emit
+        )
         pre = _with_canvas(pre, prepared)
         swap = lr_swap_table(ds.structure_set)
         if swap is None and recipe.augmentation.flip_lr:
@@ -528,6 +553,7 @@ def train(
                 epochs=recipe.epochs,
                 steps_per_epoch=recipe.steps_per_epoch,
                 air=pre.air_value,
+                patch=pre.patch,
             )
             for fold in split
         ]
@@ -574,6 +600,16 @@ def train(
         dist.close()
 
 
+def _recorded_budget(out: Path) -> dict[str, Any] | None:
+    import json
+
+    path = out / RUN_JSON
+    if not path.is_file():
+        return None
+    recorded = json.loads(path.read_text(encoding="utf-8")).get("budget")
+    return dict(recorded) if isinstance(recorded, dict) else None
+
+
 def _budget_plan(
     out: Path,
     recipe: Recipe,
@@ -591,7 +627,7 @@ def _budget_plan(
     if recipe.time_budget is None:
         return None
     run_file = out / RUN_JSON
-    recorded = json.loads(run_file.read_text(encoding="utf-8")).get("budget")
+    recorded = _recorded_budget(out)
     if recorded is not None:
         plan = BudgetPlan.from_data(recorded)
         log.info("resuming with the recorded plan: %s", plan.describe())

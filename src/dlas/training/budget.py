@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from dlas.model.inference import slice_logits
 from dlas.training.config import Recipe
 from dlas.training.distributed import DistContext
 from dlas.training.loop import FoldSetup, TrainingError, epoch_order, prepare_step
@@ -115,14 +116,14 @@ def measure_step(
         if i >= warmup:
             timings.append(time.perf_counter() - started)
     val_batch = max(batch // dist.world_size, 8)
-    images, _, _ = setup.train.batch([order[k % len(order)] for k in range(val_batch)])
+    images, _, _ = setup.train.batch([order[k % len(order)][0] for k in range(val_batch)])
     probe.eval()
     with torch.no_grad():
         x = torch.from_numpy(images).to(device)
-        probe(x)
+        slice_logits(probe, x, setup.patch)
         _synchronise(device)
         started = time.perf_counter()
-        probe(x)
+        slice_logits(probe, x, setup.patch)
         _synchronise(device)
         val_s = time.perf_counter() - started
     timings.sort()

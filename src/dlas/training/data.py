@@ -267,20 +267,57 @@ class SliceSet:
         return len(self.items)
 
     def batch(
-        self, indices: Sequence[int]
+        self,
+        indices: Sequence[int],
+        *,
+        focus: Sequence[int] | None = None,
+        patch: tuple[int, int] | None = None,
+        uniforms: npt.NDArray[np.float64] | None = None,
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
         """Images (B, in_slices, h, w), labels (B, h, w) and the delineated classes (B, C) of
-        the given items."""
+        the given items.
+
+        With ``patch`` each sample is cropped to that size (within the canvas): centred on a
+        voxel of class ``focus[k]`` (chosen by ``uniforms[k, 0]``) shifted by up to a quarter
+        patch (``uniforms[k, 1:]``), or, for focus 0, placed uniformly on the canvas.
+        """
         from dlas.model.preprocessing import context_indices
 
         images = []
         labels = []
         labeled = []
-        for index in indices:
+        for k, index in enumerate(indices):
             ci, z = self.items[int(index)]
             case = self.cases[ci]
             zs = context_indices(z, case.shape[0], self.in_slices)
-            images.append(case.image[zs])
-            labels.append(case.labels[z])
+            image, label = case.image[zs], case.labels[z]
+            if patch is not None:
+                u = uniforms[k] if uniforms is not None else np.full(3, 0.5)
+                y0, x0 = _crop_start(label, focus[k] if focus else 0, patch, u)
+                image = image[:, y0 : y0 + patch[0], x0 : x0 + patch[1]]
+                label = label[y0 : y0 + patch[0], x0 : x0 + patch[1]]
+            images.append(image)
+            labels.append(label)
             labeled.append(case.labeled)
         return np.stack(images), np.stack(labels).astype(np.int64), np.stack(labeled)
+
+
+def _crop_start(
+    label: npt.NDArray[np.uint8],
+    focus: int,
+    patch: tuple[int, int],
+    u: npt.NDArray[np.float64],
+) -> tuple[int, int]:
+    """Top-left corner of a crop of size ``patch`` inside a slice (see :meth:`SliceSet.batch`)."""
+    h, w = label.shape
+    ph, pw = patch
+    if h < ph or w < pw:
+        raise ValueError(f"patch {list(patch)} is larger than the canvas {[h, w]}")
+    voxels = np.argwhere(label == focus) if focus else np.empty((0, 2))
+    if len(voxels):
+        cy, cx = voxels[min(int(u[0] * len(voxels)), len(voxels) - 1)]
+        y0 = int(cy) - ph // 2 + round((u[1] - 0.5) * ph / 2)
+        x0 = int(cx) - pw // 2 + round((u[2] - 0.5) * pw / 2)
+    else:
+        y0, x0 = round(u[1] * (h - ph)), round(u[2] * (w - pw))
+    return int(np.clip(y0, 0, h - ph)), int(np.clip(x0, 0, w - pw))

@@ -37,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dlas.errors import DlasError
+from dlas.model.inference import slice_logits
 from dlas.training.augment import apply_augmentation, draw_params
 from dlas.training.config import Recipe
 from dlas.training.data import PreparedCase, SliceSet
@@ -119,7 +120,8 @@ class FoldSetup:
     """Everything one fold trains on.
 
     ``epochs`` and ``steps_per_epoch`` are the run's resolved values (from the recipe, or sized
-    to a time budget); ``air`` is the network input of air (padding of augmented slices).
+    to a time budget); ``air`` is the network input of air (padding of augmented slices);
+    ``patch`` the training crop and inference tile (``Preprocessing.patch``).
     """
 
     index: int
@@ -134,6 +136,7 @@ class FoldSetup:
     epochs: int
     steps_per_epoch: int | None = None
     air: float = -1.0
+    patch: tuple[int, int] | None = None
 
 
 def epoch_seed(seed: int, fold: int, epoch: int) -> int:
@@ -242,12 +245,14 @@ def validate(
     rt: _Runtime,
     dist: DistContext,
     dice_loss: bool = False,
+    patch: tuple[int, int] | None = None,
 ) -> tuple[float, list[float | None]]:
     """Validation loss and per-structure mean Dice over ``cases`` (sharded over processes).
 
     The loss is the training loss on whole cases: the (marginal) cross-entropy over every pixel
     and, with ``dice_loss``, one minus the mean soft Dice over the cases and structures present
-    in the reference. A structure counts only in the cases that delineate it.
+    in the reference. A structure counts only in the cases that delineate it. Slices are
+    predicted as in inference (by tiles of ``patch`` when given).
     """
     import torch
 
@@ -270,7 +275,7 @@ def validate(
                 images, labels, labeled = slices.batch(idx)
                 x = torch.from_numpy(images).to(rt.device)
                 y = torch.from_numpy(labels).to(rt.device)
-                logits = _forward(net, x, rt)
+                logits = slice_logits(lambda t: _forward(net, t, rt), x, patch)
                 terms = segmentation_loss(
                     logits, y, torch.from_numpy(labeled), weights=weights, dice=False
                 )
@@ -335,25 +340,39 @@ class _Step:
     encoder: set[int]
 
     def run(
-        self, chosen: Sequence[int], generator: torch.Generator, lr: float, frozen: bool
+        self,
+        chosen: Sequence[tuple[int, int]],
+        generator: torch.Generator,
+        lr: float,
+        frozen: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimiser step on the global batch ``chosen``; returns this process's CE sum and
-        normaliser (detached)."""
+        """One optimiser step on the global batch ``chosen`` (``(item, focus)`` pairs); returns
+        this process's CE sum and normaliser (detached)."""
         import torch
 
         recipe, dist = self.recipe, self.dist
         batch = recipe.batch_size
         local = batch // dist.world_size
         params = draw_params(generator, batch, recipe.augmentation, can_flip=self.swap is not None)
+        crops = torch.rand((batch, 3), generator=generator, dtype=torch.float64).numpy()
         lo, hi = dist.rank * local, (dist.rank + 1) * local
-        images_np, labels_np, labeled_np = self.setup.train.batch(chosen[lo:hi])
+        images_np, labels_np, labeled_np = self.setup.train.batch(
+            [item for item, _ in chosen[lo:hi]],
+            focus=[focus for _, focus in chosen[lo:hi]],
+            patch=self.setup.patch,
+            uniforms=crops[lo:hi],
+        )
         device = self.rt.device
         images = torch.from_numpy(images_np).to(device)
         labels = torch.from_numpy(labels_np).to(device)
         if recipe.augmentation.enabled:
-            images, labels = apply_augmentation(
-                images, labels, params.part(lo, hi), self.swap, air=self.setup.air
-            )
+            part = params.part(lo, hi)
+            images, labels = apply_augmentation(images, labels, part, self.swap, air=self.setup.air)
+            if self.swap is not None and bool(part.flip.any()):
+                # A mirrored slice delineates the mirrored classes (a case without a left
+                # femoral head, mirrored, lacks the right one).
+                swap = self.swap.numpy()
+                labeled_np = np.where(part.flip.numpy()[:, None], labeled_np[:, swap], labeled_np)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         logits = _forward(self.model, images, self.rt)
@@ -586,6 +605,7 @@ def _epoch_entry(
             rt=step.rt,
             dist=step.dist,
             dice_loss=recipe.loss == "dice_ce",
+            patch=setup.patch,
         )
         defined = [d for d in dsc if d is not None]
         entry["val_loss"] = val_loss
@@ -615,14 +635,15 @@ def _record_epoch(
 
 def epoch_order(
     slices: SliceSet, recipe: Recipe, generator: torch.Generator, steps: int | None
-) -> list[int]:
-    """The slices (indices into ``slices.items``) of one epoch, in training order.
+) -> list[tuple[int, int]]:
+    """The samples of one epoch, in training order: ``(item, focus)`` pairs, ``item`` indexing
+    ``slices.items`` and ``focus`` the class a crop is centred on (0: anywhere).
 
     The epoch uses every slice with a structure and a random ``empty_slice_fraction`` of the
     others. Without foreground oversampling: one shuffled pass over them (``steps`` None), or as
     many shuffled passes as ``steps`` batches need. With it: ``steps`` batches (default: as many
     as one pass) of independent draws, a ``foreground_fraction`` of them from the slices showing
-    a class chosen uniformly among the classes present.
+    a class chosen uniformly among the classes present (and centred on it).
     """
     import torch
 
@@ -635,21 +656,22 @@ def epoch_order(
         return []
     if recipe.foreground_fraction <= 0.0:
         perm = torch.randperm(len(candidates), generator=generator).numpy()
-        order = [int(i) for i in candidates[perm]]
+        order = [(int(i), 0) for i in candidates[perm]]
         if steps is None:
             return order
         while len(order) < steps * batch:
             perm = torch.randperm(len(candidates), generator=generator).numpy()
-            order.extend(int(i) for i in candidates[perm])
+            order.extend((int(i), 0) for i in candidates[perm])
         return order[: steps * batch]
     wanted = (steps if steps is not None else len(candidates) // batch) * batch
     classes = [c for c in range(1, len(slices.slices_with)) if len(slices.slices_with[c])]
     u = torch.rand((3, wanted), generator=generator, dtype=torch.float64).numpy()
-    drawn: list[int] = []
+    drawn: list[tuple[int, int]] = []
     for k in range(wanted):
         if classes and u[0, k] < recipe.foreground_fraction:
-            pool = slices.slices_with[classes[int(u[1, k] * len(classes))]]
+            focus = classes[int(u[1, k] * len(classes))]
+            pool = slices.slices_with[focus]
         else:
-            pool = candidates
-        drawn.append(int(pool[int(u[2, k] * len(pool))]))
+            focus, pool = 0, candidates
+        drawn.append((int(pool[int(u[2, k] * len(pool))]), focus))
     return drawn

@@ -1,0 +1,345 @@
+"""Model quality on real head-and-neck CT per CPU-minute: OpenKBP, a fixed split, dlas's recipes
+against a plain MONAI baseline trained on the same data for the same time.
+
+Data: ``../shared/data/openkbp-hn`` (60 patients, clinical contours, ~4 x 4 x 2.5-3 mm), imported
+once with ``examples/openkbp-hn/structures.yaml`` (Mandible, Brainstem, SpinalCord, Parotid_L,
+Parotid_R; missing structures are trained on as unknown). The split is fixed here (seeded
+permutation of the sorted patient ids, written out below): 15 ``test`` patients never used for
+any choice; of the 45 training patients, 9 (``tuneval``) serve as the validation set of recipe
+selection (train on the other 36, ``tune``).
+
+Usage::
+
+    # recipe selection: train on `tune` (36), score on `tuneval` (9)
+    python benchmarks/bench_openkbp.py run --phase select --recipe fast --steps 2000 \
+        --label fast-2000 --record benchmarks/results/openkbp-selection.jsonl
+    # the target: train on all 45 within 20 minutes, score on the 15 test patients
+    python benchmarks/bench_openkbp.py run --phase test --recipe fast --time-budget 20m \
+        --record benchmarks/results/openkbp.jsonl
+    # the plain baseline (MONAI BasicUNet 2-D, Dice + CE, Adam 1e-3, uniform slices)
+    python benchmarks/bench_openkbp.py baseline --phase test --time-budget 10m \
+        --record benchmarks/results/openkbp.jsonl
+    python benchmarks/bench_openkbp.py summarize benchmarks/results/openkbp.jsonl
+
+``--set key=value`` overrides recipe fields (YAML values; dotted keys for sections, e.g.
+``--set augmentation.gamma=0``). Every run appends one JSON line (recipe, budget, machine, times,
+per-patient and mean DSC / 95HD per structure) to ``--record``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = ROOT.parent / "shared" / "data" / "openkbp-hn"
+STRUCTURES = ROOT / "examples" / "openkbp-hn" / "structures.yaml"
+NAMES = ("Mandible", "Brainstem", "SpinalCord", "Parotid_L", "Parotid_R")
+
+#: numpy.random.default_rng(2026).permutation(sorted patient ids): the first 15 are the test
+#: set, the last 9 of the remaining 45 the selection-validation set. Written out so that the
+#: split never depends on a library version.
+TEST = (
+    "pt_5 pt_13 pt_14 pt_28 pt_51 pt_70 pt_84 pt_86 pt_106 pt_114 pt_122 pt_141 pt_144 pt_176 "
+    "pt_190"
+).split()
+TUNEVAL = "pt_24 pt_35 pt_41 pt_74 pt_96 pt_111 pt_120 pt_180 pt_193".split()
+
+
+def _split() -> dict[str, str]:
+    index = json.loads((SOURCE / "index.json").read_text())
+    cohort = {}
+    for entry in index:
+        pid = entry["patient"]
+        cohort[pid] = "test" if pid in TEST else "tuneval" if pid in TUNEVAL else "tune"
+    return cohort
+
+
+def dataset(work: Path) -> Path:
+    """The imported data set (made once per work folder)."""
+    from dlas.dataset import ImportOptions, import_source
+    from dlas.structures import StructureSet
+
+    root = work / "dataset"
+    if (root / "dataset.json").is_file():
+        return root
+    work.mkdir(parents=True, exist_ok=True)
+    csv = work / "cohorts.csv"
+    csv.write_text("folder,cohort\n" + "".join(f"{p},{c}\n" for p, c in _split().items()))
+    import_source(
+        SOURCE,
+        root,
+        ImportOptions(
+            structure_set=StructureSet.from_yaml(STRUCTURES),
+            cohort_by=f"csv:{csv}",
+            keep_ids=True,
+        ),
+    )
+    return root
+
+
+def _cohorts(phase: str) -> tuple[list[str], str]:
+    return (["tune"], "tuneval") if phase == "select" else (["tune", "tuneval"], "test")
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def _machine() -> dict[str, Any]:
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _score(ds_root: Path, pred: Path, cohort: str, name: str) -> dict[str, Any]:
+    from dlas.evaluation import evaluate
+
+    table = evaluate(ds_root, {name: pred}, cohorts=[cohort]).table
+    per_structure = {}
+    for structure in NAMES:
+        rows = table[table.structure == structure]
+        per_structure[structure] = {
+            "n": int(len(rows)),
+            "dsc": round(float(rows.dsc.mean()), 4),
+            "dsc_sd": round(float(rows.dsc.std()), 4),
+            "hd95_mm": round(float(rows.hd95_mm.replace(float("inf"), float("nan")).mean()), 2),
+            "misses": int((rows.dsc == 0).sum()),
+            "per_case": {r.case_id: round(float(r.dsc), 4) for r in rows.itertuples()},
+        }
+    return per_structure
+
+
+def run_dlas(args: argparse.Namespace) -> dict[str, Any]:
+    """Train with a dlas recipe, predict the scored cohort, evaluate."""
+    import torch
+
+    from dlas.prediction import predict
+    from dlas.training import train
+
+    torch.set_num_threads(args.threads)
+    ds_root = dataset(args.work)
+    train_cohorts, scored = _cohorts(args.phase)
+    config: dict[str, Any] = {"base": args.recipe, "folds": 1, "seed": args.seed}
+    config.update(_overrides(args.set))
+    if args.steps:
+        config["steps_per_epoch"] = config.get("steps_per_epoch", 50)
+        config["epochs"] = max(1, args.steps // config["steps_per_epoch"])
+    out = args.work / "runs" / f"{args.label}-{args.phase}-s{args.seed}"
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    started = time.perf_counter()
+    train(
+        ds_root,
+        out / "model",
+        config=config,
+        cohorts=train_cohorts,
+        device="cpu",
+        time_budget=args.time_budget,
+    )
+    train_s = time.perf_counter() - started
+    started = time.perf_counter()
+    predict(out / "model", ds_root, out / "pred", cohorts=[scored], device="cpu", tta=args.tta)
+    predict_s = time.perf_counter() - started
+    model = json.loads((out / "model" / "model.json").read_text())
+    return {
+        "kind": "dlas",
+        "recipe": model["training"]["recipe"],
+        "schedule": model["training"]["schedule"],
+        "preprocessing": model["preprocessing"],
+        "train_seconds": round(train_s, 1),
+        "predict_seconds": round(predict_s, 1),
+        "scores": _score(ds_root, out / "pred", scored, "dlas"),
+    }
+
+
+def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
+    """MONAI BasicUNet (2-D, 3 adjacent slices as channels) with Dice + CE, Adam 1e-3 at a
+    constant rate, batch 8, slices drawn uniformly, no augmentation, trained until the time
+    budget is spent: the plain recipe that a new user would write. Same preprocessed data (the
+    seed study's HU window, the data's median spacing, body crop) and the same inference and
+    evaluation path as dlas models."""
+    import numpy as np
+    import torch
+    from monai.losses import DiceCELoss
+    from monai.networks.nets import BasicUNet
+
+    from dlas.dataset import CaseDataset
+    from dlas.model.checkpoint import LoadedModel, ModelInfo
+    from dlas.model.config import DpnUNetConfig
+    from dlas.prediction.engine import Predictor
+    from dlas.training.api import _median_spacing, _prepare, _with_canvas
+    from dlas.training.config import parse_duration
+    from dlas.training.data import SliceSet
+    from dlas.io import write_mask
+    from dlas.model.config import Preprocessing
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    budget = parse_duration(args.time_budget or "10m")
+    started = time.perf_counter()
+    ds_root = dataset(args.work)
+    ds = CaseDataset.open(ds_root)
+    train_cohorts, scored = _cohorts(args.phase)
+    ids = [c for cohort in train_cohorts for c in ds.case_ids(cohort)]
+    classes = ["background", *ds.structure_set.names]
+    # A 5-level stand-in architecture: only in_slices and the size multiple (16) are used.
+    arch = DpnUNetConfig(
+        in_slices=3, num_classes=len(classes), widths=(8,) * 5, blocks=(1,) * 5, growth=(4,) * 5
+    )
+    pre = Preprocessing(spacing_mm=_median_spacing(ds, ids))
+    prepared = _prepare(ds, ids, arch, pre, lambda event: None)
+    pre = _with_canvas(pre, prepared)
+    slices = SliceSet(list(prepared.values()), 3)
+    net = BasicUNet(spatial_dims=2, in_channels=3, out_channels=len(classes))
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    rng = np.random.default_rng(args.seed)
+    steps = 0
+    net.train()
+    while time.perf_counter() - started < budget:
+        images, labels, _ = slices.batch(rng.integers(0, len(slices), 8))
+        logits = net(torch.from_numpy(images))
+        loss = loss_fn(logits, torch.from_numpy(labels)[:, None])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        steps += 1
+    train_s = time.perf_counter() - started
+    net.eval()
+    info = ModelInfo(
+        folder=args.work,
+        name="BasicUNet",
+        architecture=arch,
+        preprocessing=pre,
+        structure_set=ds.structure_set,
+        classes=classes,
+        weights=[],
+        model_sha256="baseline",
+        software={},
+        training={},
+        created="",
+    )
+    predictor = Predictor(
+        LoadedModel(info, [net], torch.device("cpu")),  # type: ignore[list-item]
+        device="cpu",
+        tta=args.tta,
+    )
+    out = args.work / "runs" / f"{args.label}-{args.phase}-s{args.seed}"
+    started = time.perf_counter()
+    for case_id in ds.case_ids(scored):
+        case = ds.load_case(case_id)
+        for name, mask in predictor.predict(case.ct).items():
+            write_mask(mask, out / "pred" / case_id / "structures" / f"{name}.nii.gz")
+    predict_s = time.perf_counter() - started
+    return {
+        "kind": "baseline",
+        "recipe": {
+            "network": "monai BasicUNet 2-D, features (32, 32, 64, 128, 256, 32)",
+            "loss": "DiceCELoss(softmax)",
+            "optimizer": "Adam 1e-3 constant",
+            "batch_size": 8,
+            "sampling": "uniform slices",
+            "augmentation": "none",
+        },
+        "schedule": {"steps": steps, "budget_s": budget},
+        "preprocessing": pre.model_dump(mode="json"),
+        "train_seconds": round(train_s, 1),
+        "predict_seconds": round(predict_s, 1),
+        "scores": _score(ds_root, out / "pred", scored, "baseline"),
+    }
+
+
+def _record(args: argparse.Namespace, result: dict[str, Any], wall: float) -> None:
+    entry = {
+        "label": args.label,
+        "phase": args.phase,
+        "seed": args.seed,
+        "time_budget": args.time_budget,
+        "tta": args.tta,
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "machine": _machine(),
+        "wall_seconds": round(wall, 1),
+        **result,
+    }
+    means = {s: v["dsc"] for s, v in result["scores"].items()}
+    print(json.dumps({"label": args.label, "phase": args.phase, "dsc": means}))
+    if args.record:
+        with open(args.record, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+
+def summarize(path: Path) -> str:
+    """A Markdown table of the recorded runs."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [
+        "| label | phase | seed | budget | train s | " + " | ".join(NAMES) + " | mean |",
+        "|---|---|---|---|---|" + "---|" * (len(NAMES) + 1),
+    ]
+    for r in rows:
+        dscs = [r["scores"][s]["dsc"] for s in NAMES]
+        lines.append(
+            f"| {r['label']} | {r['phase']} | {r['seed']} | {r['time_budget'] or '-'} | "
+            f"{r['train_seconds']:.0f} | "
+            + " | ".join(f"{d:.3f}" for d in dscs)
+            + f" | {sum(dscs) / len(dscs):.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("run", "baseline"):
+        p = sub.add_parser(name)
+        p.add_argument("--phase", choices=("select", "test"), default="select")
+        p.add_argument("--recipe", default="fast")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        p.add_argument("--steps", type=int, default=0, help="total training steps (fixed)")
+        p.add_argument("--time-budget", default=None)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--tta", action="store_true")
+        p.add_argument("--threads", type=int, default=2)
+        p.add_argument("--label", default=name)
+        p.add_argument("--work", type=Path, default=Path("/tmp/dlas-openkbp"))
+        p.add_argument("--record", type=Path, default=None)
+    s = sub.add_parser("summarize")
+    s.add_argument("record", type=Path)
+    args = parser.parse_args()
+    if args.command == "summarize":
+        print(summarize(args.record))
+        return 0
+    started = time.perf_counter()
+    result = run_dlas(args) if args.command == "run" else run_baseline(args)
+    _record(args, result, time.perf_counter() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
