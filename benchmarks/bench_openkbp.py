@@ -46,11 +46,24 @@ NAMES = ("Mandible", "Brainstem", "SpinalCord", "Parotid_L", "Parotid_R")
 #: numpy.random.default_rng(2026).permutation(sorted patient ids): the first 15 are the test
 #: set, the last 9 of the remaining 45 the selection-validation set. Written out so that the
 #: split never depends on a library version.
-TEST = (
-    "pt_5 pt_13 pt_14 pt_28 pt_51 pt_70 pt_84 pt_86 pt_106 pt_114 pt_122 pt_141 pt_144 pt_176 "
-    "pt_190"
-).split()
-TUNEVAL = "pt_24 pt_35 pt_41 pt_74 pt_96 pt_111 pt_120 pt_180 pt_193".split()
+TEST = [
+    "pt_5",
+    "pt_13",
+    "pt_14",
+    "pt_28",
+    "pt_51",
+    "pt_70",
+    "pt_84",
+    "pt_86",
+    "pt_106",
+    "pt_114",
+    "pt_122",
+    "pt_141",
+    "pt_144",
+    "pt_176",
+    "pt_190",
+]
+TUNEVAL = ["pt_24", "pt_35", "pt_41", "pt_74", "pt_96", "pt_111", "pt_120", "pt_180", "pt_193"]
 
 
 def _split() -> dict[str, str]:
@@ -123,7 +136,7 @@ def _score(ds_root: Path, pred: Path, cohort: str, name: str) -> dict[str, Any]:
     for structure in NAMES:
         rows = table[table.structure == structure]
         per_structure[structure] = {
-            "n": int(len(rows)),
+            "n": len(rows),
             "dsc": round(float(rows.dsc.mean()), 4),
             "dsc_sd": round(float(rows.dsc.std()), 4),
             "hd95_mm": round(float(rows.hd95_mm.replace(float("inf"), float("nan")).mean()), 2),
@@ -190,14 +203,13 @@ def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
     from monai.networks.nets import BasicUNet
 
     from dlas.dataset import CaseDataset
+    from dlas.io import write_mask
     from dlas.model.checkpoint import LoadedModel, ModelInfo
-    from dlas.model.config import DpnUNetConfig
+    from dlas.model.config import DpnUNetConfig, Preprocessing
     from dlas.prediction.engine import Predictor
     from dlas.training.api import _median_spacing, _prepare, _with_canvas
     from dlas.training.config import parse_duration
     from dlas.training.data import SliceSet
-    from dlas.io import write_mask
-    from dlas.model.config import Preprocessing
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -205,14 +205,14 @@ def test_resumed_budget_run_keeps_its_recorded_plan(tmp_path: Path, synthetic: M
     dataset = synthetic.make_dataset(tmp_path / "ds", 4)
     config = {**QUICK, "steps_per_epoch": 2, "time_budget": "15s"}
 
-    class Killed(Exception):
+    class KilledError(Exception):
         pass
 
     def kill(event: TrainingEvent) -> None:
         if event.kind == "epoch" and event.fold == 2:
-            raise Killed
+            raise KilledError
 
-    with pytest.raises(Killed):
+    with pytest.raises(KilledError):
         train(dataset, tmp_path / "model", config=config, device="cpu", progress=kill)
     plan = json.loads((tmp_path / "model" / "run.json").read_text())["budget"]
     train(dataset, tmp_path / "model", config=config, device="cpu", resume=True)

@@ -3,6 +3,7 @@ normalisation, and the time-budget arithmetic."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from types import ModuleType
@@ -65,7 +66,7 @@ def test_poly_schedule_with_warmup_spans_the_run() -> None:
     rates = [learning_rate(recipe, e, s, 10, 10) for e in range(10) for s in range(10)]
     assert rates[0] == pytest.approx(1e-2 * (1 - 0 / 100) ** 0.9 / 10)
     assert np.argmax(rates) == 9  # the warm-up ends after 10 % of the steps
-    assert all(a >= b for a, b in zip(rates[9:], rates[10:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(rates))
     assert rates[-1] == pytest.approx(1e-2 * (1 / 100) ** 0.9)
     cosine = Recipe(lr_schedule="cosine", learning_rate=1.0)
     assert learning_rate(cosine, 5, 0, 10, 10) == pytest.approx(0.5)
@@ -129,7 +130,7 @@ def test_percentile_normalisation_is_fitted_inside_the_structures(
     clipped = np.clip(inside, pre.hu_min, pre.hu_max)
     assert pre.mean_hu == pytest.approx(clipped.mean(), abs=0.01)
     assert pre.std_hu == pytest.approx(clipped.std(), abs=0.01)
-    scale, air = pre.intensity_affine()
+    _scale, air = pre.intensity_affine()
     assert air == pytest.approx((pre.hu_min - pre.mean_hu) / pre.std_hu)
     assert fit_intensity(cases, Preprocessing()) == Preprocessing()
 
