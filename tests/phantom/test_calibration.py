@@ -71,6 +71,17 @@ def test_vendor_ctv_is_12_to_25_percent_larger(contoured: list[Contoured]) -> No
     assert all(1.12 <= r <= 1.25 for r in ratios), ratios
 
 
+def test_vendor_ctv_differs_in_shape_as_much_as_the_papers_vendor_model(
+    contoured: list[Contoured],
+) -> None:
+    # The seed paper's vendor model reached a CTV DSC of 0.79 against local contours, its
+    # fine-tuned model 0.88. A perfect model of each style must leave room for that gap.
+    vendor = np.mean([_dsc(c.mean["vendor"]["CTV"], c.observed["CTV"]) for c in contoured])
+    local = np.mean([_dsc(c.mean["local"]["CTV"], c.observed["CTV"]) for c in contoured])
+    assert 0.76 <= vendor <= 0.84, vendor
+    assert local - vendor >= 0.06, (local, vendor)
+
+
 def test_structure_volumes_are_plausible_at_paper_scale(contoured: list[Contoured]) -> None:
     for c in contoured:
         v = {k: float(m.sum()) * c.voxel_cm3 for k, m in c.observed.items()}

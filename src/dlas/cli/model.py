@@ -32,6 +32,8 @@ def _training_display() -> Iterator[Any]:
                 progress.update(
                     task, description="preparing cases", completed=event.step, total=event.steps
                 )
+            elif event.kind == "plan":
+                progress.console.print(event.message)
             elif event.kind == "fold":
                 resumed = f" (resuming after epoch {event.epoch})" if event.epoch else ""
                 progress.console.print(f"fold {event.fold}/{event.folds}{resumed}")
@@ -58,8 +60,11 @@ def train(
         "--out",
         help="Model folder to write (new or empty, or an interrupted run with --resume).",
     ),
-    config: Path | None = typer.Option(
-        None, "--config", help="Recipe YAML (default: the study's recipe)."
+    config: str | None = typer.Option(
+        None,
+        "--config",
+        help="Recipe: a built-in name (paper: the seed study's recipe, the default; fast: the "
+        "recipe for real work) or a recipe YAML (which may start from one with `base:`).",
     ),
     pretrained: Path | None = typer.Option(
         None, "--from", help="Pretrained model folder to fine-tune."
@@ -71,6 +76,12 @@ def train(
         help="Cross-validation folds (1: train on all cases, no validation).",
     ),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs per fold."),
+    time_budget: str | None = typer.Option(
+        None,
+        "--time-budget",
+        help="Finish the whole run within this time (e.g. 15m, 1h30m, 900): the first steps "
+        "are timed and the epochs sized to fit; the choice is logged and recorded.",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
     ensemble: bool = typer.Option(
@@ -93,6 +104,7 @@ def train(
             pretrained=pretrained,
             folds=folds,
             epochs=epochs,
+            time_budget=time_budget,
             device=device,
             resume=resume,
             cohorts=cohort or None,

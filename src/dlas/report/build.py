@@ -14,6 +14,7 @@ interrupted run leaves no half-written report and keeps an older complete one)::
       figures/distributions_<S>.*     metric distributions with p-values (Fig. 5), per structure
       figures/bland_altman_<S>.*      volume agreement, per structure
       figures/dsc_heatmap.*           DSC of every case and structure
+      figures/learning_curves_<M>.*   training curves of each model trained in the study
       viewer/<cohort>.html            contour viewer, one page per cohort
 """
 
@@ -38,6 +39,7 @@ from dlas.report.metric_info import METRICS, metric_info
 from dlas.report.palette import GROUND_TRUTH, get_palette
 from dlas.report.summary import summarize
 from dlas.report.viewer import IMAGE_FORMATS, render_viewer
+from dlas.training.curves import learning_curves_figure
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -592,6 +594,21 @@ def build_report(
             "model; grey: undefined (both masks empty).",
         )
         tick("DSC heat map")
+        for model, run_dir in inputs.training_runs.items():
+            add_figure(
+                f"learning_curves_{_safe_name(model)}",
+                learning_curves_figure(
+                    json.loads((run_dir / "cv.json").read_text(encoding="utf-8"))
+                ),
+                f"{model} learning curves",
+                f"{model}: learning curves",
+                f"Training of {model}, a panel per cross-validation fold: training loss "
+                "(cross-entropy part, solid) and validation loss (dashed) per epoch on the left "
+                "axis (log scale); validation DSC of each structure on the model grid (thin) and "
+                "their mean (thick) on the right axis; dotted line: the epoch the fold kept.",
+            )
+        if inputs.training_runs:
+            tick("learning curves")
 
         # ------------------------------------------------------------ viewer
         viewer_entries = []

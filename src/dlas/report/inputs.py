@@ -142,6 +142,9 @@ class ReportInputs:
     sources
         Input file (its name, with its folder for the comparison) → sha256, recorded in the
         report's provenance.
+    training_runs
+        Model name → the folder of the ``dlas train`` run that made it (with ``cv.json``), for
+        the learning curves; empty when unknown.
     """
 
     metrics: pd.DataFrame
@@ -154,6 +157,7 @@ class ReportInputs:
     config: dict[str, Any] | None = None
     sources: dict[str, str] = field(default_factory=dict)
     comparison_dir: Path | None = None
+    training_runs: dict[str, Path] = field(default_factory=dict)
 
     @property
     def model_names(self) -> list[str]:
@@ -522,6 +526,11 @@ def load_study(study_dir: str | Path) -> ReportInputs:
         config={"path": "study.yaml", "sha256": _sha256_file(config_path)},
     )
     inputs.sources[config_path.name] = _sha256_file(config_path)
+    inputs.training_runs = {
+        name: root / "models" / name
+        for name in dict.fromkeys(metrics["model"])
+        if (root / "models" / name / "cv.json").is_file()
+    }
     return inputs
 
 

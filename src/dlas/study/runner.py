@@ -397,6 +397,8 @@ def _train_progress(study: _Study) -> Callable[[Any], None]:
             study.report_progress(done, note)
         elif event.kind == "prepare" and event.steps:
             study.report_progress(0.0, f"preparing case {event.step}/{event.steps}")
+        elif event.kind == "plan":
+            log.info("%s: %s", study._step, event.message)
 
     return update
 
@@ -449,9 +451,9 @@ def _step_finetune(study: _Study) -> dict[str, Any]:
 
 
 def _recipe(overrides: dict[str, Any]) -> Any:
-    from dlas.training.config import Recipe
+    from dlas.training.config import load_recipe
 
-    return Recipe.model_validate({"schema_version": 1, **overrides}) if overrides else None
+    return load_recipe({"schema_version": 1, **overrides}) if overrides else None
 
 
 def _step_predict(study: _Study) -> dict[str, Any]:

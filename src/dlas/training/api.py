@@ -7,6 +7,7 @@ A run writes into one folder::
                               split and pretrained model, with their hashes (checked on --resume)
       folds/fold-K/           per-fold training state (see dlas.training.state)
       cv.json, cv.csv         per-fold, per-epoch curves and the selection
+      learning-curves.png     training / validation loss and validation Dice, a panel per fold
       model.json + weights    the output model (the selected fold, or the fold ensemble)
 
 Fine-tuning (``pretrained=``) starts every fold from the pretrained weights. The architecture and
@@ -45,6 +46,7 @@ from dlas.model.config import DpnUNetConfig, Preprocessing, config_sha256
 from dlas.model.runtime import lr_swap_table, resolve_device
 from dlas.training.budget import BudgetPlan, measure_step, plan_budget
 from dlas.training.config import Recipe, TrainingConfigError, load_recipe
+from dlas.training.curves import write_learning_curves
 from dlas.training.cv import Fold, make_folds, split_sha256
 from dlas.training.data import (
     PreparedCase,
@@ -564,6 +566,7 @@ def train(
                 states[setup.index] = state
         plan = _budget_plan(out_dir, recipe, net0, setups, states, started, dev, dist)
         if plan is not None:
+            emit(TrainingEvent("plan", message=plan.describe()))
             for setup in setups:
                 setup.epochs, setup.steps_per_epoch = plan.epochs, plan.steps_per_epoch
         for setup in setups:
@@ -781,6 +784,7 @@ def _finish(
             },
         )
         _cv_outputs(out, states, dataset.structure_set.names)
+        write_learning_curves(out, title=f"{name}: learning curves")
     dist.barrier()
     if not dist.is_main:
         model_sha = read_model_info(out).model_sha256

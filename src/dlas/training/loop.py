@@ -78,11 +78,12 @@ class TrainingError(DlasError):
 class TrainingEvent:
     """Progress of a training run, passed to the caller's callback (rank 0 only).
 
-    ``kind``: ``prepare`` (cases being preprocessed: ``step``/``steps``), ``fold``, ``step``
-    (within an epoch), ``epoch`` (an epoch finished, with its losses) or ``done``.
+    ``kind``: ``prepare`` (cases being preprocessed: ``step``/``steps``), ``plan`` (the run was
+    sized to its time budget: ``message`` says how), ``fold``, ``step`` (within an epoch),
+    ``epoch`` (an epoch finished, with its losses) or ``done``.
     """
 
-    kind: Literal["prepare", "fold", "step", "epoch", "done"]
+    kind: Literal["prepare", "plan", "fold", "step", "epoch", "done"]
     fold: int = 0
     folds: int = 0
     epoch: int = 0
