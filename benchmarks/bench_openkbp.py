@@ -20,6 +20,11 @@ Usage::
     python benchmarks/bench_openkbp.py baseline --phase test --time-budget 10m \
         --record benchmarks/results/openkbp.jsonl
     python benchmarks/bench_openkbp.py summarize benchmarks/results/openkbp.jsonl
+    # quality against time: every method at every budget, then the figure and table
+    python benchmarks/bench_openkbp.py curve --budgets 2.5m,5m,10m,20m \
+        --methods fast,paper,baseline --record benchmarks/results/openkbp-curve.jsonl
+    python benchmarks/bench_openkbp.py figure benchmarks/results/openkbp-curve.jsonl \
+        --out benchmarks/results/openkbp-curve.png
 
 ``--set key=value`` overrides recipe fields (YAML values; dotted keys for sections, e.g.
 ``--set augmentation.gamma=0``). Every run appends one JSON line (recipe, budget, machine, times,
@@ -325,6 +330,80 @@ def summarize(path: Path) -> str:
     return "\n".join(lines)
 
 
+def curve(args: argparse.Namespace) -> None:
+    """Every method at every budget, each run in a fresh process, appended to ``--record``."""
+    import subprocess
+
+    for budget in args.budgets.split(","):
+        for method in args.methods.split(","):
+            command = [
+                sys.executable,
+                __file__,
+                "baseline" if method == "baseline" else "run",
+                "--phase",
+                args.phase,
+                "--time-budget",
+                budget,
+                "--seed",
+                str(args.seed),
+                "--label",
+                f"{method}-{budget}",
+                "--work",
+                str(args.work),
+                "--record",
+                str(args.record),
+            ]
+            if method != "baseline":
+                command += ["--recipe", method]
+            print(" ".join(command), flush=True)
+            subprocess.run(command, check=True)
+
+
+def figure(path: Path, out: Path) -> str:
+    """Quality against training time per method (figure and Markdown table) from a record."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dlas.training.config import parse_duration
+
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    by_method: dict[str, list[tuple[float, float, dict[str, float]]]] = {}
+    for r in rows:
+        if not r.get("time_budget"):
+            continue
+        method = r["label"].rsplit("-", 1)[0]
+        minutes = parse_duration(r["time_budget"]) / 60
+        dscs = {s: r["scores"][s]["dsc"] for s in NAMES}
+        by_method.setdefault(method, []).append((minutes, sum(dscs.values()) / len(NAMES), dscs))
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
+    for method, points in sorted(by_method.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+    ax.set_xscale("log")
+    ticks = sorted({p[0] for pts in by_method.values() for p in pts})
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.set_xlabel("training budget (minutes, 2-core CPU, preparation included)")
+    ax.set_ylabel("mean test DSC (5 OARs)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(out, dpi=120)
+    lines = [
+        "| method | budget (min) | " + " | ".join(NAMES) + " | mean |",
+        "|---|---|" + "---|" * (len(NAMES) + 1),
+    ]
+    for method, points in sorted(by_method.items()):
+        for minutes, mean, dscs in sorted(points):
+            lines.append(
+                f"| {method} | {minutes:g} | "
+                + " | ".join(f"{dscs[s]:.3f}" for s in NAMES)
+                + f" | {mean:.3f} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -343,9 +422,25 @@ def main() -> int:
         p.add_argument("--record", type=Path, default=None)
     s = sub.add_parser("summarize")
     s.add_argument("record", type=Path)
+    c = sub.add_parser("curve")
+    c.add_argument("--budgets", default="2.5m,5m,10m,20m")
+    c.add_argument("--methods", default="fast,paper,baseline")
+    c.add_argument("--phase", choices=("select", "test"), default="test")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--work", type=Path, default=Path("/tmp/dlas-openkbp"))
+    c.add_argument("--record", type=Path, required=True)
+    f = sub.add_parser("figure")
+    f.add_argument("record", type=Path)
+    f.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if args.command == "summarize":
         print(summarize(args.record))
+        return 0
+    if args.command == "curve":
+        curve(args)
+        return 0
+    if args.command == "figure":
+        print(figure(args.record, args.out))
         return 0
     started = time.perf_counter()
     result = run_dlas(args) if args.command == "run" else run_baseline(args)

@@ -2,23 +2,28 @@
 
 Without ``--config`` it runs the README's demo study (``dlas study``, the embedded synthetic
 replica: vendor model pretrained on the vendor cohort, fine-tuned with 5-fold CV on the local
-training cohort, both evaluated on ExVal and GenEva) and checks what issue 7 asks the demo to
-show:
+training cohort, both evaluated on ExVal and GenEva) and checks what issue 10 asks the demo to
+show, on both ExVal and GenEva:
 
-* the fine-tuned model's CTV DSC beats the vendor model's on ExVal and on GenEva, and the
-  Wilcoxon signed-rank test finds the difference significant (p < 0.05);
-* the vendor model over-contours the CTV (mean relative volume error at least +10 %), the
+* CTV DSC gain LFT - VPM of at least 0.05, significant (Wilcoxon p < 0.05);
+* the vendor model over-contours the CTV (mean relative volume error at least +15 %), the
   fine-tuned model does not (within ±5 %);
-* bladder and femoral-head DSC of the two models within a few hundredths (0.06);
-* GenEva not clearly worse than ExVal for either model (mean CTV DSC within 0.03).
+* bladder and femoral heads DSC >= 0.90 for both models, no significant loss > 0.02 after
+  fine-tuning; small bowel DSC >= 0.75;
+* the whole study within 10 minutes.
+
+``--seed N`` runs the demo with recipe seed N for pretraining and fine-tuning (the replica stays
+the same), recorded as ``demo-study-seedN``; ``--spread`` tabulates every recorded seed into
+``demo-study-seeds.md`` (the spread that a claim in the README must survive).
 
 With ``--config FILE`` it runs that study (e.g. ``examples/openkbp-hn/study.yaml``) and records
 its tables without checks.
 
 Usage::
 
-    python benchmarks/bench_study.py [--config FILE] [--out DIR] [--write]
+    python benchmarks/bench_study.py [--config FILE] [--seed N] [--out DIR] [--write]
     python benchmarks/bench_study.py [--config FILE] --out DIR --write --summarize-only
+    python benchmarks/bench_study.py --spread
 
 ``--write`` records ``benchmarks/results/<name>.{md,json}`` (``demo-study``, or
 ``<config's name>-study``). ``--summarize-only`` reads an existing study folder again and keeps
@@ -74,7 +79,8 @@ def _summary(root: Path) -> dict[str, Any]:
     return {"models": [a, b], "name": config["name"], "rows": rows}
 
 
-def _demo_checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
+def _demo_checks(summary: dict[str, Any], wall_seconds: float | None) -> list[dict[str, Any]]:
+    """The targets of issue 10 for the demo study (the seed paper's pattern, clearly)."""
     rows = {(r["structure"], r["cohort"]): r for r in summary["rows"]}
     checks: list[dict[str, Any]] = []
 
@@ -85,27 +91,29 @@ def _demo_checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
         ctv = rows[("CTV", cohort)]
         before, after, p = ctv["dsc|VPM"], ctv["dsc|LFT"], ctv["dsc_p_value"]
         check(
-            f"CTV DSC LFT > VPM, Wilcoxon p < 0.05 ({cohort})",
-            after > before and p is not None and p < 0.05,
-            f"{before:.3f} -> {after:.3f}, p = {p:.4f}",
+            f"CTV DSC gain LFT - VPM >= 0.05, Wilcoxon p < 0.05 ({cohort})",
+            after - before >= 0.05 and p is not None and p < 0.05,
+            f"{before:.3f} -> {after:.3f} ({after - before:+.3f}), p = {p:.4f}",
         )
         vpm, lft = ctv["volume_error_pct|VPM"], ctv["volume_error_pct|LFT"]
-        check(f"VPM over-contours the CTV ({cohort})", vpm >= 10.0, f"{vpm:+.1f} %")
+        check(f"VPM CTV volume error >= +15 % ({cohort})", vpm >= 15.0, f"{vpm:+.1f} %")
         check(f"LFT CTV volume within ±5 % ({cohort})", abs(lft) <= 5.0, f"{lft:+.1f} %")
         for structure in ("Bladder", "FemoralHead_L", "FemoralHead_R"):
             r = rows[(structure, cohort)]
+            v, f, p = r["dsc|VPM"], r["dsc|LFT"], r["dsc_p_value"]
             check(
-                f"{structure} DSC of both models within 0.06 ({cohort})",
-                abs(r["dsc|VPM"] - r["dsc|LFT"]) <= 0.06,
-                f"VPM {r['dsc|VPM']:.3f}, LFT {r['dsc|LFT']:.3f}",
+                f"{structure} DSC >= 0.90 for both, no significant loss > 0.02 ({cohort})",
+                min(v, f) >= 0.90 and not (f - v < -0.02 and p is not None and p < 0.05),
+                f"VPM {v:.3f}, LFT {f:.3f}, p = {p:.4f}",
             )
-    for model in ("VPM", "LFT"):
-        ex, ge = rows[("CTV", "ExVal")][f"dsc|{model}"], rows[("CTV", "GenEva")][f"dsc|{model}"]
+        bowel = rows[("SmallBowel", cohort)]
         check(
-            f"{model}: GenEva not clearly worse than ExVal (CTV DSC)",
-            ge >= ex - 0.03,
-            f"ExVal {ex:.3f}, GenEva {ge:.3f}",
+            f"SmallBowel DSC >= 0.75 for both ({cohort})",
+            min(bowel["dsc|VPM"], bowel["dsc|LFT"]) >= 0.75,
+            f"VPM {bowel['dsc|VPM']:.3f}, LFT {bowel['dsc|LFT']:.3f}",
         )
+    if wall_seconds is not None:
+        check("whole study within 10 minutes", wall_seconds <= 600, f"{wall_seconds / 60:.1f} min")
     return checks
 
 
@@ -134,7 +142,7 @@ def _markdown(result: dict[str, Any]) -> str:
     ]
     if result.get("checks"):
         lines += [
-            "| check (issue 7) | passed | value |",
+            "| check (issue 10) | passed | value |",
             "|---|---|---|",
             *[
                 f"| {c['check']} | {'yes' if c['passed'] else 'NO'} | {c['value']} |"
@@ -166,6 +174,79 @@ def _markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _seeded_demo(seed: int, folder: Path) -> Path:
+    """The demo preset as a YAML with recipe seed ``seed`` for both trainings."""
+    import yaml
+
+    from dlas.study.config import PRESETS
+
+    data = json.loads(json.dumps(PRESETS["demo"]))
+    data["name"] = f"demo-replica-seed{seed}"
+    for step in ("pretrain", "finetune"):
+        data[step] = {**data.get(step, {}), "seed": seed}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"demo-seed{seed}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _spread() -> str:
+    """CTV results and checks of every recorded demo seed, with mean and SD."""
+    import statistics
+
+    records = sorted(RESULTS.glob("demo-study*.json"))
+    rows = []
+    for path in records:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        summary = {(r["structure"], r["cohort"]): r for r in result["summary"]["rows"]}
+        seed = 0 if path.stem == "demo-study" else int(path.stem.rsplit("seed", 1)[1])
+        row: dict[str, Any] = {"seed": seed, "minutes": result["wall_seconds"] / 60}
+        for cohort in ("ExVal", "GenEva"):
+            ctv = summary[("CTV", cohort)]
+            row[f"{cohort} gain"] = ctv["dsc|LFT"] - ctv["dsc|VPM"]
+            row[f"{cohort} p"] = ctv["dsc_p_value"]
+            row[f"{cohort} VPM vol"] = ctv["volume_error_pct|VPM"]
+            row[f"{cohort} LFT vol"] = ctv["volume_error_pct|LFT"]
+        failed = [c["check"] for c in result["checks"] if not c["passed"]]
+        row["checks"] = f"{len(result['checks']) - len(failed)}/{len(result['checks'])}"
+        row["failed"] = "; ".join(failed) or "-"
+        rows.append(row)
+    keys = [k for k in rows[0] if k not in ("seed", "checks", "failed")] if rows else []
+    lines = [
+        "# Demo study over recipe seeds",
+        "",
+        "`python benchmarks/bench_study.py --seed N --write` per seed (seed 0 is the README's "
+        "`dlas study`); this table: `python benchmarks/bench_study.py --spread`. CTV DSC gain "
+        "LFT - VPM, its Wilcoxon p, and the CTV volume errors (%) per cohort.",
+        "",
+        "| seed | " + " | ".join(keys) + " | checks passed | failed |",
+        "|---|" + "---|" * (len(keys) + 2),
+    ]
+    for row in sorted(rows, key=lambda r: r["seed"]):
+        lines.append(
+            f"| {row['seed']} | "
+            + " | ".join(
+                f"{row[k]:.4f}"
+                if " p" in k
+                else f"{row[k]:+.3f}"
+                if "gain" in k
+                else f"{row[k]:.1f}"
+                for k in keys
+            )
+            + f" | {row['checks']} | {row['failed']} |"
+        )
+    if len(rows) > 1:
+        lines.append(
+            "| mean ± SD | "
+            + " | ".join(
+                f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+                for values in ([r[k] for r in rows] for k in keys)
+            )
+            + " | | |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=None, help="study YAML (default: demo)")
@@ -174,11 +255,22 @@ def main() -> int:
     parser.add_argument(
         "--summarize-only", action="store_true", help="summarise an existing --out folder again"
     )
+    parser.add_argument("--seed", type=int, default=0, help="demo: recipe seed (default 0)")
+    parser.add_argument("--spread", action="store_true", help="tabulate the recorded seeds")
     args = parser.parse_args()
+    if args.spread:
+        text = _spread()
+        print(text)
+        (RESULTS / "demo-study-seeds.md").write_text(text, encoding="utf-8")
+        return 0
     out = args.out or Path(tempfile.mkdtemp(prefix="dlas-study-")) / "study"
     config = str(args.config) if args.config else None
     stem = "demo" if config is None else Path(config).parent.name or Path(config).stem
     record = RESULTS / f"{stem}-study.json"
+    seed_config = None
+    if config is None and args.seed:
+        seed_config = _seeded_demo(args.seed, out.parent)
+        record = RESULTS / f"demo-study-seed{args.seed}.json"
     if args.summarize_only:
         result = json.loads(record.read_text(encoding="utf-8"))
         result.setdefault("config", config)
@@ -192,7 +284,8 @@ def main() -> int:
         load_before = os.getloadavg()
         start = time.perf_counter()
         command = [sys.executable, "-m", "dlas", "--quiet", "study", "--out", str(out)]
-        subprocess.run(command + ([config] if config else []), check=True)
+        given = config or (str(seed_config) if seed_config else None)
+        subprocess.run(command + ([given] if given else []), check=True)
         import torch
 
         result = {
@@ -214,7 +307,9 @@ def main() -> int:
         p.stem: json.loads(p.read_text())["seconds"] for p in sorted((out / ".steps").glob("*"))
     }
     result["summary"] = _summary(out)
-    result["checks"] = _demo_checks(result["summary"]) if config is None else []
+    result["checks"] = (
+        _demo_checks(result["summary"], result.get("wall_seconds")) if config is None else []
+    )
     print(_markdown(result))
     if args.write:
         RESULTS.mkdir(exist_ok=True)
