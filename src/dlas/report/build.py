@@ -603,7 +603,7 @@ def build_report(
                 f"{model} learning curves",
                 f"{model}: learning curves",
                 f"Training of {model}, a panel per cross-validation fold: training loss "
-                "(cross-entropy part, solid) and validation loss (dashed) per epoch on the left "
+                "(solid) and validation loss (dashed) per epoch on the left "
                 "axis (log scale); validation DSC of each structure on the model grid (thin) and "
                 "their mean (thick) on the right axis; dotted line: the epoch the fold kept.",
             )

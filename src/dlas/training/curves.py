@@ -1,6 +1,6 @@
 """Learning curves of a training run: one panel per fold, from ``cv.json``.
 
-Each panel shows the training loss (the cross-entropy part) and the validation loss per epoch
+Each panel shows the training loss (the loss optimised) and the validation loss per epoch
 on the left axis, and the validation Dice of each structure (thin lines) and their mean (thick)
 on the right axis; a dashed line marks the epoch the fold kept. ``dlas train`` writes the figure
 as ``learning-curves.png`` next to the model; the report shows it for each model of a study.

@@ -346,9 +346,9 @@ class _Step:
         generator: torch.Generator,
         lr: float,
         frozen: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One optimiser step on the global batch ``chosen`` (``(item, focus)`` pairs); returns
-        this process's CE sum and normaliser (detached)."""
+        this process's CE sum and normaliser and its Dice loss (detached)."""
         import torch
 
         recipe, dist = self.recipe, self.dist
@@ -394,7 +394,7 @@ class _Step:
                 if id(p) in self.encoder:
                     p.grad = None
         self.optimizer.step()
-        return terms.ce_sum.detach(), terms.ce_norm.detach()
+        return terms.ce_sum.detach(), terms.ce_norm.detach(), terms.dice.detach()
 
 
 def prepare_step(
@@ -517,14 +517,15 @@ def train_fold(
                     found=f"{len(order)} slice(s)",
                     fix="lower batch_size, raise empty_slice_fraction, or add cases",
                 )
-            num = torch.zeros(2, dtype=torch.float64, device=device)
+            num = torch.zeros(3, dtype=torch.float64, device=device)
             lr = recipe.learning_rate
             for i in range(steps):
                 lr = learning_rate(recipe, epoch, i, per_epoch, setup.epochs)
                 chosen = order[i * recipe.batch_size : (i + 1) * recipe.batch_size]
-                ce_sum, ce_norm = step.run(chosen, generator, lr, frozen)
+                ce_sum, ce_norm, dice = step.run(chosen, generator, lr, frozen)
                 num[0] += ce_sum.double()
                 num[1] += ce_norm.double()
+                num[2] += dice.double()
                 emit(
                     TrainingEvent(
                         "step",
@@ -539,7 +540,11 @@ def train_fold(
                 )
             num = num.cpu()
             dist.all_reduce_sum(num)
-            train_loss = float(num[0] / num[1].clamp_min(1e-12))
+            # The loss optimised: cross-entropy over the epoch's pixels plus the mean batch Dice
+            # loss (0 without a Dice term), on the scale of the validation loss.
+            train_loss = float(num[0] / num[1].clamp_min(1e-12)) + float(
+                num[2] / (steps * dist.world_size)
+            )
             if not math.isfinite(train_loss):
                 raise TrainingError(
                     "training diverged",
@@ -584,8 +589,8 @@ def _epoch_entry(
 ) -> dict[str, Any]:
     """The epoch's history entry, with the validation results when the fold has validation.
 
-    ``train_loss`` is the cross-entropy part of the training loss (the Dice part is computed
-    per batch and not comparable between batches of different content).
+    ``train_loss`` is the loss optimised over the epoch: the cross-entropy over all its pixels
+    plus, for ``dice_ce``, the mean of the batches' Dice losses.
     """
     entry: dict[str, Any] = {
         "epoch": epoch + 1,
