@@ -369,13 +369,19 @@ def figure(path: Path, out: Path) -> str:
     from dlas.training.config import parse_duration
 
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    by_method: dict[str, list[tuple[float, float, dict[str, float]]]] = {}
+    # Runs of one method and budget (several seeds) are averaged.
+    runs: dict[tuple[str, float], list[dict[str, float]]] = {}
     for r in rows:
         if not r.get("time_budget"):
             continue
         method = r["label"].rsplit("-", 1)[0]
         minutes = parse_duration(r["time_budget"]) / 60
-        dscs = {s: r["scores"][s]["dsc"] for s in NAMES}
+        runs.setdefault((method, minutes), []).append({s: r["scores"][s]["dsc"] for s in NAMES})
+    by_method: dict[str, list[tuple[float, float, dict[str, float]]]] = {}
+    seeds: dict[tuple[str, float], int] = {}
+    for (method, minutes), scores in runs.items():
+        dscs = {s: sum(d[s] for d in scores) / len(scores) for s in NAMES}
+        seeds[(method, minutes)] = len(scores)
         by_method.setdefault(method, []).append((minutes, sum(dscs.values()) / len(NAMES), dscs))
     fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
     for method, points in sorted(by_method.items()):
@@ -391,13 +397,13 @@ def figure(path: Path, out: Path) -> str:
     ax.legend()
     fig.savefig(out, dpi=120)
     lines = [
-        "| method | budget (min) | " + " | ".join(NAMES) + " | mean |",
-        "|---|---|" + "---|" * (len(NAMES) + 1),
+        "| method | budget (min) | runs | " + " | ".join(NAMES) + " | mean |",
+        "|---|---|---|" + "---|" * (len(NAMES) + 1),
     ]
     for method, points in sorted(by_method.items()):
         for minutes, mean, dscs in sorted(points):
             lines.append(
-                f"| {method} | {minutes:g} | "
+                f"| {method} | {minutes:g} | {seeds[(method, minutes)]} | "
                 + " | ".join(f"{dscs[s]:.3f}" for s in NAMES)
                 + f" | {mean:.3f} |"
             )

@@ -131,6 +131,20 @@ def test_patch_training_predicts_by_tiles(tmp_path: Path, synthetic: ModuleType)
     assert all(mask.same_grid(case.ct) for mask in masks.values())
 
 
+def test_patch_width_in_millimetres_becomes_pixels_of_the_model_grid(
+    tmp_path: Path, synthetic: ModuleType
+) -> None:
+    dataset = synthetic.make_dataset(tmp_path / "ds", 2)
+    config = {**QUICK, "folds": 1, "epochs": 1, "steps_per_epoch": 2, "patch_mm": 37.0}
+    train(dataset, tmp_path / "model", config=config, device="cpu")
+    info = read_model_info(tmp_path / "model")
+    # 37 mm at 2 mm pixels: 18.5 pixels, rounded to the tiny network's multiple of 4.
+    assert info.preprocessing.patch == (20, 20)
+    wide = {**config, "patch_mm": 400.0}
+    train(dataset, tmp_path / "wide", config=wide, device="cpu")
+    assert read_model_info(tmp_path / "wide").preprocessing.patch is None  # whole slices
+
+
 def test_patch_that_does_not_fit_the_network_is_refused(
     tmp_path: Path, synthetic: ModuleType
 ) -> None:
@@ -171,6 +185,9 @@ def test_fine_tuning_keeps_the_fitted_normalisation_of_the_pretrained_model(
         pretrained.hu_min,
         pretrained.hu_max,
     )
+    # The fast base's five input slices are the pretrained model's, kept by a paper fine-tune.
+    assert read_model_info(tmp_path / "vpm").architecture.in_slices == 5
+    assert read_model_info(tmp_path / "lft").architecture.in_slices == 5
 
 
 def test_time_budget_sizes_the_run_and_records_the_plan(
@@ -196,7 +213,11 @@ def test_time_budget_sizes_the_run_and_records_the_plan(
     assert schedule["epochs"] == plan["epochs"] >= 1
     assert schedule["time_budget"] == plan
     epochs = [e for e in events if e.kind == "epoch"]
-    assert len(epochs) == 2 * plan["epochs"]
+    assert len(epochs) == sum(schedule["epochs_trained"])
+    assert all(n >= 1 for n in schedule["epochs_trained"])
+    # The last epoch event of each fold reports the fold's final count.
+    for fold, trained in zip((1, 2), schedule["epochs_trained"], strict=True):
+        assert [e.epochs for e in epochs if e.fold == fold][-1] == trained
     # Generous: the point is that the run is sized to the budget, not a timing benchmark.
     assert elapsed < 2 * 20.0
 

@@ -185,7 +185,7 @@ def _resolve_model(
         }
         pre = pretrained.preprocessing.model_copy(update=explicit)
     else:
-        architecture = recipe.model.resolve(num_classes, device.type)
+        architecture = recipe.new_model_architecture().resolve(num_classes, device.type)
         pre = recipe.new_model_preprocessing()
     if pre.spacing_mm is None:
         pre = pre.model_copy(update={"spacing_mm": _median_spacing(dataset, case_ids)})
@@ -367,6 +367,22 @@ def _with_canvas(pre: Preprocessing, prepared: dict[str, PreparedCase]) -> Prepr
     return pre.model_copy(update={"canvas": (int(shape[0]), int(shape[1]))})
 
 
+def _resolve_patch(
+    pre: Preprocessing, recipe: Recipe, size_multiple: int, *, from_scratch: bool
+) -> Preprocessing:
+    """The patch of a model trained from scratch with ``patch_mm`` (unless the recipe gives it
+    in pixels): that width on the model grid, rounded to the nearest multiple of the size
+    multiple (at least one), at most the canvas; whole slices when it covers the canvas."""
+    if not from_scratch or recipe.patch_mm is None or pre.patch is not None:
+        return pre
+    assert pre.spacing_mm is not None and pre.canvas is not None
+    side = max(1, round(recipe.patch_mm / pre.spacing_mm / size_multiple)) * size_multiple
+    patch = (min(side, pre.canvas[0]), min(side, pre.canvas[1]))
+    if patch == tuple(pre.canvas):
+        return pre
+    return pre.model_copy(update={"patch": patch})
+
+
 def _canvas_for_patch(pre: Preprocessing, size_multiple: int) -> Preprocessing:
     """At least the patch size as canvas, so that every slice holds a whole tile."""
     if pre.patch is None:
@@ -532,7 +548,12 @@ def train(
         prepared = _prepare(
             ds, case_ids, architecture, _canvas_for_patch(pre, architecture.size_multiple), emit
         )
-        pre = _with_canvas(pre, prepared)
+        pre = _resolve_patch(
+            _with_canvas(pre, prepared),
+            recipe,
+            architecture.size_multiple,
+            from_scratch=pre_info is None,
+        )
         swap = lr_swap_table(ds.structure_set)
         if swap is None and recipe.augmentation.flip_lr:
             log.warning("left-right flips disabled: a sided structure has no counterpart")
@@ -569,9 +590,14 @@ def train(
             emit(TrainingEvent("plan", message=plan.describe()))
             for setup in setups:
                 setup.epochs, setup.steps_per_epoch = plan.epochs, plan.steps_per_epoch
+        end = started + recipe.time_budget - plan.reserve_s if plan and recipe.time_budget else None
         for setup in setups:
             if setup.index in states:
                 continue
+            if end is not None and not resume:
+                # What is left of the budget, shared by the folds still to train.
+                left = sum(1 for s in setups if s.index not in states)
+                setup.deadline = time.perf_counter() + (end - time.perf_counter()) / left
             states[setup.index] = train_fold(
                 _copy_network(net0),
                 setup,
@@ -722,6 +748,7 @@ def _finish(
     seconds = round(time.perf_counter() - started, 1)
     schedule: dict[str, Any] = {
         "epochs": plan.epochs if plan else recipe.epochs,
+        "epochs_trained": [len(s.history) for s in states],
         "steps_per_epoch": plan.steps_per_epoch if plan else recipe.steps_per_epoch,
         "time_budget": plan.to_data() if plan else None,
         "seconds": seconds,

@@ -9,8 +9,12 @@ timed (on a copy, so the run itself is unaffected), and one validation batch; th
 
 ``steps_per_epoch`` is the recipe's (or one pass over the slices); it is raised where needed so
 that validation takes at most a tenth of an epoch, and lowered (with one epoch) when the budget
-cannot buy a whole epoch. The learning-rate schedule then spans exactly the chosen steps. The
-plan is logged and recorded in ``run.json`` and ``model.json``; a resumed run keeps it.
+cannot buy a whole epoch. The learning-rate schedule then spans the chosen steps. A shared
+machine does not keep the speed it had during those first steps, so each fold also gets a
+deadline, and after every epoch the fold's remaining epochs are re-fitted to the time left
+(:func:`dlas.training.loop.train_fold`). The plan is logged and recorded in ``run.json`` and
+``model.json``, and every epoch records the epochs then planned; a resumed run keeps the plan
+and the last re-fitted count, without a deadline (the time before the interruption is lost).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class BudgetPlan:
     epochs: int
     steps_per_epoch: int
     expected_s: float
+    reserve_s: float = RESERVE_S
 
     def to_data(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -65,7 +70,7 @@ class BudgetPlan:
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> BudgetPlan:
         """The plan recorded in ``run.json``."""
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
     def describe(self) -> str:
         """One line for the log."""
@@ -84,10 +89,11 @@ def measure_step(
     *,
     device: torch.device,
     dist: DistContext,
-    steps: int = 6,
-    warmup: int = 2,
+    steps: int = 12,
+    warmup: int = 3,
 ) -> tuple[float, float]:
-    """Seconds per training step and per validation batch, timed on a copy of ``net``.
+    """Seconds per training step (the mean of ``steps`` after ``warmup``) and per validation
+    batch, timed on a copy of ``net``.
 
     The validation batch is ``max(batch_size, 8)`` slices through the network in eval mode.
     """
@@ -126,8 +132,7 @@ def measure_step(
         slice_logits(probe, x, setup.patch)
         _synchronise(device)
         val_s = time.perf_counter() - started
-    timings.sort()
-    return timings[len(timings) // 2], val_s
+    return sum(timings) / len(timings), val_s
 
 
 def _synchronise(device: torch.device) -> None:
@@ -191,4 +196,5 @@ def plan_budget(
         epochs=epochs,
         steps_per_epoch=per_epoch,
         expected_s=spent_s + folds * epochs * epoch_s,
+        reserve_s=reserve,
     )

@@ -7,11 +7,18 @@ the lowest validation loss is the output.
 
 ``base: fast`` is the recipe for real work on a limited budget, built from what the field knows
 works (nnU-Net, Isensee et al. 2021): Dice + cross-entropy loss, class-balanced foreground
-oversampling of slices, AdamW with a linear warm-up and a polynomial decay over the whole run,
-CT intensities standardised with percentiles fitted to the training data, rotation, scaling,
-gamma and intensity augmentation, selection by validation Dice. How its values were chosen (on
+oversampling, training on crops of about 25 cm with sliding-window prediction, five adjacent
+slices as input, AdamW with a linear warm-up and a polynomial decay over the whole run, CT
+intensities standardised with percentiles fitted to the training data, rotation, scaling, gamma
+and intensity augmentation, selection by validation Dice. How its values were chosen (on
 training data and cross-validation only) is recorded in ``benchmarks/results/recipe-selection.md``.
-A base fills every field the recipe does not set; ``augmentation`` is merged key by key.
+A base fills every field the recipe does not set; ``augmentation`` is merged key by key. The
+base's ``preprocessing`` and ``model`` values apply to models trained from scratch only: a
+fine-tuned model keeps its pretrained model's, unless the recipe sets them explicitly.
+
+``patch_mm``: the training crop (and prediction tile) side in millimetres, resolved to pixels of
+the model grid (rounded to the network's size multiple, at most the whole canvas) and stored
+as ``preprocessing.patch`` with the model; ``preprocessing: {patch: [h, w]}`` sets it in pixels.
 
 A recipe is YAML (or JSON) data, never code::
 
@@ -21,6 +28,7 @@ A recipe is YAML (or JSON) data, never code::
     epochs: 60
     steps_per_epoch: null         # null: one pass over the training slices; N: N batches
     time_budget: null             # e.g. 15m, 1h30m, 900: epochs sized to finish in this time
+    patch_mm: null                # train on crops about this wide (mm), predict by tiles
     batch_size: 4
     optimizer: adam               # adam | adamw (decoupled weight decay)
     learning_rate: 1.0e-4
@@ -155,6 +163,7 @@ BASES: dict[str, dict[str, Any]] = {
     "fast": {
         "epochs": 40,
         "steps_per_epoch": 50,
+        "patch_mm": 256.0,
         "batch_size": 8,
         "optimizer": "adamw",
         "learning_rate": 2e-3,
@@ -176,11 +185,15 @@ BASES: dict[str, dict[str, Any]] = {
     },
 }
 
-#: Preprocessing of a model trained from scratch with each base (a fine-tuned model keeps its
-#: pretrained model's preprocessing; fields set in the recipe override both).
+#: Preprocessing and architecture of a model trained from scratch with each base (a fine-tuned
+#: model keeps its pretrained model's; fields set in the recipe override both).
 BASE_PREPROCESSING: dict[str, dict[str, Any]] = {
     "paper": {},
     "fast": {"intensity": "percentile"},
+}
+BASE_MODEL: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "fast": {"in_slices": 5},
 }
 
 _DURATION = re.compile(
@@ -226,6 +239,7 @@ class Recipe(BaseModel):
     epochs: int = Field(60, ge=1, le=10000)
     steps_per_epoch: int | None = Field(None, ge=1, le=1_000_000)
     time_budget: float | None = None
+    patch_mm: float | None = Field(None, gt=0.0, le=2000.0)
     batch_size: int = Field(4, ge=1, le=4096)
     optimizer: Literal["adam", "adamw"] = "adam"
     learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
@@ -277,6 +291,12 @@ class Recipe(BaseModel):
         recipe sets."""
         explicit = {k: getattr(self.preprocessing, k) for k in self.preprocessing.model_fields_set}
         return Preprocessing.model_validate({**BASE_PREPROCESSING[self.base], **explicit})
+
+    def new_model_architecture(self) -> ArchitectureSpec:
+        """The ``model:`` section of a model trained from scratch: the base's, then the fields
+        this recipe sets."""
+        explicit = {k: getattr(self.model, k) for k in self.model.model_fields_set}
+        return ArchitectureSpec.model_validate({**BASE_MODEL[self.base], **explicit})
 
     @field_validator("class_weights")
     @classmethod

@@ -122,7 +122,9 @@ class FoldSetup:
 
     ``epochs`` and ``steps_per_epoch`` are the run's resolved values (from the recipe, or sized
     to a time budget); ``air`` is the network input of air (padding of augmented slices);
-    ``patch`` the training crop and inference tile (``Preprocessing.patch``).
+    ``patch`` the training crop and inference tile (``Preprocessing.patch``); ``deadline`` the
+    ``time.perf_counter()`` by which a fold with a time budget must end (its epochs are
+    re-fitted to it after every epoch).
     """
 
     index: int
@@ -138,6 +140,7 @@ class FoldSetup:
     steps_per_epoch: int | None = None
     air: float = -1.0
     patch: tuple[int, int] | None = None
+    deadline: float | None = None
 
 
 def epoch_seed(seed: int, fold: int, epoch: int) -> int:
@@ -486,18 +489,22 @@ def train_fold(
             class_weights=[float(w) for w in setup.class_weights],
         )
     decoder_only = recipe.train_parts == "decoder"
+    # The epochs of this fold: as set up, or as last re-planned when resuming.
+    epochs = int(state.history[-1].get("epochs_planned", setup.epochs) if state.history else 0)
+    epochs = epochs or setup.epochs
     emit(
         TrainingEvent(
             "fold",
             fold=setup.index,
             folds=setup.folds,
-            epochs=setup.epochs,
+            epochs=epochs,
             epoch=state.epochs_done,
         )
     )
     net.train()
     with _deterministic(step.rt.deterministic):
-        for epoch in range(state.epochs_done, setup.epochs):
+        epoch = state.epochs_done
+        while epoch < epochs:
             started = time.perf_counter()
             frozen = decoder_only or epoch < recipe.freeze_encoder_epochs
             if not dist.enabled:
@@ -520,7 +527,7 @@ def train_fold(
             num = torch.zeros(3, dtype=torch.float64, device=device)
             lr = recipe.learning_rate
             for i in range(steps):
-                lr = learning_rate(recipe, epoch, i, per_epoch, setup.epochs)
+                lr = learning_rate(recipe, epoch, i, per_epoch, epochs)
                 chosen = order[i * recipe.batch_size : (i + 1) * recipe.batch_size]
                 ce_sum, ce_norm, dice = step.run(chosen, generator, lr, frozen)
                 num[0] += ce_sum.double()
@@ -532,7 +539,7 @@ def train_fold(
                         fold=setup.index,
                         folds=setup.folds,
                         epoch=epoch + 1,
-                        epochs=setup.epochs,
+                        epochs=epochs,
                         step=i + 1,
                         steps=steps,
                         lr=lr,
@@ -555,6 +562,9 @@ def train_fold(
                 )
             entry = _epoch_entry(step, setup, recipe, epoch, lr, train_loss, frozen)
             entry["seconds"] = round(time.perf_counter() - started, 3)
+            if setup.deadline is not None:
+                epochs = _replan(state, entry, epochs, setup.deadline, dist)
+            entry["epochs_planned"] = epochs
             _record_epoch(step, setup, state, rule, entry)
             emit(
                 TrainingEvent(
@@ -562,13 +572,14 @@ def train_fold(
                     fold=setup.index,
                     folds=setup.folds,
                     epoch=epoch + 1,
-                    epochs=setup.epochs,
+                    epochs=epochs,
                     train_loss=train_loss,
                     val_loss=entry["val_loss"],
                     val_dsc=entry["val_dsc"],
                     lr=lr,
                 )
             )
+            epoch += 1
     for p in net.parameters():
         p.requires_grad_(True)
     state.complete = True
@@ -576,6 +587,38 @@ def train_fold(
         drop_optimizer_state(setup.folder, state)
     dist.barrier()
     return state
+
+
+def _replan(
+    state: FoldState, entry: dict[str, Any], epochs: int, deadline: float, dist: DistContext
+) -> int:
+    """The fold's number of epochs re-fitted to its deadline after an epoch.
+
+    A time budget is planned from the first steps timed; a shared machine then runs faster or
+    slower. After every epoch the epochs still to come are re-counted from the time left and
+    the mean duration of the recent epochs, so that the fold ends on time and the learning-rate
+    schedule still runs its whole course. Rank 0 decides for every process.
+    """
+    import torch
+
+    done = int(entry["epoch"])
+    recent = [h["seconds"] for h in state.history[-4:]] + [entry["seconds"]]
+    per_epoch = sum(recent) / len(recent)
+    left = deadline - time.perf_counter()
+    planned = done + max(0, int(left // per_epoch))
+    decided = torch.tensor([float(planned if dist.is_main else 0)], dtype=torch.float64)
+    dist.all_reduce_sum(decided)
+    planned = int(decided[0])
+    if planned != epochs:
+        log.info(
+            "fold %d: %d epoch(s) fit the time left (%.0f s at %.1f s per epoch), not %d",
+            state.fold,
+            planned,
+            max(left, 0.0),
+            per_epoch,
+            epochs,
+        )
+    return planned
 
 
 def _epoch_entry(
