@@ -24,7 +24,8 @@ hospital's file only names what differs::
       evaluate: [ExVal, GenEva]
     pretrained_model: /models/vendor   # a dlas model folder; else pretrain on cohorts.pretrain
     pretrain: {epochs: 60, folds: 1}   # recipe overrides for pretraining
-    finetune: {}                       # recipe overrides for fine-tuning (study recipe default)
+    finetune: {}                       # recipe overrides for fine-tuning (study recipe default;
+                                       # e.g. {base: fast, time_budget: 15m})
     models: {vendor: VPM, finetuned: LFT}
     metrics: {hd95: pooled, specificity_domain: reference-bbox}
     statistics: {alpha: 0.05, correction: none}
