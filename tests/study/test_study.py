@@ -224,9 +224,18 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 @pytest.mark.parametrize("name", ["study-hospital.yaml", "openkbp-hn/study.yaml"])
 def test_example_configurations_are_valid(name: str) -> None:
+    from dlas.structures import load_structure_set
+    from dlas.training.config import load_recipe
+
     config = load_study_config(EXAMPLES / name)
     assert config.cohorts.finetune == "training"
     assert config.cohorts.evaluate == ("ExVal", "GenEva")
+    # The recipe sections must be valid recipes for the example's structure set, not only YAML.
+    classes = 1 + len(load_structure_set(config.structures).structures)
+    for section in (config.pretrain, config.finetune):
+        recipe = load_recipe({"schema_version": 1, **section})
+        weights = recipe.class_weights
+        assert isinstance(weights, str) or len(weights) == classes
 
 
 def test_openkbp_example_names_every_patient_of_the_shared_data_once() -> None:
