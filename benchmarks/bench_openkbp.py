@@ -20,6 +20,9 @@ Usage::
     python benchmarks/bench_openkbp.py baseline --phase test --time-budget 10m \
         --record benchmarks/results/openkbp.jsonl
     python benchmarks/bench_openkbp.py summarize benchmarks/results/openkbp.jsonl
+    # a prediction-time choice on a trained selection run (mirror TTA)
+    python benchmarks/bench_openkbp.py rescore --phase select --run p64-in5-select-s0 --tta \
+        --label tta --record benchmarks/results/openkbp-selection.jsonl
     # quality against time: every method at every budget, then the figure and table
     python benchmarks/bench_openkbp.py curve --budgets 2.5m,5m,10m,20m \
         --methods fast,paper,baseline --record benchmarks/results/openkbp-curve.jsonl
@@ -193,6 +196,33 @@ def run_dlas(args: argparse.Namespace) -> dict[str, Any]:
         "train_seconds": round(train_s, 1),
         "predict_seconds": round(predict_s, 1),
         "scores": _score(ds_root, out / "pred", scored, "dlas"),
+    }
+
+
+def rescore(args: argparse.Namespace) -> dict[str, Any]:
+    """Predict the scored cohort again with a run's trained model (e.g. with ``--tta``): a
+    prediction-time choice, judged on the selection split like every other."""
+    import torch
+
+    from dlas.prediction import predict
+
+    torch.set_num_threads(args.threads)
+    ds_root = dataset(args.work)
+    _, scored = _cohorts(args.phase)
+    run = args.work / "runs" / args.run
+    pred = run / f"pred-{args.label}"
+    started = time.perf_counter()
+    predict(run / "model", ds_root, pred, cohorts=[scored], device="cpu", tta=args.tta)
+    predict_s = time.perf_counter() - started
+    model = json.loads((run / "model" / "model.json").read_text())
+    return {
+        "kind": "rescore",
+        "run": args.run,
+        "recipe": model["training"]["recipe"],
+        "schedule": model["training"]["schedule"],
+        "train_seconds": 0.0,
+        "predict_seconds": round(predict_s, 1),
+        "scores": _score(ds_root, pred, scored, "dlas"),
     }
 
 
@@ -413,7 +443,7 @@ def figure(path: Path, out: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "baseline"):
+    for name in ("run", "baseline", "rescore"):
         p = sub.add_parser(name)
         p.add_argument("--phase", choices=("select", "test"), default="select")
         p.add_argument("--recipe", default="fast")
@@ -426,6 +456,8 @@ def main() -> int:
         p.add_argument("--label", default=name)
         p.add_argument("--work", type=Path, default=Path("/tmp/dlas-openkbp"))
         p.add_argument("--record", type=Path, default=None)
+        if name == "rescore":
+            p.add_argument("--run", required=True, help="folder under WORK/runs")
     s = sub.add_parser("summarize")
     s.add_argument("record", type=Path)
     c = sub.add_parser("curve")
@@ -449,7 +481,8 @@ def main() -> int:
         print(figure(args.record, args.out))
         return 0
     started = time.perf_counter()
-    result = run_dlas(args) if args.command == "run" else run_baseline(args)
+    commands = {"run": run_dlas, "baseline": run_baseline, "rescore": rescore}
+    result = commands[args.command](args)
     _record(args, result, time.perf_counter() - started)
     return 0
 
