@@ -398,3 +398,98 @@ def test_two_series_in_one_folder_become_two_cases(synthetic_ct, tmp_path: Path)
     ids = [i.case_id for i in report.imported]
     assert ids[0].split("-")[0] == ids[1].split("-")[0]  # one patient, two series
     assert all(w["code"] == "no-rtstruct" for i in report.imported for w in i.warnings)
+
+
+PLANTED = ["ELLISON", "LR270001003", "SMITH^ANNA", "LR270001004", "19481107", "ACC-778899"]
+
+
+@pytest.fixture
+def named_export(synthetic_ct, tmp_path: Path) -> Path:
+    """An export whose folders, files, attributes and private tags carry patients' names and
+    ids: one good patient, one refused series (missing slice), one truncated copy of the good
+    patient's RTSTRUCT in the refused patient's folder."""
+    root = tmp_path / "named"
+    folder, files, _ = synthetic_ct(
+        name="named/ELLISON^NILS_LR270001003/CT_ELLISON",
+        patient_name="ELLISON^NILS",
+        patient_id="LR270001003",
+        patient_birth_date="19481107",
+    )
+    renamed = []
+    for k, path in enumerate(sorted(files)):
+        header = pydicom.dcmread(path)
+        header.AccessionNumber = "ACC-778899"
+        header.OtherPatientIDs = "LR270001003"
+        block = header.private_block(0x0011, "ACME HIS", create=True)
+        block.add_new(0x01, "LO", "ELLISON^NILS LR270001003")
+        target = path.with_name(f"LR270001003_CT_{k:03d}.dcm")
+        header.save_as(target)
+        path.unlink()
+        renamed.append(target)
+    ct = read_ct_series(folder)
+    write_rtstruct(
+        _masks(ct.volume.shape, ["CTV", "Bladder"]),
+        ct,
+        folder.parent / "RS_ELLISON_LR270001003.dcm",
+        generation="MANUAL",
+        timestamp=dt.datetime(2024, 1, 1),
+        uid_seed="ellison",
+    )
+    _, files, _ = synthetic_ct(
+        name="named/SMITH^ANNA_LR270001004/ct",
+        patient_name="SMITH^ANNA",
+        patient_id="LR270001004",
+        patient_birth_date="19481107",
+    )
+    files[4].unlink()
+    rs = root / "SMITH^ANNA_LR270001004" / "RS_LR270001004.dcm"
+    rs.write_bytes((folder.parent / "RS_ELLISON_LR270001003.dcm").read_bytes()[:600])
+    return root
+
+
+def _all_bytes(root: Path) -> bytes:
+    import gzip
+
+    chunks = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            chunks.append(gzip.decompress(data) if path.name.endswith(".gz") else data)
+    return b"\n".join(chunks)
+
+
+def test_refused_case_reason_and_fingerprints_name_no_patient(
+    named_export: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 11: folder and file names, UIDs and identifying attributes of refused and
+    imported cases never reach a de-identified data set or the log; fingerprints are keyed."""
+    import hashlib
+    import logging
+
+    uids = set()
+    for path in named_export.rglob("*.dcm"):
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # the truncated RTSTRUCT
+            continue
+        for keyword in ("SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID"):
+            if keyword in header:
+                uids.add(str(header.get(keyword)))
+    caplog.set_level(logging.DEBUG)
+    report = import_source(named_export, tmp_path / "ds", ImportOptions(structure_set=RECTAL))
+    assert len(report.imported) == 1 and len(report.skipped) == 1
+    (refused,) = report.skipped
+    # still says what is wrong, and where in pseudonymous terms
+    assert "missing slice" in refused.reason and f"case {refused.case_id}" in refused.reason
+    stored = _all_bytes(tmp_path / "ds") + caplog.text.encode()
+    for secret in [*PLANTED, *uids]:
+        assert secret.encode() not in stored, secret
+    saved = json.loads((tmp_path / "ds" / "import-report.json").read_text())
+    assert len(saved["skipped_files"]) == 1  # the truncated copy of the RTSTRUCT
+    # no bare hash of a folder name: that is reversed by trying candidate patient ids
+    for folder in ("ELLISON^NILS_LR270001003/CT_ELLISON", "SMITH^ANNA_LR270001004/ct"):
+        assert hashlib.sha256(folder.encode()).hexdigest()[:12].encode() not in stored
+    other = import_source(named_export, tmp_path / "ds2", ImportOptions(structure_set=RECTAL))
+    again = json.loads((tmp_path / "ds2" / "import-report.json").read_text())
+    assert {c["source"] for c in saved["cases"]}.isdisjoint({c["source"] for c in again["cases"]})
+    assert len(other.imported) == 1

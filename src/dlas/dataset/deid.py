@@ -12,7 +12,12 @@ and *Retain Patient Characteristics* options:
 * dates are shifted by one offset for the whole data set (derived from the key), so intervals
   and the order of patients in time survive — cohorts defined by treatment period stay valid;
 * sex and age in years (capped at 90) are kept, as the cohort table of a study needs them;
-* UIDs are replaced by their keyed hash.
+* UIDs, source folders and file names are replaced by their keyed hash (a fingerprint that
+  tells two sources apart without naming them; a bare hash of a folder named after a patient
+  would be reversed by trying candidate ids);
+* messages about refused cases and files (``import-report.json``, logs) quote the pseudonymous
+  case and the file's position in its series, never a path, a folder or file name, an original
+  UID or an identifying attribute (:class:`Redactor`).
 
 The key is created on first import as ``DATASET/.dlas-pseudonym-key`` (readable by the owner
 only). Keep it to re-import or add patients consistently; share a data set without it.
@@ -26,12 +31,14 @@ import hmac
 import os
 import re
 import secrets
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from dlas.errors import DatasetError
+from dlas.errors import DatasetError, DlasError
 
-__all__ = ["KEY_FILE", "Pseudonymizer", "age_in_years"]
+__all__ = ["KEY_FILE", "Pseudonymizer", "Redactor", "age_in_years"]
 
 KEY_FILE = ".dlas-pseudonym-key"
 _DATE = re.compile(r"^\d{8}$")
@@ -81,6 +88,10 @@ class Pseudonymizer:
         mac = hmac.new(self.key, f"{kind}\x00{value}".encode(), hashlib.sha256)
         return mac.hexdigest()[:length]
 
+    def fingerprint(self, kind: str, value: str) -> str:
+        """A keyed fingerprint of an identifying value (a folder, a file, a UID) for outputs."""
+        return "hmac:" + self.digest(kind, value, 12)
+
     def case_id(self, patient_key: str, series_key: str) -> str:
         """Pseudonymous case id: 8 characters for the patient, 4 for the series."""
         return f"{self.digest('patient', patient_key, 8)}-{self.digest('series', series_key, 4)}"
@@ -99,6 +110,94 @@ class Pseudonymizer:
         except ValueError:
             return None
         return (day + dt.timedelta(days=self.date_shift_days)).strftime("%Y%m%d")
+
+
+#: Dotted-decimal DICOM UIDs (four or more components) inside free text.
+_UID_IN_TEXT = re.compile(r"(?<![\w.])[0-9]+(?:\.[0-9]+){3,}(?![\w.])")
+#: The DICOM attributes whose values are redacted from messages (besides UIDs, which are
+#: recognised by their form).
+_IDENTIFYING = (
+    "PatientName",
+    "PatientID",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "PatientBirthDate",
+    "AccessionNumber",
+    "PatientAddress",
+    "ReferringPhysicianName",
+)
+REDACTED = "<redacted>"
+
+
+@dataclass(frozen=True)
+class Redactor:
+    """Takes what could identify a patient out of a message bound for a de-identified output.
+
+    Exporting systems name folders and files after patients (``DOE^JANE_12345678/CT/...``),
+    and reader errors quote paths, UIDs and attribute values. A redactor knows the strings of one
+    source case (paths, path components, file names, identifying attribute values) and replaces
+    each whole occurrence, plus anything shaped like a DICOM UID, by ``<redacted>``. Strings
+    shorter than three characters (``ct``, ``a``) are left: they identify nobody and would
+    garble every message.
+    """
+
+    secrets: tuple[str, ...]
+
+    @classmethod
+    def for_source(
+        cls,
+        source: Path,
+        paths: Iterable[Path] = (),
+        headers: Iterable[Any] = (),
+    ) -> Redactor:
+        """A redactor for files under ``source`` (their folders and names) and DICOM headers."""
+        found: set[str] = set()
+        root = source.resolve()
+        found.update({str(source), str(root)})
+        for path in paths:
+            found.update({str(path), str(path.resolve()), path.name})
+            name = path.name
+            for suffix in (".nii.gz", ".nii", ".dcm", ".DCM"):
+                name = name.removesuffix(suffix)
+            found.add(name)
+            try:
+                relative = path.resolve().relative_to(root)
+            except ValueError:
+                relative = Path(*path.parts[-3:])
+            found.add(relative.as_posix())
+            found.update(relative.parts)
+        for header in headers:
+            for keyword in _IDENTIFYING:
+                value = str(header.get(keyword, "") or "")
+                found.add(value)
+                found.update(re.split(r"[\^\s,=\\]+", value))
+        kept = sorted((t for t in found if len(t) >= 3 and t not in (".", "..")), key=len)
+        return cls(tuple(reversed(kept)))
+
+    def text(self, text: str) -> str:
+        """``text`` with every secret and every UID replaced."""
+        for secret in self.secrets:
+            pattern = r"(?<![A-Za-z0-9])" + re.escape(secret) + r"(?![A-Za-z0-9])"
+            text = re.sub(pattern, REDACTED, text)
+        return _UID_IN_TEXT.sub(REDACTED, text)
+
+    def error(self, exc: DlasError, *, case_id: str, files: Sequence[Path] = ()) -> str:
+        """The one-line message of ``exc`` with its place given as the case and the position
+        of the file in the case (``case 1a2b-3c4d, file 5 of 90``), everything else redacted."""
+        where = f"case {case_id}"
+        if exc.where:
+            for k, path in enumerate(files):
+                if exc.where in (str(path), str(path.resolve())):
+                    where += f", file {k + 1} of {len(files)}"
+                    break
+        clean = DlasError(
+            self.text(exc.what),
+            where=where,
+            expected=None if exc.expected is None else self.text(exc.expected),
+            found=None if exc.found is None else self.text(exc.found),
+            fix=None if exc.fix is None else self.text(exc.fix),
+        )
+        return str(clean)
 
 
 def age_in_years(

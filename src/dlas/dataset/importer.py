@@ -17,7 +17,6 @@ data set are left untouched (unless ``overwrite``).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -32,7 +31,7 @@ from pydicom.dataset import Dataset
 
 from dlas import __version__
 from dlas.dataset.cohorts import CaseKeys, CohortRule
-from dlas.dataset.deid import Pseudonymizer, age_in_years
+from dlas.dataset.deid import Pseudonymizer, Redactor, age_in_years
 from dlas.dataset.layout import CaseDataset
 from dlas.errors import DatasetError, DlasError
 from dlas.io.ct import CTSeries, read_ct_series, scanner_tags
@@ -86,11 +85,12 @@ class ImportItem:
     unmatched: list[str] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)
 
-    def to_data(self, *, keep_paths: bool) -> dict[str, Any]:
-        """JSON-ready form; the source folder is replaced by a hash unless ``keep_paths``."""
+    def to_data(self, *, fingerprint: Callable[[str, str], str] | None) -> dict[str, Any]:
+        """JSON-ready form; the source folder is replaced by its keyed ``fingerprint`` unless
+        that is None (identifiers kept on request)."""
         return {
             "status": self.status,
-            "source": self.source if keep_paths else _short_hash(self.source),
+            "source": self.source if fingerprint is None else fingerprint("folder", self.source),
             "reason": self.reason,
             "case_id": self.case_id,
             "cohort": self.cohort,
@@ -108,6 +108,8 @@ class ImportReport:
     dataset: Path
     items: list[ImportItem] = field(default_factory=list)
     skipped_files: list[SkippedFile] = field(default_factory=list)
+    #: the data set's pseudonymizer (fingerprints of folders and files in the report)
+    pseudo: Pseudonymizer | None = None
 
     @property
     def imported(self) -> list[ImportItem]:
@@ -128,8 +130,22 @@ class ImportReport:
         return Counter(w["code"] for item in self.items for w in item.warnings)
 
     def to_data(self, *, keep_paths: bool) -> dict[str, Any]:
-        """JSON-ready form (``import-report.json``)."""
-        skipped_reasons = Counter(s.reason for s in self.skipped_files)
+        """JSON-ready form (``import-report.json``). Unless ``keep_paths``, folders and files
+        are keyed fingerprints and the reasons are redacted (nothing of a path, a UID or an
+        identifying attribute)."""
+        fingerprint = None
+        if not keep_paths:
+            if self.pseudo is None:
+                raise ValueError("a de-identified import report needs the data set's key")
+            fingerprint = self.pseudo.fingerprint
+
+        def file_reason(s: SkippedFile) -> str:
+            if keep_paths:
+                return s.reason
+            return Redactor.for_source(self.source, [s.path]).text(s.reason)
+
+        skipped = [(s, file_reason(s)) for s in self.skipped_files]
+        skipped_reasons = Counter(reason for _, reason in skipped)
         return {
             "software": {"name": "dlas", "version": __version__},
             "counts": {
@@ -138,27 +154,25 @@ class ImportReport:
                 "skipped_cases": len(self.skipped),
                 "skipped_files": len(self.skipped_files),
             },
-            "cases": [i.to_data(keep_paths=keep_paths) for i in self.items],
+            "cases": [i.to_data(fingerprint=fingerprint) for i in self.items],
             "skipped_files": [
                 {
-                    "file": s.path.name if keep_paths else _short_hash(str(s.path)),
+                    "file": s.path.name
+                    if fingerprint is None
+                    else fingerprint("file", str(s.path)),
                     "folder": (
                         _relative(s.path.parent, self.source)
-                        if keep_paths
-                        else _short_hash(str(s.path.parent))
+                        if fingerprint is None
+                        else fingerprint("folder", _relative(s.path.parent, self.source))
                     ),
-                    "reason": s.reason,
+                    "reason": reason,
                 }
-                for s in self.skipped_files
+                for s, reason in skipped
             ],
             "skipped_file_reasons": dict(sorted(skipped_reasons.items())),
             "unmatched_names": dict(sorted(self.unmatched_names().items())),
             "warning_counts": dict(sorted(self.warning_counts().items())),
         }
-
-
-def _short_hash(text: str) -> str:
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -296,6 +310,7 @@ def import_source(
 
     dataset = CaseDataset.open_or_create(dataset_root, options.structure_set)
     pseudo = Pseudonymizer.for_dataset(dataset.root, options.key_file)
+    report.pseudo = pseudo
     chosen, notes, unpaired = _pair_rtstructs(scan.ct_series, scan.rtstructs)
     report.skipped_files.extend(unpaired)
 
@@ -307,6 +322,7 @@ def import_source(
         if progress:
             progress(done, total, folder)
         item = _import_dicom_case(
+            src,
             uid,
             files,
             chosen.get(uid),
@@ -324,7 +340,9 @@ def import_source(
         folder = _relative(case_dir, src)
         if progress:
             progress(done, total, folder)
-        report.items.append(_import_nifti_case(case_dir, folder, dataset, pseudo, rule, options))
+        report.items.append(
+            _import_nifti_case(src, case_dir, folder, dataset, pseudo, rule, options)
+        )
         done += 1
     if progress:
         progress(done, total, "")
@@ -425,6 +443,7 @@ def series_case_ids(
 
 
 def _import_dicom_case(
+    source: Path,
     uid: str,
     files: list[ScannedFile],
     rtstruct: ScannedFile | None,
@@ -498,23 +517,27 @@ def _import_dicom_case(
             if options.keep_unmapped:
                 extra, extra_records = _extra_masks(rs, unmatched, ct, masks)
     except DlasError as exc:
-        item.reason = str(exc)
-        log.info("case %s skipped: %s", case_id, exc.what)
+        item.reason = _reason(exc, options, case_id, source, [f.path for f in files], [first])
+        log.info("case %s skipped: %s", case_id, item.reason)
         return item
+    if not options.keep_ids:
+        redactor = Redactor.for_source(source, [f.path for f in files], [first])
+        for warning in warnings:
+            warning["message"] = redactor.text(str(warning["message"]))
 
     info = {
         "case_id": case_id,
         "cohort": cohort,
         "source": {
             "kind": "dicom",
-            "series": uid if options.keep_ids else _short_hash(uid),
+            "series": uid if options.keep_ids else pseudo.fingerprint("series", uid),
             "rtstruct": (
                 None
                 if rtstruct is None
                 else (
                     str(rtstruct.header.get("SOPInstanceUID", ""))
                     if options.keep_ids
-                    else _short_hash(str(rtstruct.header.get("SOPInstanceUID", "")))
+                    else pseudo.fingerprint("sop", str(rtstruct.header.get("SOPInstanceUID", "")))
                 )
             ),
             "n_slices": ct.volume.shape[0],
@@ -538,7 +561,7 @@ def _import_dicom_case(
             case_id, cohort, ct.volume, masks, info, extra_masks=extra, overwrite=options.overwrite
         )
     except DlasError as exc:
-        item.reason = str(exc)
+        item.reason = _reason(exc, options, case_id, source, [f.path for f in files], [first])
         return item
     item.status = "imported"
     item.structures = list(records)
@@ -570,6 +593,24 @@ def _extra_masks(
     return extra, records
 
 
+def _reason(
+    exc: DlasError,
+    options: ImportOptions,
+    case_id: str,
+    source: Path,
+    paths: list[Path],
+    headers: list[Dataset],
+    files: list[Path] | None = None,
+) -> str:
+    """Why a case was refused: the error as it is with ``--keep-ids``; otherwise placed by the
+    pseudonymous case and the file's position, with paths, names, UIDs and identifying
+    attribute values redacted (``paths``: what the source calls the case's files or folder)."""
+    if options.keep_ids:
+        return str(exc)
+    redactor = Redactor.for_source(source, paths, headers)
+    return redactor.error(exc, case_id=case_id, files=paths if files is None else files)
+
+
 def _deid_record(options: ImportOptions) -> dict[str, Any]:
     return {
         "method": "identifiers kept on request (--keep-ids)" if options.keep_ids else _DEID_METHOD,
@@ -579,6 +620,7 @@ def _deid_record(options: ImportOptions) -> dict[str, Any]:
 
 
 def _import_nifti_case(
+    source: Path,
     case_dir: Path,
     folder: str,
     dataset: CaseDataset,
@@ -676,7 +718,7 @@ def _import_nifti_case(
             "cohort": cohort,
             "source": {
                 "kind": "nifti",
-                "folder": source_name if options.keep_ids else _short_hash(folder),
+                "folder": source_name if options.keep_ids else pseudo.fingerprint("folder", folder),
                 "n_slices": ct.shape[0],
                 "study_date": None,
             },
@@ -694,7 +736,10 @@ def _import_nifti_case(
             case_id, cohort, ct, masks, info, extra_masks=extra, overwrite=options.overwrite
         )
     except DlasError as exc:
-        item.reason = str(exc)
+        structure_files = sorted((case_dir / "structures").glob("*.nii*"))
+        item.reason = _reason(
+            exc, options, case_id, source, [case_dir], [], [ct_path, *structure_files]
+        )
         return item
     item.status = "imported"
     item.structures = list(records)
