@@ -420,6 +420,7 @@ def figure(path: Path, out: Path) -> str:
     ax.set_xscale("log")
     ticks = sorted({p[0] for pts in by_method.values() for p in pts})
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("training budget (minutes, 2-core CPU, preparation included)")
     ax.set_ylabel("mean test DSC (5 OARs)")
     ax.set_ylim(0, 1)
