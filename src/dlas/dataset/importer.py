@@ -520,7 +520,7 @@ def _import_dicom_case(
         item.reason = _reason(exc, options, case_id, source, [f.path for f in files], [first])
         log.info("case %s skipped: %s", case_id, item.reason)
         return item
-    if not options.keep_ids:
+    if warnings and not options.keep_ids:
         redactor = Redactor.for_source(source, [f.path for f in files], [first])
         for warning in warnings:
             warning["message"] = redactor.text(str(warning["message"]))
