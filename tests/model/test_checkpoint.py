@@ -111,6 +111,47 @@ def test_model_hash_ignores_dates_and_logs_but_not_weights(tmp_path: Path) -> No
     assert read_model_info(tmp_path / "c").model_sha256 != read_model_info(a).model_sha256
 
 
+def test_edited_postprocess_in_model_json_is_refused(tmp_path: Path) -> None:
+    # Post-processing changes the predicted masks (a CTV went from 6722 to 360 voxels when
+    # largest_component was switched on), so it must be covered by the model hash.
+    folder, _ = _save(tmp_path / "model")
+    data = json.loads((folder / "model.json").read_text())
+    data["structure_set"]["structures"][0]["postprocess"] = {"largest_component": True}
+    (folder / "model.json").write_text(json.dumps(data))
+    with pytest.raises(ModelFileError, match="model hash does not match model.json"):
+        read_model_info(folder)
+
+
+def test_model_hash_covers_qa_reference(tmp_path: Path) -> None:
+    a, _ = _save(tmp_path / "a")
+    torch.manual_seed(0)
+    save_model(
+        tmp_path / "b",
+        name="test model",
+        architecture=_architecture(),
+        preprocessing=Preprocessing(spacing_mm=2.0),
+        structure_set=STRUCTURES,
+        members=[(DpnUNet(_architecture()).state_dict(), 1, 3)],
+        qa={"volumes_cm3": {"Bladder": {"min": 50.0, "max": 400.0}}},
+    )
+    assert read_model_info(tmp_path / "b").qa["volumes_cm3"]["Bladder"]["max"] == 400.0
+    assert read_model_info(tmp_path / "b").model_sha256 != read_model_info(a).model_sha256
+    data = json.loads((tmp_path / "b" / "model.json").read_text())
+    data["qa"]["volumes_cm3"]["Bladder"]["max"] = 4000.0
+    (tmp_path / "b" / "model.json").write_text(json.dumps(data))
+    with pytest.raises(ModelFileError, match="model hash does not match model.json"):
+        read_model_info(tmp_path / "b")
+
+
+def test_version_1_model_is_refused_with_retrain_advice(tmp_path: Path) -> None:
+    folder, _ = _save(tmp_path / "model")
+    data = json.loads((folder / "model.json").read_text())
+    data["schema_version"] = 1
+    (folder / "model.json").write_text(json.dumps(data))
+    with pytest.raises(ModelFileError, match="retrain it with this dlas version"):
+        read_model_info(folder)
+
+
 def test_tampered_weights_are_refused(tmp_path: Path) -> None:
     folder, _ = _save(tmp_path / "model")
     raw = bytearray((folder / "model.safetensors").read_bytes())
@@ -173,7 +214,7 @@ def test_malicious_pickle_model_is_refused_without_execution(tmp_path: Path) -> 
     data["weights"][0]["sha256"] = file_sha256(folder / "model.safetensors")
     entries = [WeightsEntry(w["file"], w["sha256"]) for w in data["weights"]]
     data["model_sha256"] = _model_hash(
-        _architecture(), Preprocessing(spacing_mm=2.0), data["classes"], entries
+        _architecture(), Preprocessing(spacing_mm=2.0), STRUCTURES, data["classes"], entries, {}
     )
     (folder / "model.json").write_text(json.dumps(data))
     with pytest.raises(ModelFileError, match="refusing to load a pickled model file"):

@@ -17,9 +17,13 @@ the file's choosing. dlas never unpickles a model file: weights are read with ``
 a ZIP (``torch.save``) or any other file offered as a model is refused with a
 :class:`ModelFileError` before anything in it is interpreted.
 
-The *model hash* (``model_sha256``) covers what determines the predictions — architecture,
-preprocessing, classes and the weights files' hashes — and not dates or training logs, so it is
-the identity written into RTSTRUCTs (``AlgorithmParameters``) and reports.
+The *model hash* (``model_sha256``) covers everything that determines the predictions and their
+quality checks — architecture, preprocessing, classes, the weights files' hashes, the structure
+set (its post-processing rules change the masks; its QA thresholds change the flags) and the QA
+reference measured on the training cases (``qa``) — and not dates or training logs, so it is
+the identity written into RTSTRUCTs (``AlgorithmParameters``) and reports. Editing any of these in
+``model.json`` makes the model refuse to load. Schema version 1 models (whose hash left out the
+structure set) are refused with a request to retrain or re-save them.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MODEL_JSON = "model.json"
-MODEL_SCHEMA_VERSION = 1
+MODEL_SCHEMA_VERSION = 2
 _FORMAT = "dlas-dpnunet"
 
 #: First bytes of files that must never be unpickled, with a name for the error message.
@@ -121,6 +125,9 @@ class ModelInfo:
         The model hash (see the module docstring).
     training
         How the model was made (recipe, hashes, history); free-form JSON.
+    qa
+        What prediction QA compares with (e.g. per-structure volume distributions on the
+        training cases); part of the model hash. Empty for a model saved without it.
     """
 
     folder: Path
@@ -134,6 +141,7 @@ class ModelInfo:
     software: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    qa: dict[str, Any] = field(default_factory=dict)
 
     @property
     def structures(self) -> list[str]:
@@ -149,16 +157,20 @@ class ModelInfo:
 def _model_hash(
     architecture: DpnUNetConfig,
     preprocessing: Preprocessing,
+    structure_set: StructureSet,
     classes: Sequence[str],
     weights: Sequence[WeightsEntry],
+    qa: Mapping[str, Any],
 ) -> str:
     return config_sha256(
         {
             "format": _FORMAT,
             "architecture": architecture.model_dump(mode="json"),
             "preprocessing": preprocessing.model_dump(mode="json"),
+            "structure_set": structure_set.sha256(),
             "classes": list(classes),
             "weights": [w.sha256 for w in weights],
+            "qa": dict(qa),
         }
     )
 
@@ -255,7 +267,12 @@ def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
             where=str(index),
             expected=f"schema_version {MODEL_SCHEMA_VERSION}",
             found=f"schema_version {data.get('schema_version')!r}",
-            fix="use the dlas version that wrote the model, or retrain",
+            fix=(
+                "retrain it with this dlas version (version-1 model hashes left out the "
+                "structure set's post-processing)"
+                if data.get("schema_version") == 1
+                else "use the dlas version that wrote the model, or retrain"
+            ),
         )
     from pydantic import ValidationError
 
@@ -269,6 +286,9 @@ def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
             for w in data["weights"]
         ]
         recorded = str(data["model_sha256"])
+        qa = data.get("qa", {})
+        if not isinstance(qa, dict):
+            raise TypeError(f"qa is a {type(qa).__name__}, not an object")
     except (KeyError, TypeError, ValidationError) as exc:
         raise ModelFileError(
             "model.json is incomplete or malformed",
@@ -302,7 +322,7 @@ def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
             found="null",
             fix="restore the model folder from its source",
         )
-    computed = _model_hash(architecture, preprocessing, classes, weights)
+    computed = _model_hash(architecture, preprocessing, structure_set, classes, weights, qa)
     if computed != recorded:
         raise ModelFileError(
             "model hash does not match model.json",
@@ -323,6 +343,7 @@ def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
         software=dict(data.get("software", {})),
         training=dict(data.get("training", {})),
         created=str(data.get("created", "")),
+        qa=qa,
     )
 
 
@@ -403,6 +424,7 @@ def save_model(
     structure_set: StructureSet,
     members: Sequence[tuple[Mapping[str, torch.Tensor], int | None, int | None]],
     training: Mapping[str, Any] | None = None,
+    qa: Mapping[str, Any] | None = None,
 ) -> ModelInfo:
     """Write a model folder (weights first, ``model.json`` last, each atomically).
 
@@ -410,6 +432,8 @@ def save_model(
     ----------
     members
         ``(state_dict, fold, epoch)`` per member; one for a single model.
+    qa
+        The QA reference of the model (JSON-ready; part of the model hash).
 
     Returns
     -------
@@ -432,7 +456,8 @@ def save_model(
             metadata={"member": str(i)},
         )
         entries.append(WeightsEntry(file, digest, fold, epoch))
-    model_sha = _model_hash(architecture, preprocessing, classes, entries)
+    qa_data = json.loads(json.dumps(dict(qa or {})))
+    model_sha = _model_hash(architecture, preprocessing, structure_set, classes, entries, qa_data)
     created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
     data = {
         "schema_version": MODEL_SCHEMA_VERSION,
@@ -449,6 +474,7 @@ def save_model(
         "software": {"name": "dlas", "version": __version__, "torch": torch.__version__},
         "created": created,
         "training": dict(training or {}),
+        "qa": qa_data,
     }
     write_json(out / MODEL_JSON, data)
     # Weights of an earlier model in this folder that the new one no longer lists.
