@@ -307,3 +307,34 @@ def test_written_dicom_passes_dciodvfy(
     folder = out / "GenEva" / "GenEva-000"
     for path in (folder / "CT0001.dcm", folder / "RS.dcm"):
         assert dciodvfy(path) == [], path.name
+
+
+@pytest.mark.parametrize("fmt", ["dicom", "nifti"])
+def test_interrupted_phantom_leaves_no_replica_that_looks_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    # An interrupted `dlas phantom` left patients (and, as NIfTI, a data set listing them)
+    # without manifest.json. Now the replica appears only when complete.
+    import sys
+
+    generate_module = sys.modules["dlas.phantom.generate"]
+    real_job = generate_module._job
+    calls = []
+
+    def job(*args: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_job(*args)
+
+    monkeypatch.setattr(generate_module, "_job", job)
+    config = preset("demo").with_counts({"vendor": 1, "training": 1, "ExVal": 0, "GenEva": 0})
+    (tmp_path / "out").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        generate(tmp_path / "out", config, fmt=fmt)  # type: ignore[arg-type]
+    assert len(calls) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert not any((tmp_path / "out").iterdir())
+    monkeypatch.setattr(generate_module, "_job", real_job)
+    generate(tmp_path / "out", config, fmt=fmt)  # type: ignore[arg-type]
+    assert (tmp_path / "out" / "manifest.json").exists()

@@ -20,7 +20,11 @@ and *Retain Patient Characteristics* options:
   UID or an identifying attribute (:class:`Redactor`).
 
 The key is created on first import as ``DATASET/.dlas-pseudonym-key`` (readable by the owner
-only). Keep it to re-import or add patients consistently; share a data set without it.
+only). Keep it to re-import or add patients consistently; share a data set without it. The data
+set records a check value of its key (an HMAC of a constant, which reveals nothing of the key):
+an import with another key, or without the key once the data set has one, is refused — with a
+second key the same patient would come back as a new case and could sit in training and
+validation at once.
 """
 
 from __future__ import annotations
@@ -52,13 +56,49 @@ class Pseudonymizer:
 
     @classmethod
     def for_dataset(
-        cls, root: str | os.PathLike[str], key_file: str | None = None
+        cls,
+        root: str | os.PathLike[str],
+        key_file: str | None = None,
+        *,
+        expected_check: str | None = None,
     ) -> Pseudonymizer:
         """Load the key of a data set (``key_file`` or ``root/.dlas-pseudonym-key``), creating it
-        on first use."""
+        on first use.
+
+        ``expected_check`` is the data set's recorded :attr:`check`: with it, a missing key is
+        an error (not a new key) and a key of another check value is refused.
+        """
         path = Path(key_file) if key_file else Path(root) / KEY_FILE
+        if not path.exists() and expected_check is not None:
+            raise DatasetError(
+                "the data set's pseudonym key is missing",
+                where=str(path),
+                expected=f"the key this data set was imported with (check {expected_check})",
+                found="no key file",
+                fix="restore the key file, or pass it with --pseudonym-key; a new key would "
+                "give every re-imported patient a second case id",
+            )
+        found = cls._load_or_create(path, key_file)
+        if expected_check is not None and found.check != expected_check:
+            raise DatasetError(
+                "pseudonym key does not belong to this data set",
+                where=str(path),
+                expected=f"the key this data set was imported with (check {expected_check})",
+                found=f"another key (check {found.check})",
+                fix="pass the data set's own key with --pseudonym-key, or import into a new "
+                "data set folder",
+            )
+        return found
+
+    @property
+    def check(self) -> str:
+        """A check value of the key, recorded in the data set (reveals nothing of the key)."""
+        return self.digest("key-check", "dlas-dataset", 16)
+
+    @classmethod
+    def _load_or_create(cls, path: Path, key_file: str | None) -> Pseudonymizer:
         if path.exists():
-            text = path.read_text(encoding="ascii").strip()
+            text = path.read_text(encoding="ascii", errors="replace").strip()
             if not re.fullmatch(r"[0-9a-f]{64}", text):
                 raise DatasetError(
                     "malformed pseudonym key",

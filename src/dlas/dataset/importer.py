@@ -17,6 +17,8 @@ data set are left untouched (unless ``overwrite``).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
@@ -31,9 +33,10 @@ from pydicom.dataset import Dataset
 
 from dlas import __version__
 from dlas.dataset.cohorts import CaseKeys, CohortRule
-from dlas.dataset.deid import Pseudonymizer, Redactor, age_in_years
-from dlas.dataset.layout import CaseDataset
+from dlas.dataset.deid import KEY_FILE, Pseudonymizer, Redactor, age_in_years
+from dlas.dataset.layout import LOCK_FILE, REPORT_FILE, CaseDataset, writer_lock
 from dlas.errors import DatasetError, DlasError
+from dlas.io.atomic import write_json
 from dlas.io.ct import CTSeries, read_ct_series, scanner_tags
 from dlas.io.dicom_scan import (
     UNIDENTIFIED_SERIES,
@@ -188,6 +191,16 @@ def _safe_name(name: str) -> str:
     return text or "unnamed"
 
 
+def _unique_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_2``, ``name_3``, ... whichever is not ``taken`` first."""
+    if name not in taken:
+        return name
+    n = 2
+    while f"{name}_{n}" in taken:
+        n += 1
+    return f"{name}_{n}"
+
+
 def _find_nifti_cases(root: Path) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in walk_folders(root):
@@ -308,15 +321,100 @@ def import_source(
             fix="point at the folder of the planning system export",
         )
 
-    dataset = CaseDataset.open_or_create(dataset_root, options.structure_set)
-    pseudo = Pseudonymizer.for_dataset(dataset.root, options.key_file)
-    report.pseudo = pseudo
+    root = Path(dataset_root)
+    had_root = root.exists()
+    with writer_lock(root):
+        skeleton = _Skeleton.before(root, had_root=had_root)
+        try:
+            dataset = CaseDataset.open_or_create(root, options.structure_set)
+            pseudo = _bound_pseudonymizer(dataset, options.key_file)
+        except BaseException:
+            skeleton.remove()
+            raise
+        report.pseudo = pseudo
+        _import_all(src, scan, nifti_cases, dataset, pseudo, rule, options, report, progress)
+        previous = _earlier_runs(root / REPORT_FILE)
+        data = report.to_data(keep_paths=options.keep_ids)
+        data["earlier_runs"] = previous
+        write_json(root / REPORT_FILE, data)
+        if not any(i.status in ("imported", "exists") for i in report.items):
+            # Nothing came in: leave no empty data set that looks usable, only the report.
+            skeleton.remove(keep_report=True)
+    return report
+
+
+@dataclass(frozen=True)
+class _Skeleton:
+    """What an import creates before its first case, to take it away again when it fails."""
+
+    root: Path
+    had_root: bool
+    had: frozenset[str]
+
+    @classmethod
+    def before(cls, root: Path, *, had_root: bool) -> _Skeleton:
+        names = ("dataset.json", KEY_FILE, REPORT_FILE, "cases")
+        return cls(root, had_root, frozenset(n for n in names if (root / n).exists()))
+
+    def remove(self, *, keep_report: bool = False) -> None:
+        if "dataset.json" in self.had:
+            return
+        for name in ("dataset.json", KEY_FILE, *(() if keep_report else (REPORT_FILE,))):
+            if name not in self.had:
+                (self.root / name).unlink(missing_ok=True)
+        cases = self.root / "cases"
+        if "cases" not in self.had and cases.is_dir() and not any(cases.iterdir()):
+            cases.rmdir()
+        if not self.had_root and not keep_report:
+            (self.root / LOCK_FILE).unlink(missing_ok=True)
+            if not any(self.root.iterdir()):
+                self.root.rmdir()
+
+
+def _bound_pseudonymizer(dataset: CaseDataset, key_file: str | None) -> Pseudonymizer:
+    """The data set's pseudonymizer, refusing a key other than the one it was made with (and
+    recording the key's check value on first use)."""
+    recorded = dataset.meta.get("pseudonym_key_check")
+    pseudo = Pseudonymizer.for_dataset(
+        dataset.root, key_file, expected_check=str(recorded) if recorded else None
+    )
+    if not recorded:
+        dataset.meta["pseudonym_key_check"] = pseudo.check
+        dataset.save()
+    return pseudo
+
+
+def _earlier_runs(path: Path) -> list[dict[str, Any]]:
+    """The runs recorded in an existing import report (each without its own history)."""
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        log.warning("the earlier import report %s is unreadable; it is replaced", path)
+        return []
+    if not isinstance(data, dict):
+        return []
+    earlier = data.pop("earlier_runs", [])
+    return [*(r for r in earlier if isinstance(r, dict)), data]
+
+
+def _import_all(
+    src: Path,
+    scan: DicomScan,
+    nifti_cases: list[Path],
+    dataset: CaseDataset,
+    pseudo: Pseudonymizer,
+    rule: CohortRule,
+    options: ImportOptions,
+    report: ImportReport,
+    progress: ProgressCallback | None,
+) -> None:
     chosen, notes, unpaired = _pair_rtstructs(scan.ct_series, scan.rtstructs)
     report.skipped_files.extend(unpaired)
-
     total = len(scan.ct_series) + len(nifti_cases)
     done = 0
-    case_ids = series_case_ids(scan, pseudo, keep_ids=options.keep_ids)
+    case_ids, id_notes = _case_ids(scan, pseudo, keep_ids=options.keep_ids, dataset=dataset)
     for uid, files in scan.ct_series.items():
         folder = _relative(Path(os.path.commonpath([str(f.path.parent) for f in files])), src)
         if progress:
@@ -333,23 +431,36 @@ def import_source(
             rule,
             options,
             case_ids[uid],
+            id_notes.get(uid, []),
         )
         report.items.append(item)
         done += 1
-    for case_dir in nifti_cases:
-        folder = _relative(case_dir, src)
+    folders = {_relative(d, src): d for d in nifti_cases}
+    nifti_ids = {
+        f: _safe_name(d.name) if options.keep_ids else pseudo.case_id(d.name, f)
+        for f, d in folders.items()
+    }
+    nifti_notes: dict[str, list[str]] = {}
+    if options.keep_ids:
+        nifti_ids, nifti_notes = _tell_apart(
+            nifti_ids,
+            {f: d.name for f, d in folders.items()},
+            lambda case_id: _existing_source(dataset, case_id, "folder"),
+        )
+    for folder, case_dir in folders.items():
         if progress:
             progress(done, total, folder)
-        report.items.append(
-            _import_nifti_case(src, case_dir, folder, dataset, pseudo, rule, options)
+        item = _import_nifti_case(
+            src, case_dir, folder, dataset, pseudo, rule, options, nifti_ids[folder]
         )
+        for note in nifti_notes.get(folder, []) if item.status == "imported" else []:
+            item.warnings.append(
+                {"code": "case-id-collision", "message": note, "roi_number": None, "roi_name": None}
+            )
+        report.items.append(item)
         done += 1
     if progress:
         progress(done, total, "")
-    from dlas.io.atomic import write_json
-
-    write_json(dataset.root / "import-report.json", report.to_data(keep_paths=options.keep_ids))
-    return report
 
 
 def _patient_characteristics(first: Dataset) -> dict[str, Any]:
@@ -416,22 +527,49 @@ def _map_rois(
 
 
 def series_case_ids(
-    scan: DicomScan, pseudo: Pseudonymizer, *, keep_ids: bool = False
+    scan: DicomScan,
+    pseudo: Pseudonymizer,
+    *,
+    keep_ids: bool = False,
+    dataset: CaseDataset | None = None,
 ) -> dict[str, str]:
     """The case id each CT series of a scan gets (or got) on import, by series key.
 
-    A keyed pseudonym of patient and series; with ``keep_ids`` the patient id itself (with the
-    series number appended when the patient has several series). Other tools use this to find
-    the DICOM series of an imported case without storing identifying paths.
+    A keyed pseudonym of patient and series; with ``keep_ids`` the patient id itself, made safe
+    as a folder name (with the series number appended when the patient has several series).
+    Other tools use this to find the DICOM series of an imported case without storing
+    identifying paths. Ids that coincide after sanitising are told apart (see
+    :func:`_case_ids`).
+    """
+    return _case_ids(scan, pseudo, keep_ids=keep_ids, dataset=dataset)[0]
+
+
+def _case_ids(
+    scan: DicomScan,
+    pseudo: Pseudonymizer,
+    *,
+    keep_ids: bool,
+    dataset: CaseDataset | None,
+) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Case ids by series key, and a note for each series whose id had to be changed.
+
+    With ``keep_ids``, two different series may sanitise to one id (PatientIDs ``12/34`` and
+    ``12_34``; two series with one SeriesNumber), or to the id of another series already in the
+    data set. The id is then kept by the series whose patient id needed no change (else the
+    first by series UID) unless the data set holds another series under it; every other one
+    gets ``-`` and six hex digits of the SHA-256 of its series UID appended: deterministic,
+    and reported, never dropped. Keyed pseudonyms (48 bits) are not expected to collide.
     """
     patient_series: Counter[str] = Counter(
         str(files[0].header.get("PatientID", "") or "") for files in scan.ct_series.values()
     )
     out: dict[str, str] = {}
+    raw: dict[str, str] = {}
     for uid, files in scan.ct_series.items():
         first = files[0].header
         patient_id = str(first.get("PatientID", "") or "")
         patient_key = patient_id or str(first.get("StudyInstanceUID", "")) or uid
+        raw[uid] = patient_key
         if keep_ids:
             case_id = _safe_name(patient_key)
             if patient_series[patient_id] > 1:
@@ -439,7 +577,43 @@ def series_case_ids(
         else:
             case_id = pseudo.case_id(patient_key, uid)
         out[uid] = case_id
-    return out
+    if not keep_ids:
+        return out, {}
+    return _tell_apart(out, raw, lambda case_id: _existing_source(dataset, case_id, "series"))
+
+
+def _tell_apart(
+    ids: dict[str, str], raw: dict[str, str], owner: Callable[[str], str | None]
+) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Make ``ids`` (by source key) unique: see :func:`_case_ids`. ``raw`` is what each id
+    was made from; ``owner(case_id)`` the source key of that id in the data set, if any."""
+    out = dict(ids)
+    notes: dict[str, list[str]] = {}
+    groups: dict[str, list[str]] = {}
+    for key, case_id in ids.items():
+        groups.setdefault(case_id, []).append(key)
+    for case_id, keys in groups.items():
+        keys.sort(key=lambda k: (not case_id.startswith(raw[k]), k))
+        holder = owner(case_id)
+        for n, key in enumerate(keys):
+            if n == 0 and holder in (None, key):
+                continue
+            out[key] = f"{case_id}-{hashlib.sha256(key.encode()).hexdigest()[:6]}"
+            other = "a case already in the data set" if n == 0 else "another case of this import"
+            notes[key] = [
+                f"case id {case_id} (from {raw[key]!r}, made safe as a folder name) is taken "
+                f"by {other}; this one was imported as {out[key]}"
+            ]
+    return out, notes
+
+
+def _existing_source(dataset: CaseDataset | None, case_id: str, field: str) -> str | None:
+    """The source ``field`` (series UID, folder) recorded for ``case_id`` in the data set
+    (None: no such case)."""
+    if dataset is None or case_id not in dataset:
+        return None
+    source = dataset.case_info(case_id).get("source", {})
+    return str(source.get(field, "")) if isinstance(source, dict) else ""
 
 
 def _import_dicom_case(
@@ -454,6 +628,7 @@ def _import_dicom_case(
     rule: CohortRule,
     options: ImportOptions,
     case_id: str,
+    id_notes: list[str],
 ) -> ImportItem:
     first = files[0].header
     patient_id = str(first.get("PatientID", "") or "")
@@ -488,6 +663,10 @@ def _import_dicom_case(
         warnings: list[dict[str, Any]] = [
             {"code": "pairing", "message": n, "roi_number": None, "roi_name": None} for n in notes
         ]
+        warnings.extend(
+            {"code": "case-id-collision", "message": n, "roi_number": None, "roi_name": None}
+            for n in id_notes
+        )
         if uid.startswith(UNIDENTIFIED_SERIES):
             warnings.append(
                 {
@@ -627,9 +806,9 @@ def _import_nifti_case(
     pseudo: Pseudonymizer,
     rule: CohortRule,
     options: ImportOptions,
+    case_id: str,
 ) -> ImportItem:
     source_name = case_dir.name
-    case_id = _safe_name(source_name) if options.keep_ids else pseudo.case_id(source_name, folder)
     item = ImportItem(status="skipped", source=folder, case_id=case_id)
     cohort = rule.assign(CaseKeys(folder=folder, patient_id=source_name))
     if cohort is None:
@@ -669,7 +848,17 @@ def _import_nifti_case(
                 if options.keep_unmapped:
                     mask = read_mask(path, reference=ct)
                     if mask.array.any():
-                        safe = _safe_name(name)
+                        safe = _unique_name(_safe_name(name), {*extra, *claims})
+                        if safe != _safe_name(name):
+                            warnings.append(
+                                {
+                                    "code": "name-collision",
+                                    "message": f"{path.name} and another file have the same "
+                                    f"name once made safe ({_safe_name(name)}); kept as {safe}",
+                                    "roi_number": None,
+                                    "roi_name": name,
+                                }
+                            )
                         extra[safe] = mask
                         extra_records[safe] = {
                             "original_name": name,
@@ -718,7 +907,7 @@ def _import_nifti_case(
             "cohort": cohort,
             "source": {
                 "kind": "nifti",
-                "folder": source_name if options.keep_ids else pseudo.fingerprint("folder", folder),
+                "folder": folder if options.keep_ids else pseudo.fingerprint("folder", folder),
                 "n_slices": ct.shape[0],
                 "study_date": None,
             },

@@ -4,8 +4,10 @@ Layout::
 
     DATASET/
       dataset.json                 schema version, structure set, cases with cohorts
-      import-report.json           what the last import did, skipped and warned about
+      import-report.json           what each import did, skipped and warned about (the last
+                                   run, with the earlier ones under "earlier_runs")
       .dlas-pseudonym-key          key of the pseudonyms (never share it)
+      .dlas-lock                   writer lock: one import (or phantom) at a time
       cases/<case_id>/
         ct.nii.gz                  CT in HU, canonical axial orientation
         structures/<Name>.nii.gz   one binary mask per structure, on the CT grid
@@ -13,15 +15,19 @@ Layout::
 
 Cases are written to a hidden temporary folder and renamed into place when complete, and
 ``dataset.json`` is rewritten atomically after each case, so an interrupted import leaves only
-complete cases behind and loses none already written.
+complete cases behind and loses none already written. Writers hold the data set's lock
+(:func:`writer_lock`) for their whole run: a second `dlas import` into the same data set while
+one is running fails at once with a clear message, instead of both rewriting ``dataset.json``
+from their own view and losing each other's cases.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +42,52 @@ from dlas.io.nifti import read_mask, read_nifti, write_mask, write_nifti
 from dlas.io.volume import Volume
 from dlas.structures import StructureSet
 
-__all__ = ["DATASET_SCHEMA_VERSION", "Case", "CaseDataset", "CaseRecord", "label_map"]
+__all__ = [
+    "DATASET_SCHEMA_VERSION",
+    "LOCK_FILE",
+    "Case",
+    "CaseDataset",
+    "CaseRecord",
+    "label_map",
+    "writer_lock",
+]
 
 DATASET_SCHEMA_VERSION = 1
+REPORT_FILE = "import-report.json"
+LOCK_FILE = ".dlas-lock"
+
+
+@contextlib.contextmanager
+def writer_lock(root: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the writer lock of the data set at ``root`` (created if needed) for the block.
+
+    An operating-system file lock (``filelock``): released when the block ends or the process
+    dies, so a killed import never leaves a stale lock behind.
+
+    Raises
+    ------
+    DatasetError
+        Another process holds the lock.
+    """
+    from filelock import FileLock, Timeout
+
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise DatasetError(
+            "data set is being written by another dlas process",
+            where=str(path),
+            expected="one writer at a time (dlas import, dlas phantom)",
+            found=f"its lock ({LOCK_FILE}) held by a running process",
+            fix="wait until the other import has finished, then run this one again",
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @dataclass(frozen=True)
@@ -181,7 +230,9 @@ class CaseDataset:
                     fix="import with the data set's structure set, or into a new folder",
                 )
             return existing
-        if path.exists() and any(p for p in path.iterdir() if not p.name.startswith(".")):
+        if path.exists() and any(
+            p for p in path.iterdir() if not p.name.startswith(".") and p.name != REPORT_FILE
+        ):
             raise DatasetError(
                 "destination is not empty and not a data set",
                 where=str(path),

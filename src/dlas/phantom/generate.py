@@ -556,7 +556,6 @@ def generate(
     PhantomError
         ``out`` is not empty, the format is unknown, or ``workers`` < 1.
     """
-    from dlas.io import write_json, write_text
 
     out_path = Path(out)
     if fmt not in ("dicom", "nifti"):
@@ -585,7 +584,26 @@ def generate(
             found="all cohorts have 0 patients",
             fix="give a cohort a size, e.g. --cohort training=4",
         )
-    out_path.mkdir(parents=True, exist_ok=True)
+    from dlas.io.atomic import atomic_dir
+
+    # The replica is generated in a hidden sibling folder and renamed into place when complete
+    # (manifest.json written last): an interrupted run leaves no replica that looks complete.
+    with atomic_dir(out_path, replace=out_path.exists()) as tmp:
+        manifest = _generate_into(tmp, config, jobs, fmt=fmt, workers=workers, progress=progress)
+    return manifest
+
+
+def _generate_into(
+    out_path: Path,
+    config: PhantomConfig,
+    jobs: list[tuple[str, int]],
+    *,
+    fmt: Format,
+    workers: int,
+    progress: ProgressCallback | None,
+) -> dict[str, Any]:
+    from dlas.io import write_json, write_text
+
     dataset = None
     if fmt == "nifti":
         from dlas.dataset import CaseDataset

@@ -37,7 +37,7 @@ import yaml
 
 from dlas import __version__
 from dlas.config_files import canonical_sha256
-from dlas.errors import StudyError
+from dlas.errors import DatasetError, StudyError
 from dlas.io.atomic import write_json, write_text
 from dlas.study.config import DatasetSource, DicomSource, PhantomSource, StudyConfig
 
@@ -354,6 +354,15 @@ def _step_data(study: _Study) -> dict[str, Any]:
             "%d case(s) were not imported; see %s",
             len(report.skipped),
             study.data / "import-report.json",
+        )
+    if not any(i.status in ("imported", "exists") for i in report.items):
+        first = report.skipped[0].reason if report.skipped else "no case found"
+        raise DatasetError(
+            "no case could be imported",
+            where=str(report.source),
+            expected="at least one readable CT series",
+            found=f"{len(report.skipped)} refused; the first: {first}",
+            fix=f"see {study.data / 'import-report.json'} for every reason",
         )
     dataset = CaseDataset.open(study.data)
     _check_cohorts(study, dataset)
