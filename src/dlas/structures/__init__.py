@@ -3,8 +3,10 @@
 from dlas.structures.structure_set import (
     BUILTIN_STRUCTURE_SETS,
     Code,
+    InputQAThresholds,
     NameMapping,
     Postprocess,
+    QAThresholds,
     RTROIInterpretedType,
     StructureDef,
     StructureSet,
@@ -15,8 +17,10 @@ from dlas.structures.structure_set import (
 __all__ = [
     "BUILTIN_STRUCTURE_SETS",
     "Code",
+    "InputQAThresholds",
     "NameMapping",
     "Postprocess",
+    "QAThresholds",
     "RTROIInterpretedType",
     "StructureDef",
     "StructureSet",

@@ -35,6 +35,13 @@ Schema (version 1)::
         category: {scheme: SCT, value: "91723000", meaning: Anatomical Structure}
         property_type: {scheme: SCT, value: "2812003", meaning: Head of Femur}
         postprocess: {largest_component: true, fill_holes: true}
+        qa: {volume_margin: 0.25}      # optional: prediction QA thresholds (QAThresholds)
+    qa: {spacing_margin: 0.25}         # optional: input-domain thresholds (InputQAThresholds)
+
+The ``qa`` blocks are optional; what they hold and how the defaults were chosen is documented in
+:mod:`dlas.prediction.qa`. A set written without them reads with the defaults, and a ``qa`` block
+equal to the defaults is left out of :meth:`StructureSet.to_data`, so the hash of a structure set
+that does not customise its QA is the hash it had before QA thresholds existed.
 """
 
 from __future__ import annotations
@@ -58,8 +65,10 @@ from dlas.errors import StructureSetError
 __all__ = [
     "BUILTIN_STRUCTURE_SETS",
     "Code",
+    "InputQAThresholds",
     "NameMapping",
     "Postprocess",
+    "QAThresholds",
     "RTROIInterpretedType",
     "StructureDef",
     "StructureSet",
@@ -142,6 +151,69 @@ class Postprocess(BaseModel):
     fill_holes: bool = False
 
 
+class QAThresholds(BaseModel):
+    """Prediction QA thresholds of one structure (see :mod:`dlas.prediction.qa`).
+
+    A field set to ``null`` turns its check off for the structure.
+
+    Attributes
+    ----------
+    missing
+        Flag an empty prediction (``missing``).
+    volume_margin
+        Relative tolerance around the range of volumes on the training cases: a volume below
+        ``min x (1 - margin)`` or above ``max x (1 + margin)`` is flagged
+        (``volume-out-of-range``).
+    max_fragments
+        Connected components allowed beyond the largest (``fragments``).
+    fragment_min_cm3
+        Components (and cavities) smaller than this (cm³) are ignored.
+    max_z_gaps
+        Empty axial slices allowed between the first and the last slice of the structure
+        (``z-gaps``).
+    holes
+        Flag cavities enclosed in 3-D (``holes``).
+    laterality
+        Flag a sided structure whose centroid lies on the wrong side of the body midline
+        (``laterality``).
+    outside_body_max
+        Largest fraction of the structure allowed outside the body (``outside-body``).
+    uncertainty_max
+        Largest 1 - mean pairwise DSC between ensemble/TTA members (``uncertainty``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    missing: bool = True
+    volume_margin: float | None = Field(0.25, ge=0.0, le=10.0)
+    max_fragments: int | None = Field(0, ge=0)
+    fragment_min_cm3: float = Field(0.1, ge=0.0)
+    max_z_gaps: int | None = Field(0, ge=0)
+    holes: bool = True
+    laterality: bool = True
+    outside_body_max: float | None = Field(0.05, ge=0.0, le=1.0)
+    uncertainty_max: float | None = Field(0.2, ge=0.0, le=1.0)
+
+
+class InputQAThresholds(BaseModel):
+    """Input-domain QA thresholds of a structure set (see :mod:`dlas.prediction.qa`).
+
+    Attributes
+    ----------
+    enabled
+        Compare every input CT with the training cases' domain (``input-domain``).
+    spacing_margin
+        Relative tolerance around the training range of in-plane pixel spacings, slice
+        thicknesses and fields of view.
+    hu_margin
+        Tolerance (HU) around the training range of each HU percentile.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    enabled: bool = True
+    spacing_margin: float = Field(0.25, ge=0.0, le=10.0)
+    hu_margin: float = Field(100.0, ge=0.0)
+
+
 _DEFAULT_CATEGORY = Code(scheme="SCT", value="91723000", meaning="Anatomical Structure")
 
 
@@ -160,6 +232,7 @@ class StructureDef(BaseModel):
     category: Code = _DEFAULT_CATEGORY
     property_type: Code | None = None
     postprocess: Postprocess = Postprocess()
+    qa: QAThresholds = QAThresholds()
 
     @field_validator("name")
     @classmethod
@@ -228,6 +301,7 @@ class StructureSet(BaseModel):
     name: str = Field(min_length=1)
     description: str = ""
     structures: tuple[StructureDef, ...] = Field(min_length=1)
+    qa: InputQAThresholds = InputQAThresholds()
 
     @model_validator(mode="after")
     def _spellings_unique(self) -> StructureSet:
@@ -342,8 +416,18 @@ class StructureSet(BaseModel):
 
     # ------------------------------------------------------------------ I/O
     def to_data(self) -> dict[str, Any]:
-        """JSON/YAML-ready data that :meth:`from_data` reads back."""
-        return self.model_dump(mode="json")
+        """JSON/YAML-ready data that :meth:`from_data` reads back.
+
+        ``qa`` blocks equal to the defaults are left out, so that sets which do not customise
+        QA keep the content (and hash) they had before QA thresholds existed.
+        """
+        data = self.model_dump(mode="json")
+        if self.qa == InputQAThresholds():
+            data.pop("qa")
+        for structure, entry in zip(self.structures, data["structures"], strict=True):
+            if structure.qa == QAThresholds():
+                entry.pop("qa")
+        return data
 
     def sha256(self) -> str:
         """Hash of the canonical JSON form (independent of YAML formatting)."""
