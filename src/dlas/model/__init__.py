@@ -39,6 +39,13 @@ from dlas.model.preprocessing import (
     resample_to_ct,
     resample_to_model,
 )
+from dlas.model.qa_reference import (
+    QA_REFERENCE_SCHEMA_VERSION,
+    CaseMeasures,
+    build_qa_reference,
+    input_domain,
+    measure_case,
+)
 from dlas.model.runtime import DeviceError, lr_swap_table, resolve_device
 
 if TYPE_CHECKING:
@@ -47,7 +54,9 @@ if TYPE_CHECKING:
 __all__ = [
     "MODEL_JSON",
     "PRESETS",
+    "QA_REFERENCE_SCHEMA_VERSION",
     "ArchitectureSpec",
+    "CaseMeasures",
     "DeviceError",
     "DpnUNet",
     "DpnUNetConfig",
@@ -59,15 +68,18 @@ __all__ = [
     "SliceGrid",
     "WeightsEntry",
     "body_box",
+    "build_qa_reference",
     "canonical_axial",
     "check_state_dict",
     "config_sha256",
     "context_indices",
     "count_parameters",
     "file_sha256",
+    "input_domain",
     "load_model",
     "load_weights",
     "lr_swap_table",
+    "measure_case",
     "normalise_hu",
     "plan_grid",
     "read_model_info",

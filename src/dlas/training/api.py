@@ -43,6 +43,7 @@ from dlas.model.checkpoint import (
     save_model,
 )
 from dlas.model.config import DpnUNetConfig, Preprocessing, config_sha256
+from dlas.model.qa_reference import CaseMeasures, build_qa_reference, measure_case
 from dlas.model.runtime import lr_swap_table, resolve_device
 from dlas.training.budget import BudgetPlan, measure_step, plan_budget
 from dlas.training.config import Recipe, TrainingConfigError, load_recipe
@@ -346,11 +347,16 @@ def _prepare(
     architecture: DpnUNetConfig,
     pre: Preprocessing,
     emit: EventCallback,
+    measures: dict[str, CaseMeasures] | None = None,
 ) -> dict[str, PreparedCase]:
+    """Every training case on the model grid, padded to one canvas; with ``measures``, also
+    what the QA reference needs from each case (measured while the case is loaded anyway)."""
     prepared: dict[str, PreparedCase] = {}
     for i, case_id in enumerate(case_ids):
         emit(TrainingEvent("prepare", step=i, steps=len(case_ids), message=case_id))
         case = dataset.load_case(case_id)
+        if measures is not None:
+            measures[case_id] = measure_case(case.ct, case.structures)
         prepared[case_id] = prepare_case(
             case, dataset.structure_set, pre, architecture.size_multiple
         )
@@ -545,8 +551,14 @@ def train(
                 {**run, "notes": notes, **({"budget": kept} if kept is not None else {})},
             )
         dist.barrier()
+        measures: dict[str, CaseMeasures] = {}
         prepared = _prepare(
-            ds, case_ids, architecture, _canvas_for_patch(pre, architecture.size_multiple), emit
+            ds,
+            case_ids,
+            architecture,
+            _canvas_for_patch(pre, architecture.size_multiple),
+            emit,
+            measures,
         )
         pre = _resolve_patch(
             _with_canvas(pre, prepared),
@@ -622,6 +634,7 @@ def train(
             weights=weights,
             plan=plan,
             started=started,
+            qa=build_qa_reference([measures[c] for c in sorted(measures)], ds.structure_set.names),
         )
         emit(TrainingEvent("done", message=result.model_sha256))
         return result
@@ -730,6 +743,7 @@ def _finish(
     weights: np.ndarray,
     plan: BudgetPlan | None,
     started: float,
+    qa: dict[str, Any] | None = None,
 ) -> TrainResult:
     has_validation = any(f["validation"] for f in run["split"]["folds"])
     rule = recipe.selection if has_validation else "last"
@@ -792,6 +806,7 @@ def _finish(
                 "device": device.type,
                 "world_size": dist.world_size,
             },
+            qa=qa,
         )
         model_sha = info.model_sha256
         write_json(
