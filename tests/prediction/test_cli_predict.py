@@ -53,7 +53,7 @@ def test_predict_command_writes_an_rtstruct(
     assert status == 0
     report = json.loads(capsys.readouterr().out)
     (item,) = report["items"]
-    assert item["status"] == "written" and item["files"] == ["RTSTRUCT.dcm"]
+    assert item["status"] == "written" and item["files"] == ["RTSTRUCT.dcm", "qa.json"]
     assert (tmp_path / "out" / item["id"] / "RTSTRUCT.dcm").is_file()
 
 

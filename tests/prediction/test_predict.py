@@ -57,6 +57,7 @@ def test_dicom_series_prediction_writes_a_valid_rtstruct(
         "RTSTRUCT.dcm",
         "SEG.dcm",
         "prediction.json",
+        "qa.json",
         "structures",
     ]
     assert dciodvfy(result / "RTSTRUCT.dcm") == []

@@ -158,9 +158,21 @@ def predict(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace earlier predictions in --out."
     ),
+    qa_fail: str = typer.Option(
+        "warn",
+        "--qa-fail",
+        help="What a prediction flagged by QA does: warn (write it, marked in qa.json and in "
+        "the RTSTRUCT/SEG descriptions) or error (write nothing for it, report it failed).",
+    ),
+    uncertainty_map: bool = typer.Option(
+        False,
+        "--uncertainty-map",
+        help="Ensemble or --tta: also write uncertainty.nii.gz (members disagreeing, per voxel).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Predict structures on CTs and write RTSTRUCT / DICOM SEG / NIfTI masks."""
+    """Predict structures on CTs and write RTSTRUCT / DICOM SEG / NIfTI masks; every
+    prediction is checked by prediction QA (qa.json)."""
     from dlas.prediction import PredictionError
     from dlas.prediction import predict as run_prediction
 
@@ -176,6 +188,8 @@ def predict(
             cohorts=cohort or None,
             overwrite=overwrite,
             progress=progress,
+            qa_fail=qa_fail.strip().lower(),
+            uncertainty_map=uncertainty_map,
         )
     if json_out:
         print_json(report.to_data())
@@ -193,6 +207,17 @@ def predict(
         for item in report.items:
             if item.status != "written":
                 console.print(f"  {item.id}: {item.status} — {item.reason}")
+            elif item.flagged:
+                codes = sorted(
+                    {
+                        *item.qa.get("input", []),
+                        *(c for v in item.qa["structures"].values() for c in v),
+                    }
+                )
+                console.print(
+                    f"  {item.id}: written, flagged by QA ({item.qa['flags']} flag(s): "
+                    f"{', '.join(codes)}; see qa.json)"
+                )
     if report.failed:
         first = report.failed[0]
         raise PredictionError(

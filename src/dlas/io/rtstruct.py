@@ -533,6 +533,7 @@ def write_rtstruct(
     series_number: int = 900,
     timestamp: dt.datetime | None = None,
     uid_seed: str | None = None,
+    roi_descriptions: Mapping[str, str] | None = None,
 ) -> Dataset:
     """Write masks on the grid of ``ct`` as an RTSTRUCT that references that series.
 
@@ -556,6 +557,9 @@ def write_rtstruct(
         Structure set date/time (now by default; fixed for reproducible files).
     uid_seed
         Derive the new UIDs deterministically from this string.
+    roi_descriptions
+        Structure name → ROI Description (3006,0028), the free-text comment a planning system
+        shows with the ROI (e.g. prediction QA flags); at most 1024 characters are kept.
 
     Returns
     -------
@@ -700,6 +704,8 @@ def write_rtstruct(
         roi.ROINumber = number
         roi.ReferencedFrameOfReferenceUID = ct.frame_of_reference_uid
         roi.ROIName = name
+        if roi_descriptions and roi_descriptions.get(name):
+            roi.ROIDescription = roi_descriptions[name][:1024]
         roi.ROIGenerationAlgorithm = generation.value
         if algorithm is not None:
             roi.ROIGenerationDescription = algorithm.description()

@@ -43,10 +43,14 @@ def write_seg(
     structure_set: StructureSet | None = None,
     series_number: int = 901,
     uid_seed: str | None = None,
+    series_description: str | None = None,
+    segment_descriptions: Mapping[str, str] | None = None,
 ) -> None:
     """Write masks (z, y, x) on ``ct``'s grid as a binary DICOM SEG referencing the series.
 
     Empty structures are kept as segments without frames so that segment numbers stay stable.
+    ``series_description`` (Series Description) and ``segment_descriptions`` (structure name →
+    Segment Description (0062,0006), e.g. prediction QA flags) are cut to 64 characters.
     """
     import highdicom as hd
 
@@ -145,5 +149,11 @@ def write_seg(
         device_serial_number="0",
         omit_empty_frames=True,
     )
+    if series_description:
+        seg.SeriesDescription = series_description[:64]
+    for s, name in enumerate(names):
+        text = (segment_descriptions or {}).get(name)
+        if text:
+            seg.SegmentSequence[s].SegmentDescription = text[:64]
     with atomic_path(path) as tmp:
         seg.save_as(tmp)

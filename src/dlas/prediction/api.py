@@ -9,7 +9,11 @@ Output layout — one folder per input CT, written completely or not at all::
         RTSTRUCT.dcm               referencing the source series (format rtstruct; DICOM input)
         SEG.dcm                    DICOM Segmentation (format seg; DICOM input)
         prediction.json            provenance: model name, version and hash, software version,
-                                   structures with voxel counts and volumes
+                                   structures with voxel counts and volumes, the QA summary
+        qa.json                    prediction QA (dlas.prediction.qa): flags and measures per
+                                   structure and for the input CT, status pass or flagged
+        uncertainty.nii.gz         members disagreeing with the ensemble, per voxel (uint8;
+                                   with uncertainty_map, for an ensemble or test-time flipping)
 
 ``<id>`` is the case id for a data set (so ``dlas evaluate --prediction NAME=OUT`` finds
 ``OUT/<case_id>/structures``), ``series-<first 12 hex digits of SHA-256(SeriesInstanceUID)>`` for
@@ -20,6 +24,12 @@ prediction is never mistaken for a missing file.
 Default formats: ``rtstruct`` for DICOM input, ``nifti`` otherwise. RTSTRUCT and SEG need the
 source DICOM series and are refused for other inputs. RTSTRUCTs are marked AUTOMATIC and carry
 the model name, version (software version + short model hash) and the full model hash.
+
+Prediction QA runs on every prediction. A flagged prediction is written with its flags in
+``qa.json``, and its RTSTRUCT/SEG are marked: the series description ends in ``[QA: N flags]``,
+and each flagged ROI (segment) carries its flag codes in its ROI Description (Segment
+Description). ``predictions.json`` lists the flagged inputs. With ``qa_fail="error"`` a flagged
+input is not written at all: it is reported as failed with its flags (``PredictionQAError``).
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,16 +53,20 @@ from dlas.errors import DlasError
 from dlas.io.atomic import atomic_dir, write_json
 from dlas.io.ct import CTSeries, read_ct_series
 from dlas.io.dicom_scan import scan_dicom
-from dlas.io.nifti import read_nifti, write_mask
+from dlas.io.nifti import read_nifti, write_mask, write_nifti
 from dlas.io.rtstruct import AlgorithmIdentification, ROIGenerationAlgorithm, write_rtstruct
 from dlas.io.seg import write_seg
 from dlas.io.volume import Volume
-from dlas.prediction.engine import Predictor
+from dlas.model.checkpoint import ModelInfo
+from dlas.prediction.engine import MemberAgreement, Predictor
+from dlas.prediction.qa import QAReport, check_prediction
 
 __all__ = [
     "FORMATS",
+    "QA_FAIL_MODES",
     "PredictionError",
     "PredictionItem",
+    "PredictionQAError",
     "PredictionReport",
     "parse_formats",
     "predict",
@@ -60,12 +75,22 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMATS = ("rtstruct", "seg", "nifti")
+#: What a flagged prediction does: ``warn`` writes it marked, ``error`` fails it unwritten.
+QA_FAIL_MODES = ("warn", "error")
 
 ProgressCallback = Callable[[int, int, str], None]
 
 
 class PredictionError(DlasError):
     """A prediction request that cannot be carried out (formats, inputs, existing outputs)."""
+
+
+class PredictionQAError(PredictionError):
+    """A prediction that prediction QA flagged, refused because of ``--qa-fail error``.
+
+    ``summary`` holds the QA summary (:meth:`~dlas.prediction.qa.QAReport.summary`)."""
+
+    summary: dict[str, Any] = {}  # noqa: RUF012 - replaced per instance, never mutated
 
 
 @dataclass
@@ -78,6 +103,12 @@ class PredictionItem:
     reason: str = ""
     files: list[str] = field(default_factory=list)
     structures: dict[str, dict[str, Any]] = field(default_factory=dict)
+    qa: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def flagged(self) -> bool:
+        """Whether prediction QA flagged this input."""
+        return self.qa.get("status") == "flagged"
 
     def to_data(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -88,6 +119,7 @@ class PredictionItem:
             "reason": self.reason,
             "files": self.files,
             "structures": self.structures,
+            "qa": self.qa,
         }
 
 
@@ -100,11 +132,17 @@ class PredictionReport:
     model_sha256: str
     formats: tuple[str, ...]
     items: list[PredictionItem] = field(default_factory=list)
+    qa_fail: str = "warn"
 
     @property
     def failed(self) -> list[PredictionItem]:
         """Inputs that could not be predicted."""
         return [i for i in self.items if i.status == "failed"]
+
+    @property
+    def flagged(self) -> list[PredictionItem]:
+        """Inputs that prediction QA flagged (written marked, or failed with ``error``)."""
+        return [i for i in self.items if i.flagged]
 
     def to_data(self) -> dict[str, Any]:
         """JSON-ready form (``predictions.json``)."""
@@ -113,8 +151,17 @@ class PredictionReport:
             "software": {"name": "dlas", "version": __version__},
             "model": {"name": self.model_name, "model_sha256": self.model_sha256},
             "formats": list(self.formats),
+            "qa_fail": self.qa_fail,
+            "flagged": [
+                {"id": i.id, "status": i.status, "flags": i.qa.get("flags", 0), **_codes(i.qa)}
+                for i in self.flagged
+            ],
             "items": [i.to_data() for i in self.items],
         }
+
+
+def _codes(summary: dict[str, Any]) -> dict[str, Any]:
+    return {"input": summary.get("input", []), "structures": summary.get("structures", {})}
 
 
 def parse_formats(formats: str | Sequence[str] | None, kind: str) -> tuple[str, ...]:
@@ -188,6 +235,63 @@ def _existing(folder: Path, model_sha: str) -> str | PredictionError | None:
     )
 
 
+def _qa_marks(qa: QAReport, base: str) -> tuple[str, dict[str, str], dict[str, str]]:
+    """Series description (64 characters at most) and, per flagged structure, the ROI and
+    segment descriptions that mark a flagged prediction."""
+    n = len(qa.flags)
+    if not n:
+        return base[:64], {}, {}
+    suffix = f" [QA: {n} flag{'s' if n != 1 else ''}]"
+    rois = {
+        name: f"QA flags: {', '.join(s.codes)}. Review before use ({n} flag(s) in this set)."
+        for name, s in qa.structures.items()
+        if s.flags
+    }
+    segments = {name: f"QA: {', '.join(s.codes)}" for name, s in qa.structures.items() if s.flags}
+    return base[: 64 - len(suffix)] + suffix, rois, segments
+
+
+def _write_dicom(
+    tmp: Path,
+    masks: dict[str, Volume],
+    series: CTSeries,
+    formats: Sequence[str],
+    info: ModelInfo,
+    qa: QAReport,
+) -> list[str]:
+    algorithm = AlgorithmIdentification(
+        name=info.name, version=info.version, parameters=f"model_sha256={info.model_sha256}"
+    )
+    description, rois, segments = _qa_marks(qa, f"{info.name} auto-segmentation")
+    files: list[str] = []
+    if "rtstruct" in formats:
+        write_rtstruct(
+            {name: mask.array for name, mask in masks.items()},
+            series,
+            tmp / "RTSTRUCT.dcm",
+            generation=ROIGenerationAlgorithm.AUTOMATIC,
+            algorithm=algorithm,
+            structure_set=info.structure_set,
+            label=info.name[:16],
+            series_description=description,
+            roi_descriptions=rois,
+        )
+        files.append("RTSTRUCT.dcm")
+    if "seg" in formats:
+        write_seg(
+            {name: mask.array for name, mask in masks.items()},
+            series,
+            tmp / "SEG.dcm",
+            generation=ROIGenerationAlgorithm.AUTOMATIC,
+            algorithm=algorithm,
+            structure_set=info.structure_set,
+            series_description=description,
+            segment_descriptions=segments,
+        )
+        files.append("SEG.dcm")
+    return files
+
+
 def _write_item(
     predictor: Predictor,
     folder: Path,
@@ -199,11 +303,10 @@ def _write_item(
     series: CTSeries | None,
     overwrite: bool,
     extra: dict[str, Any],
+    qa: QAReport,
+    agreement: MemberAgreement | None = None,
 ) -> None:
     info = predictor.model.info
-    algorithm = AlgorithmIdentification(
-        name=info.name, version=info.version, parameters=f"model_sha256={info.model_sha256}"
-    )
     voxel_cm3 = ct.voxel_volume_mm3 / 1000.0
     item.structures = {
         name: {
@@ -220,28 +323,19 @@ def _write_item(
             for name, mask in masks.items():
                 write_mask(mask, tmp / "structures" / f"{name}.nii.gz")
                 files.append(f"structures/{name}.nii.gz")
-        if series is not None and "rtstruct" in formats:
-            write_rtstruct(
-                {name: mask.array for name, mask in masks.items()},
-                series,
-                tmp / "RTSTRUCT.dcm",
-                generation=ROIGenerationAlgorithm.AUTOMATIC,
-                algorithm=algorithm,
-                structure_set=info.structure_set,
-                label=info.name[:16],
-                series_description=f"{info.name} auto-segmentation"[:64],
-            )
-            files.append("RTSTRUCT.dcm")
-        if series is not None and "seg" in formats:
-            write_seg(
-                {name: mask.array for name, mask in masks.items()},
-                series,
-                tmp / "SEG.dcm",
-                generation=ROIGenerationAlgorithm.AUTOMATIC,
-                algorithm=algorithm,
-                structure_set=info.structure_set,
-            )
-            files.append("SEG.dcm")
+        if series is not None:
+            files += _write_dicom(tmp, masks, series, formats, info, qa)
+        qa_data = qa.to_data()
+        if agreement is not None and agreement.disagreement is not None:
+            write_nifti(agreement.disagreement, tmp / "uncertainty.nii.gz")
+            files.append("uncertainty.nii.gz")
+            qa_data["uncertainty_map"] = {
+                "file": "uncertainty.nii.gz",
+                "definition": "per voxel, the number of members (networks x test-time passes) "
+                f"whose arg-max label differs from the ensemble's; {agreement.members} members",
+            }
+        write_json(tmp / "qa.json", qa_data)
+        files.append("qa.json")
         item.files = files
         write_json(
             tmp / "prediction.json",
@@ -261,8 +355,44 @@ def _write_item(
                 "formats": list(formats),
                 "files": files,
                 "structures": item.structures,
+                "qa": qa.summary(),
             },
         )
+
+
+def _predict_checked(
+    predictor: Predictor, ct: Volume, item_id: str, qa_fail: str, with_agreement: bool
+) -> tuple[dict[str, Volume], QAReport, MemberAgreement | None]:
+    """Masks of ``ct`` and their QA; raises :class:`PredictionQAError` for a flagged
+    prediction when ``qa_fail`` is ``error``."""
+    info = predictor.model.info
+    agreement: MemberAgreement | None = None
+    if with_agreement:
+        masks, agreement = predictor.predict_with_agreement(ct)
+    else:
+        masks = predictor.predict(ct)
+    started = time.perf_counter()
+    qa = check_prediction(
+        ct,
+        masks,
+        info.structure_set,
+        info.qa,
+        agreement=agreement,
+        body_threshold_hu=info.preprocessing.body_threshold_hu,
+    )
+    log.debug("%s: prediction QA took %.2f s", item_id, time.perf_counter() - started)
+    if qa.flags and qa_fail == "error":
+        error = PredictionQAError(
+            f"prediction flagged by QA ({len(qa.flags)} flag(s)); nothing written",
+            where=f"input {item_id}",
+            expected="no QA flag (--qa-fail error)",
+            found=qa.describe(),
+            fix="review this CT and the model's fit to it, or predict with --qa-fail warn to "
+            "write the prediction marked as flagged",
+        )
+        error.summary = qa.summary()
+        raise error
+    return masks, qa, agreement
 
 
 def predict(
@@ -277,6 +407,8 @@ def predict(
     cohorts: Sequence[str] | None = None,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
+    qa_fail: str = "warn",
+    uncertainty_map: bool = False,
 ) -> PredictionReport:
     """Predict every CT of ``source`` with ``model`` and write the results under ``out``.
 
@@ -299,6 +431,12 @@ def predict(
         model is skipped (``exists``), and one predicted with another model fails.
     progress
         ``(done, total, label)`` callback, called per input.
+    qa_fail
+        ``warn`` (default): a prediction flagged by QA is written, marked (see the module
+        docstring); ``error``: it is not written and the input is reported as failed.
+    uncertainty_map
+        For an ensemble or test-time flipping, also write ``uncertainty.nii.gz`` (members
+        disagreeing with the ensemble, per voxel).
 
     Returns
     -------
@@ -308,7 +446,8 @@ def predict(
     Raises
     ------
     PredictionError
-        Bad formats or cohorts; an only input that fails raises its own error instead.
+        Bad formats, cohorts or ``qa_fail``; an only input that fails raises its own error
+        instead (:class:`PredictionQAError` when QA flagged it with ``qa_fail="error"``).
     dlas.model.ModelFileError
         An unusable model.
     """
@@ -322,11 +461,21 @@ def predict(
             found="nothing at that path",
             fix="check the path",
         )
+    if qa_fail not in QA_FAIL_MODES:
+        raise PredictionError(
+            "unknown QA failure mode",
+            where="--qa-fail",
+            expected=" or ".join(QA_FAIL_MODES),
+            found=repr(qa_fail),
+            fix="use --qa-fail warn (write flagged predictions, marked) or error",
+        )
     kind = _input_kind(src)
     chosen = parse_formats(formats, kind)
     predictor = Predictor(model, device=device, batch_size=batch_size, tta=tta)
     info = predictor.model.info
-    report = PredictionReport(out_dir, info.name, info.model_sha256, chosen)
+    report = PredictionReport(out_dir, info.name, info.model_sha256, chosen, qa_fail=qa_fail)
+    # Member agreement only when there are members to disagree: a single model runs as before.
+    with_agreement = predictor.members > 1
     jobs = _jobs(src, kind, cohorts)
     errors: list[DlasError] = []
     for n, (item_id, load) in enumerate(jobs):
@@ -346,7 +495,8 @@ def predict(
                 continue
         try:
             ct, series, extra = load()
-            masks = predictor.predict(ct)
+            masks, qa, agreement = _predict_checked(predictor, ct, item_id, qa_fail, with_agreement)
+            item.qa = qa.summary()
             _write_item(
                 predictor,
                 folder,
@@ -357,14 +507,21 @@ def predict(
                 series=series,
                 overwrite=overwrite,
                 extra=extra,
+                qa=qa,
+                agreement=agreement if uncertainty_map else None,
             )
+        except PredictionQAError as exc:
+            item.reason, item.qa = str(exc), exc.summary
+            errors.append(exc)
+            log.warning("%s not written: flagged by prediction QA", item_id)
+            continue
         except DlasError as exc:
             item.reason = str(exc)
             errors.append(exc)
             log.warning("%s not predicted: %s", item_id, exc.what)
             continue
         item.status = "written"
-        log.info("%s predicted (%s)", item_id, ", ".join(item.files))
+        log.info("%s predicted (%s; QA %s)", item_id, ", ".join(item.files), qa.status)
     if progress is not None:
         progress(len(jobs), len(jobs), "")
     if len(jobs) == 1 and errors:

@@ -8,6 +8,14 @@ ensemble members (and of the left-right mirrored input with left/right classes s
 test-time augmentation is on), resamples the probabilities bilinearly onto the CT pixels, takes
 the arg-max, applies each structure's post-processing and returns boolean masks on exactly the
 CT's grid (z, y, x). Pixels outside the body region are background.
+
+:meth:`Predictor.predict_with_agreement` also measures how much the members agree (for prediction
+QA's uncertainty score, :mod:`dlas.prediction.qa`): every member — each network of the ensemble,
+and each of its test-time passes — gets its own arg-max on the CT pixels (before post-processing),
+and per structure the engine counts each member's voxels and the voxels every pair of members
+shares; it also maps, per voxel, how many members disagree with the ensemble's label. Only counts
+are kept, never the members' masks, so memory stays one CT-sized byte array whatever the number
+of members. :meth:`Predictor.predict` does none of this and runs exactly as before.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -36,11 +45,86 @@ from dlas.prediction.postprocess import postprocess_mask
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Predictor"]
+__all__ = ["MemberAgreement", "Predictor"]
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int, str], None]
+
+
+@dataclass
+class MemberAgreement:
+    """How much the members of an ensemble (and its test-time passes) agree, per class.
+
+    Attributes
+    ----------
+    members
+        Number of members (networks x test-time passes).
+    sizes
+        ``(members, classes)``: voxels each member labels with each class.
+    shared
+        ``(members, members, classes)``: voxels two members both label with the class.
+    union, unanimous
+        ``(classes,)``: voxels that any member, and that every member, labels with the class.
+    disagreement
+        Per voxel of the CT's grid (z, y, x), the number of members whose label differs from the
+        ensemble's (uint8); None when not kept.
+
+    Counts are of the members' arg-max labels before post-processing. Class 0 is background.
+    """
+
+    members: int
+    sizes: npt.NDArray[np.int64]
+    shared: npt.NDArray[np.int64]
+    union: npt.NDArray[np.int64]
+    unanimous: npt.NDArray[np.int64]
+    disagreement: Volume | None = None
+
+    @classmethod
+    def empty(cls, members: int, classes: int) -> MemberAgreement:
+        """All counts zero."""
+        return cls(
+            members=members,
+            sizes=np.zeros((members, classes), dtype=np.int64),
+            shared=np.zeros((members, members, classes), dtype=np.int64),
+            union=np.zeros(classes, dtype=np.int64),
+            unanimous=np.zeros(classes, dtype=np.int64),
+        )
+
+    def add(self, member_labels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Count a block of voxels: ``member_labels`` (members, ...) and the ensemble's
+        ``labels`` (...) of the same voxels; returns the per-voxel disagreement count (uint8)."""
+        import torch
+
+        m = member_labels.shape[0]
+        flat = member_labels.reshape(m, -1)
+        for c in range(1, self.sizes.shape[1]):
+            votes = (flat == c).to(torch.float32)
+            # float32 counts are exact up to 2**24 voxels, more than one block ever holds.
+            self.sizes[:, c] += votes.sum(1).round().to(torch.int64).cpu().numpy()
+            self.shared[:, :, c] += (votes @ votes.T).round().to(torch.int64).cpu().numpy()
+            count = votes.sum(0)
+            self.union[c] += int((count > 0).sum())
+            self.unanimous[c] += int((count == m).sum())
+        return (member_labels != labels[None]).sum(0).to(torch.uint8)
+
+    def mean_pairwise_dsc(self, c: int) -> float:
+        """Mean DSC over all pairs of members for class ``c`` (a pair that both leave the class
+        empty agrees: DSC 1); 1.0 for a single member."""
+        if self.members < 2:
+            return 1.0
+        values = []
+        for i in range(self.members):
+            for j in range(i + 1, self.members):
+                total = int(self.sizes[i, c] + self.sizes[j, c])
+                values.append(1.0 if total == 0 else 2.0 * int(self.shared[i, j, c]) / total)
+        return float(np.mean(values))
+
+    def unagreed_fraction(self, c: int) -> float:
+        """Share of the voxels any member labels ``c`` that not every member labels ``c``
+        (0.0 when no member labels it)."""
+        union = int(self.union[c])
+        return 0.0 if union == 0 else 1.0 - int(self.unanimous[c]) / union
 
 
 class Predictor:
@@ -95,7 +179,16 @@ class Predictor:
         """Names of the structures predicted."""
         return self.model.info.structures
 
-    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def members(self) -> int:
+        """Members whose probabilities are averaged: networks x test-time passes."""
+        return len(self.model.networks) * (2 if self.tta else 1)
+
+    def _probabilities(
+        self, x: torch.Tensor, each: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Mean class probabilities of every member; with ``each``, every member's own
+        probabilities are appended to it too."""
         import torch
 
         if self._amp:
@@ -115,6 +208,8 @@ class Predictor:
                 if flipped:
                     assert self._swap is not None
                     probs = probs.flip(-1)[:, torch.from_numpy(self._swap).to(probs.device)]
+                if each is not None:
+                    each.append(probs)
                 total = probs if total is None else total + probs
                 count += 1
         assert total is not None
@@ -125,6 +220,16 @@ class Predictor:
     ) -> tuple[Volume, npt.NDArray[np.uint8]]:
         """Arg-max class per voxel (0 background, ``i`` structure ``i - 1``) on the canonical
         axial grid of ``ct``; returns that grid's CT volume and the labels (z, y, x)."""
+        return self._labels(ct, progress, None)
+
+    def _labels(
+        self,
+        ct: Volume,
+        progress: ProgressCallback | None,
+        agreement: MemberAgreement | None,
+    ) -> tuple[Volume, npt.NDArray[np.uint8]]:
+        """See :meth:`predict_labels`; with ``agreement``, also count the members' agreement
+        (its ``disagreement`` map is set on the canonical grid)."""
         import torch
 
         info = self.model.info
@@ -136,6 +241,7 @@ class Predictor:
         scale, air = pre.intensity_affine()
         y0, y1, x0, x1 = grid.box
         labels = np.zeros(ct_c.shape, dtype=np.uint8)
+        disagreement = np.zeros(ct_c.shape, dtype=np.uint8) if agreement is not None else None
         chunk = max(self.batch_size, 16)
         with torch.inference_mode():
             image = torch.empty((nz, *grid.shape), dtype=torch.float32, device=self.device)
@@ -150,17 +256,44 @@ class Predictor:
                     [context_indices(z, nz, arch.in_slices) for z in range(z0, z1)],
                     device=self.device,
                 )
-                probs = self._probabilities(image[index])
-                back = resample_to_ct(probs, grid)
-                labels[z0:z1, y0:y1, x0:x1] = back.argmax(1).to(torch.uint8).cpu().numpy()
+                each: list[torch.Tensor] | None = [] if agreement is not None else None
+                probs = self._probabilities(image[index], each)
+                block = resample_to_ct(probs, grid).argmax(1).to(torch.uint8)
+                labels[z0:z1, y0:y1, x0:x1] = block.cpu().numpy()
+                if agreement is not None and each is not None and disagreement is not None:
+                    members = torch.stack(
+                        [resample_to_ct(p, grid).argmax(1).to(torch.uint8) for p in each]
+                    )
+                    counts = agreement.add(members, block)
+                    disagreement[z0:z1, y0:y1, x0:x1] = counts.cpu().numpy()
                 if progress is not None:
                     progress(z1, nz, "slices")
+        if agreement is not None and disagreement is not None:
+            agreement.disagreement = ct_c.with_array(disagreement)
         return ct_c, labels
 
     def predict(self, ct: Volume, *, progress: ProgressCallback | None = None) -> dict[str, Volume]:
         """Post-processed boolean masks per structure on exactly the grid of ``ct``."""
+        ct_c, labels = self._labels(ct, progress, None)
+        return self._masks(ct, ct_c, labels)
+
+    def predict_with_agreement(
+        self, ct: Volume, *, progress: ProgressCallback | None = None
+    ) -> tuple[dict[str, Volume], MemberAgreement]:
+        """:meth:`predict`'s masks, and how much the members agree (see
+        :class:`MemberAgreement`; its disagreement map is on the grid of ``ct``).
+
+        The masks are the same as :meth:`predict`'s; the members' own arg-max costs one extra
+        resampling per member and slice batch.
+        """
+        agreement = MemberAgreement.empty(self.members, len(self.model.info.classes))
+        ct_c, labels = self._labels(ct, progress, agreement)
+        if agreement.disagreement is not None:
+            agreement.disagreement = _back_to_grid(agreement.disagreement, ct)
+        return self._masks(ct, ct_c, labels), agreement
+
+    def _masks(self, ct: Volume, ct_c: Volume, labels: npt.NDArray[np.uint8]) -> dict[str, Volume]:
         info = self.model.info
-        ct_c, labels = self.predict_labels(ct, progress=progress)
         masks: dict[str, Volume] = {}
         for i, name in enumerate(info.structures, start=1):
             rule = info.structure_set[name].postprocess
@@ -170,13 +303,15 @@ class Predictor:
 
 
 def _back_to_grid(mask: Volume, reference: Volume) -> Volume:
-    """``mask`` (canonical grid) on the grid of ``reference`` (the same voxels, maybe permuted)."""
+    """``mask`` (canonical grid) on the grid of ``reference`` (the same voxels, maybe permuted);
+    a boolean mask stays boolean, a count map keeps its values and type."""
+    boolean = mask.array.dtype == bool
     if mask.same_grid(reference):
-        return reference.with_array(np.asarray(mask.array, dtype=bool))
+        return reference.with_array(np.asarray(mask.array, dtype=bool) if boolean else mask.array)
     import SimpleITK as sitk
 
     resampled = sitk.Resample(
         mask.to_sitk(), reference.to_sitk(), sitk.Transform(), sitk.sitkNearestNeighbor, 0
     )
     back = Volume.from_sitk(resampled)
-    return reference.with_array(back.array != 0)
+    return reference.with_array(back.array != 0 if boolean else back.array.astype(mask.array.dtype))
