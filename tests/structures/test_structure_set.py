@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from dlas.errors import StructureSetError
-from dlas.structures import StructureSet, load_structure_set, name_stem
+from dlas.structures import (
+    InputQAThresholds,
+    QAThresholds,
+    StructureSet,
+    load_structure_set,
+    name_stem,
+)
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +155,38 @@ def test_builtin_rectal_set(rectal: StructureSet) -> None:
     assert rectal["Bladder"].postprocess.largest_component
     # the hash is of the content, not of the YAML layout
     assert StructureSet.from_data(rectal.to_data()).sha256() == rectal.sha256()
+
+
+def test_structure_set_without_qa_reads_with_defaults_and_keeps_its_hash(tmp_path: Path) -> None:
+    body = "schema_version: 1\nname: old\nstructures:\n  - name: Bladder\n  - name: FemoralHead_L\n"
+    old = StructureSet.from_yaml(_write(tmp_path, body))
+    assert old["Bladder"].qa == QAThresholds() and old.qa == InputQAThresholds()
+    data = old.to_data()
+    assert "qa" not in data and all("qa" not in s for s in data["structures"])
+    # The hash this set had before QA thresholds existed (dlas before the qa blocks).
+    assert old.sha256() == "b4784a8919baac75c74aa16716fa47fdc5f6adfbbc6035b6dd8b831433e7f66d"
+
+
+def test_qa_thresholds_round_trip_and_change_the_hash(tmp_path: Path) -> None:
+    plain = "schema_version: 1\nname: s\nstructures:\n  - name: SmallBowel\n"
+    tuned = plain + "    qa: {max_fragments: null, volume_margin: 0.5}\nqa: {hu_margin: 50}\n"
+    a = StructureSet.from_yaml(_write(tmp_path, plain))
+    b = StructureSet.from_yaml(_write(tmp_path, tuned))
+    assert b["SmallBowel"].qa.max_fragments is None and b["SmallBowel"].qa.volume_margin == 0.5
+    assert b.qa.hu_margin == 50
+    assert StructureSet.from_data(b.to_data()) == b
+    assert a.sha256() != b.sha256()
+
+
+def test_negative_qa_margin_is_refused(tmp_path: Path) -> None:
+    body = (
+        "schema_version: 1\nname: s\nstructures:\n  - name: Bladder\n    qa: {volume_margin: -1}\n"
+    )
+    with pytest.raises(StructureSetError, match="volume_margin"):
+        StructureSet.from_yaml(_write(tmp_path, body))
+
+
+def test_builtin_rectal_set_lets_small_bowel_be_in_pieces(rectal: StructureSet) -> None:
+    assert rectal["SmallBowel"].qa.max_fragments is None
+    assert rectal["SmallBowel"].qa.max_z_gaps is None
+    assert rectal["CTV"].qa == QAThresholds()
