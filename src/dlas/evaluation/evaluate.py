@@ -24,7 +24,11 @@ A long table, one row per (case, model, structure), with the columns of :data:`C
 metadata for the sidecar JSON: the metric definitions and options, software versions, and
 SHA-256 hashes of every mask file read. In the CSV, undefined values are written ``nan`` and
 infinite distances ``inf`` (``-inf`` never occurs); ``flags`` holds the special cases of the
-row separated by ``;`` (empty when none).
+row separated by ``;`` (empty when none). ``qa`` holds the prediction QA flag codes of the row
+(:mod:`dlas.prediction.qa`), read from ``DIR/<case_id>/qa.json`` when ``dlas predict`` wrote one:
+the structure's own codes followed by the input CT's (``input-domain``, which concerns every
+structure of the case), separated by ``;``; empty when nothing was flagged or no ``qa.json``
+exists.
 
 Cases are evaluated in parallel worker processes (``workers``); each worker holds one reference
 and one prediction mask at a time, so memory stays bounded whatever the cohort size, and the
@@ -77,7 +81,7 @@ METRICS_SCHEMA_VERSION = 1
 #: The columns that identify a row.
 ID_COLUMNS: tuple[str, ...] = ("case_id", "cohort", "model", "structure")
 #: Every column of the metrics table, in order.
-COLUMNS: tuple[str, ...] = (*ID_COLUMNS, *METRIC_COLUMNS, "flags")
+COLUMNS: tuple[str, ...] = (*ID_COLUMNS, *METRIC_COLUMNS, "flags", "qa")
 #: How the ``body`` specificity domain is derived from the reference CT.
 BODY_DEFINITION = (
     "body = CT voxels above -500 HU, largest 6-connected component, holes filled in every "
@@ -86,7 +90,8 @@ BODY_DEFINITION = (
 _CSV_CONVENTIONS = (
     "one row per case_id, model and structure; distances in mm, volumes in cm³, volume error "
     "in %; 'nan' = undefined (e.g. both masks empty), 'inf' = distance to a structure missing "
-    "in one mask; flags separated by ';', empty when none"
+    "in one mask; flags separated by ';', empty when none; qa: prediction QA flag codes from "
+    "the prediction's qa.json, separated by ';', empty when none"
 )
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -288,8 +293,9 @@ def read_metrics(path: str | os.PathLike[str]) -> pd.DataFrame:
                 found=repr(bad),
                 fix="regenerate the table with `dlas evaluate`",
             ) from None
-    if "flags" not in table.columns:
-        table["flags"] = ""
+    for column in ("flags", "qa"):
+        if column not in table.columns:
+            table[column] = ""  # tables written before the column existed
     return table
 
 
@@ -484,6 +490,10 @@ def _evaluate_case(task: _CaseTask) -> _CaseResult:
     rows_by_model: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in task.predictions}
     hashes: dict[tuple[str, str], str] = {}
     body: npt.NDArray[np.bool_] | None = None
+    qa = {
+        name: _qa_codes(Path(folder) / task.case_id / "qa.json")
+        for name, folder in task.predictions
+    }
     if task.options.specificity_domain == "body":
         body = _body_mask(read_nifti(case_dir / "ct.nii.gz"))
     for structure in task.structures:
@@ -521,11 +531,35 @@ def _evaluate_case(task: _CaseTask) -> _CaseResult:
                     "structure": structure,
                     **values,
                     "flags": ";".join(flags),
+                    "qa": ";".join(qa[name].get(structure, []) + qa[name].get("", [])),
                 }
             )
             log.debug("%s %s %s: %s", task.case_id, name, structure, values)
     rows = [row for name, _ in task.predictions for row in rows_by_model[name]]
     return _CaseResult(task.case_id, rows, hashes)
+
+
+def _qa_codes(path: Path) -> dict[str, list[str]]:
+    """Prediction QA codes from a ``qa.json``: structure → codes, ``""`` → the input's codes;
+    empty when there is no file (a prediction made before dlas wrote one)."""
+    import json
+
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        codes = data["codes"]
+        out = {str(k): [str(c) for c in v] for k, v in codes["structures"].items()}
+        out[""] = [str(c) for c in codes["input"]]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise EvaluationError(
+            "prediction QA file is malformed",
+            where=str(path),
+            expected="the qa.json written by `dlas predict` (codes.structures, codes.input)",
+            found=f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}",
+            fix="predict the case again, or delete its qa.json to evaluate without QA codes",
+        ) from None
+    return out
 
 
 def _read_prediction(path: Path, reference: Volume, resample: bool) -> tuple[Volume, bool]:
@@ -599,6 +633,9 @@ def _metadata(
     flags: Counter[str] = Counter()
     for value in table["flags"]:
         flags.update(f for f in str(value).split(";") if f)
+    qa: Counter[str] = Counter()
+    for value in table["qa"]:
+        qa.update(f for f in str(value).split(";") if f)
     cohorts: Counter[str] = Counter(t.cohort for t in tasks)
     index = dataset.root / "dataset.json"
     return {
@@ -633,4 +670,5 @@ def _metadata(
         ),
         "rows": len(table),
         "flags": dict(sorted(flags.items())),
+        "qa": dict(sorted(qa.items())),
     }
