@@ -16,6 +16,9 @@ interrupted run leaves no half-written report and keeps an older complete one)::
       figures/dsc_heatmap.*           DSC of every case and structure
       figures/learning_curves_<M>.*   training curves of each model trained in the study
       viewer/<cohort>.html            contour viewer, one page per cohort
+
+The HTML report also lists what prediction QA flagged, per model (``qa.json`` of each
+prediction, :mod:`dlas.report.qa`); ``report.json`` records the counts.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from dlas.report.html import png_data_uri, render_report
 from dlas.report.inputs import ReportInputs
 from dlas.report.metric_info import METRICS, metric_info
 from dlas.report.palette import GROUND_TRUTH, get_palette
+from dlas.report.qa import prediction_qa
 from dlas.report.summary import summarize
 from dlas.report.viewer import IMAGE_FORMATS, render_viewer
 from dlas.training.curves import learning_curves_figure
@@ -417,6 +421,7 @@ def build_report(
             fix="choose another --out, or pass --overwrite to replace it",
         )
     volume_structure, case_structure = _check_options(inputs, options)
+    qa = prediction_qa(inputs)
     pairs = _pairs(inputs, options)
     if inputs.comparison is None:
         _compute_comparison(inputs, pairs[0])
@@ -663,6 +668,7 @@ def build_report(
                 "method": summary.method,
             },
             "tables": table_entries,
+            "qa": qa,
             "figures": fig_entries,
             "viewers": viewer_entries,
             "definitions": _definitions(inputs.metrics_meta),
@@ -676,7 +682,13 @@ def build_report(
         tick("HTML report")
         files = sorted([*w.files, "report.json"])
         write_json(
-            tmp / "report.json", {**provenance, "files": files, "summary": summary.paragraphs()}
+            tmp / "report.json",
+            {
+                **provenance,
+                "files": files,
+                "summary": summary.paragraphs(),
+                "prediction_qa": qa["models"],
+            },
         )
         result.files = files
     return result
