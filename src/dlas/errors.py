@@ -14,6 +14,7 @@ __all__ = [
     "DlasError",
     "EvaluationError",
     "NiftiError",
+    "OutputError",
     "RTStructError",
     "ReportError",
     "StructureSetError",
@@ -99,3 +100,8 @@ class ReportError(DlasError):
 
 class StudyError(DlasError):
     """A study configuration or study folder that cannot be run or resumed."""
+
+
+class OutputError(DlasError):
+    """An output path that cannot be written: a file where a folder belongs, a read-only or
+    full file system, or earlier results that would be overwritten without ``--overwrite``."""

@@ -180,3 +180,36 @@ def test_commands_keep_help_free_of_heavy_imports() -> None:
     )
     assert result.stdout.strip().endswith("[]")
     assert "--specificity-domain" in result.stdout and "--correction" in result.stdout
+
+
+def test_evaluate_and_compare_refuse_to_overwrite_without_overwrite(
+    study: Study, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `evaluate --out` used to overwrite an earlier metrics table silently.
+    metrics = tmp_path / "metrics.csv"
+    args = [
+        "evaluate",
+        "--reference",
+        str(study.dataset),
+        "--prediction",
+        f"VPM={study.predictions['VPM']}",
+        "--prediction",
+        f"LFT={study.predictions['LFT']}",
+        "--out",
+        str(metrics),
+    ]
+    assert _run(args, capsys)[0] == 0
+    before = metrics.read_bytes()
+    code, _, err = _run(args, capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "output already exists" in err and "--overwrite" in err
+    assert metrics.read_bytes() == before
+    assert _run([*args, "--overwrite"], capsys)[0] == 0
+
+    out_dir = tmp_path / "cmp"
+    compare = ["compare", str(metrics), "--a", "VPM", "--b", "LFT", "--out", str(out_dir)]
+    assert _run([*compare, "--bootstrap", "10"], capsys)[0] == 0
+    code, _, err = _run([*compare, "--bootstrap", "10"], capsys)
+    assert code == 2
+    assert "output already exists" in err and "comparison.csv" in err
+    assert _run([*compare, "--bootstrap", "10", "--overwrite"], capsys)[0] == 0

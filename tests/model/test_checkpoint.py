@@ -118,7 +118,7 @@ def test_edited_postprocess_in_model_json_is_refused(tmp_path: Path) -> None:
     data = json.loads((folder / "model.json").read_text())
     data["structure_set"]["structures"][0]["postprocess"] = {"largest_component": True}
     (folder / "model.json").write_text(json.dumps(data))
-    with pytest.raises(ModelFileError, match="model hash does not match model.json"):
+    with pytest.raises(ModelFileError, match=r"model hash does not match model\.json"):
         read_model_info(folder)
 
 
@@ -139,7 +139,7 @@ def test_model_hash_covers_qa_reference(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "b" / "model.json").read_text())
     data["qa"]["volumes_cm3"]["Bladder"]["max"] = 4000.0
     (tmp_path / "b" / "model.json").write_text(json.dumps(data))
-    with pytest.raises(ModelFileError, match="model hash does not match model.json"):
+    with pytest.raises(ModelFileError, match=r"model hash does not match model\.json"):
         read_model_info(tmp_path / "b")
 
 

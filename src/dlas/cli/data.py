@@ -192,7 +192,10 @@ def _print_import_report(report: Any) -> None:
     if unmatched:
         out.print(
             "names matching no structure (cases): "
-            + ", ".join(f"{name} ({n})" for name, n in sorted(unmatched.items()))
+            + ", ".join(
+                f"{name if len(name) <= 64 else name[:63] + '…'} ({n})"
+                for name, n in sorted(unmatched.items())
+            )
         )
     warnings = report.warning_counts()
     if warnings:

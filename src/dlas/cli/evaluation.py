@@ -64,10 +64,22 @@ def evaluate(
         "instead of refusing them.",
     ),
     workers: int = typer.Option(1, "--workers", help="Worker processes (cases in parallel)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing metrics table and its sidecar."
+    ),
 ) -> None:
     """Compute every metric of every structure, case and model into one long table."""
     from dlas.evaluation import MetricOptions, parse_prediction
     from dlas.evaluation import evaluate as run_evaluation
+    from dlas.io.atomic import check_output
+
+    check_output(
+        out,
+        folder=False,
+        option="--out",
+        overwrite=overwrite,
+        existing=(out.with_suffix(".json").name,),
+    )
 
     options = MetricOptions(
         hd95=hd95,  # type: ignore[arg-type]  # validated by MetricOptions
@@ -150,10 +162,16 @@ def compare(
         "of Table 2 (repeatable; default dsc, "
         "hd95_mm, sensitivity, specificity).",
     ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the comparison files already in --out."
+    ),
 ) -> None:
     """Paired statistics of model B against model A per cohort, structure and metric."""
+    from dlas.evaluation import COMPARISON_FILES, render_table2, write_comparison
     from dlas.evaluation import compare as run_compare
-    from dlas.evaluation import render_table2, write_comparison
+    from dlas.io.atomic import check_output
+
+    check_output(out, folder=True, option="--out", overwrite=overwrite, existing=COMPARISON_FILES)
 
     result = run_compare(
         metrics,

@@ -186,9 +186,17 @@ def _relative(path: Path, root: Path) -> str:
     return rel.as_posix() or "."
 
 
+#: Longest file or folder name made from a source name (ROI names may run to 300 characters,
+#: more than a file system allows); longer ones keep a hash of the whole name.
+_MAX_NAME = 64
+
+
 def _safe_name(name: str) -> str:
-    text = re.sub(r"[^A-Za-z0-9_.+-]+", "_", name.strip()).strip("_.")
-    return text or "unnamed"
+    text = re.sub(r"[^A-Za-z0-9_.+-]+", "_", name.strip()).strip("_.") or "unnamed"
+    if len(text) > _MAX_NAME:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        text = f"{text[: _MAX_NAME - 9]}-{digest}"
+    return text
 
 
 def _unique_name(name: str, taken: set[str]) -> str:
@@ -695,8 +703,11 @@ def _import_dicom_case(
             warnings.extend(map_warnings)
             if options.keep_unmapped:
                 extra, extra_records = _extra_masks(rs, unmatched, ct, masks)
-    except DlasError as exc:
-        item.reason = _reason(exc, options, case_id, source, [f.path for f in files], [first])
+    except (DlasError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        # Anything else from a malformed file refuses this case, not the whole import.
+        item.reason = _reason(
+            _as_dlas_error(exc), options, case_id, source, [f.path for f in files], [first]
+        )
         log.info("case %s skipped: %s", case_id, item.reason)
         return item
     if warnings and not options.keep_ids:
@@ -770,6 +781,21 @@ def _extra_masks(
             "file": f"structures/{name}.nii.gz",
         }
     return extra, records
+
+
+def _as_dlas_error(exc: Exception) -> DlasError:
+    """A case-level error; an unexpected one (a bug, or a file malformed in a way dlas does not
+    recognise yet) is logged with its traceback and reported as such."""
+    if isinstance(exc, DlasError):
+        return exc
+    log.debug("unexpected error while reading a case", exc_info=exc)
+    return DatasetError(
+        "unexpected error while reading this case",
+        where="the case's files",
+        expected="a readable CT series and RTSTRUCT",
+        found=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
+        fix="rerun with --debug to see where; please report it with that output",
+    )
 
 
 def _reason(

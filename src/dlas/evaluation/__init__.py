@@ -33,6 +33,7 @@ from dlas.evaluation.metrics import (
 )
 from dlas.evaluation.statistics import (
     COMPARISON_COLUMNS,
+    COMPARISON_FILES,
     CORRECTIONS,
     ZERO_METHODS,
     compare,
@@ -43,6 +44,7 @@ from dlas.evaluation.tables import DEFAULT_TABLE_METRICS, METRIC_LABELS, render_
 __all__ = [
     "COLUMNS",
     "COMPARISON_COLUMNS",
+    "COMPARISON_FILES",
     "CORRECTIONS",
     "DEFAULT_TABLE_METRICS",
     "HD95_VARIANTS",

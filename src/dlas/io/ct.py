@@ -417,6 +417,18 @@ def read_ct_series(
             fix="export the series again",
         )
     row_spacing, col_spacing = next(iter(spacings))
+    if (
+        not (np.isfinite(row_spacing) and np.isfinite(col_spacing))
+        or min(row_spacing, col_spacing) <= 0
+    ):
+        raise DicomSeriesError(
+            "invalid PixelSpacing",
+            where=where,
+            expected="two positive pixel spacings in mm (row, column), e.g. 0.98\\0.98",
+            found=f"{row_spacing:g}\\{col_spacing:g}",
+            fix="export the series again from the scanner or planning system; the images "
+            "cannot be placed in space without it",
+        )
 
     # ---- pixel data → HU
     slices = []

@@ -50,7 +50,7 @@ import numpy as np
 from dlas import __version__
 from dlas.dataset import CaseDataset
 from dlas.errors import DlasError
-from dlas.io.atomic import atomic_dir, write_json
+from dlas.io.atomic import atomic_dir, check_output, write_json
 from dlas.io.ct import CTSeries, read_ct_series
 from dlas.io.dicom_scan import scan_dicom
 from dlas.io.nifti import read_nifti, write_mask, write_nifti
@@ -471,6 +471,9 @@ def predict(
         )
     kind = _input_kind(src)
     chosen = parse_formats(formats, kind)
+    # Before the model is loaded and anything computed: an --out that is a file, or a folder
+    # that cannot be written, used to fail only after the first prediction.
+    check_output(out_dir, folder=True, option="--out")
     predictor = Predictor(model, device=device, batch_size=batch_size, tta=tta)
     info = predictor.model.info
     report = PredictionReport(out_dir, info.name, info.model_sha256, chosen, qa_fail=qa_fail)

@@ -139,7 +139,7 @@ class StatisticsSpec(_Strict):
 
     alpha: float = Field(0.05, gt=0, lt=1)
     correction: Literal["none", "holm", "bh"] = "none"
-    bootstrap: int = Field(2000, ge=0)
+    bootstrap: int = Field(2000, ge=0, le=100_000)  # MAX_BOOTSTRAP of dlas.evaluation
     seed: int = Field(0, ge=0)
     zero_method: Literal["wilcox", "pratt", "zsplit"] = "wilcox"
 
@@ -176,6 +176,21 @@ class StudyConfig(_Strict):
     statistics: StatisticsSpec = StatisticsSpec()
     prediction: PredictionSpec = PredictionSpec()
     report: ReportSpec = ReportSpec()
+
+    @field_validator("pretrain", "finetune")
+    @classmethod
+    def _recipe_overrides_valid(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Checked here, before the first step: a typo such as `finetune: {epoch: 1}` used to
+        # surface only when fine-tuning began, after the pretraining had run.
+        if value:
+            from dlas.training.config import TrainingConfigError, load_recipe
+
+            try:
+                load_recipe({"schema_version": 1, **value})
+            except TrainingConfigError as exc:
+                key = (exc.where or "").partition(", at ")[2] or "?"
+                raise ValueError(f"recipe override {key!r}: {exc.found}") from None
+        return value
 
     @model_validator(mode="after")
     def _pretraining_possible(self) -> StudyConfig:
