@@ -189,4 +189,7 @@ def test_negative_qa_margin_is_refused(tmp_path: Path) -> None:
 def test_builtin_rectal_set_lets_small_bowel_be_in_pieces(rectal: StructureSet) -> None:
     assert rectal["SmallBowel"].qa.max_fragments is None
     assert rectal["SmallBowel"].qa.max_z_gaps is None
-    assert rectal["CTV"].qa == QAThresholds()
+    assert rectal["SmallBowel"].qa.holes is False
+    # The CTV ignores islands below 1.5 cm³ (chosen on replica training ground truth).
+    assert rectal["CTV"].qa == QAThresholds(fragment_min_cm3=1.5)
+    assert rectal["Bladder"].qa == QAThresholds()
