@@ -336,3 +336,53 @@ def test_duplicated_rows_are_refused() -> None:
     doubled = pd.concat([table, table.iloc[[0]]], ignore_index=True)
     with pytest.raises(EvaluationError, match=r"case EX001.*a case appears twice"):
         compare(doubled, "VPM", "LFT")
+
+
+# ---------------------------------------------------------------------- non-finite values
+def test_missed_structure_stays_in_the_test_as_the_largest_difference() -> None:
+    # B misses the structure in one case: its 95HD is +inf. That case used to be dropped from
+    # the test silently; it is B's worst case and ranks as the largest difference.
+    a = [5.0, 6.0, 7.0, 5.5, 6.5, 7.5, 8.0, 4.0, 6.2, 5.8]
+    b = [4.0, 5.0, 7.5, 5.0, 6.0, 7.0, 7.0, 3.0, 6.0, math.inf]
+    row = compare(_table(a, b, "hd95_mm"), "A", "B", bootstrap=0).iloc[0]
+    assert (row["n_pairs"], row["n_pairs_nonfinite"]) == (10, 1)
+    assert (row["n_a"], row["n_b"], row["n_nonfinite_a"], row["n_nonfinite_b"]) == (10, 9, 0, 1)
+    d = np.array(b) - np.array(a)
+    expected = stats.wilcoxon(d)  # scipy ranks the infinite difference above every other
+    assert row["p_value"] == pytest.approx(expected.pvalue)
+    finite = d[np.isfinite(d)]
+    assert row["mean_diff"] == pytest.approx(finite.mean())
+    assert row["mean_b"] == pytest.approx(np.mean(b[:9]))
+    # Dropping the missed case instead would have made B look better than it is.
+    dropped = stats.wilcoxon(finite).pvalue
+    assert row["p_value"] != pytest.approx(dropped)
+
+
+def test_both_models_missing_a_structure_is_a_tie_not_an_exclusion() -> None:
+    a = [5.0, 6.0, 7.0, 5.5, 6.5, 7.5, math.inf]
+    b = [4.0, 5.0, 7.5, 5.0, 6.0, 7.0, math.inf]
+    row = compare(_table(a, b, "hd95_mm"), "A", "B", bootstrap=0, zero_method="pratt").iloc[0]
+    assert (row["n_pairs"], row["n_pairs_nonfinite"]) == (7, 1)
+    d = np.array(b[:6]) - np.array(a[:6])
+    assert row["p_value"] == pytest.approx(
+        stats.wilcoxon(np.append(d, 0.0), zero_method="pratt").pvalue
+    )
+
+
+def test_table2_states_n_and_marks_excluded_and_kept_values() -> None:
+    a = [5.0, 6.0, 7.0, 5.5, 6.5, 7.5, 8.0, 4.0, 6.2, 5.8]
+    b = [4.0, 5.0, 7.5, 5.0, 6.0, 7.0, 7.0, 3.0, 6.0, math.inf]
+    text = render_table2(
+        compare(_table(a, b, "hd95_mm"), "A", "B", bootstrap=0), "markdown", metrics=["hd95_mm"]
+    )
+    lines = text.splitlines()
+    assert lines[3] == f"| A | {np.mean(a):.3f} ± {np.std(a, ddof=1):.3f} |"
+    assert lines[4].endswith(" (n = 9)† |")
+    assert lines[5].endswith("‡ |")
+    assert "n = cases per cohort (X 10) unless a cell states its own." in text
+    assert "† Mean ± SD over the cases with a finite value" in text
+    assert "‡ The test keeps the pairs with an infinite value" in text
+    latex = render_table2(
+        compare(_table(a, b, "hd95_mm"), "A", "B", bootstrap=0), "latex", metrics=["hd95_mm"]
+    )
+    assert "($n = 9$)$^\\dagger$" in latex and "$^\\ddagger$" in latex

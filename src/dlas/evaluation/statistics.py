@@ -5,11 +5,17 @@ For every cohort × structure × metric column of a metrics table (see
 
 * n, mean ± SD (sample SD, ddof = 1), median and quartiles (numpy's linear interpolation) of
   each model over its cases with a finite value;
+* how many of each model's values are not finite (``n_nonfinite_a``/``_b``): ±inf — a
+  structure missing in one mask, e.g. the 95HD of a missed structure — and NaN — undefined.
+  They are never dropped silently: they are counted here and in Table 2;
 * the paired differences ``d = B − A`` over the cases both models have with finite values
-  (cases of one model only are listed in the settings and excluded; NaN — undefined — and
-  ±inf — a structure missing in one mask — are excluded and counted), their mean and a
+  (cases of one model only are listed in the settings and excluded), their mean and a
   percentile bootstrap 95 % confidence interval of that mean (seeded, reproducible);
-* the two-sided Wilcoxon signed-rank test of ``d`` (:func:`scipy.stats.wilcoxon`), with the
+* the two-sided Wilcoxon signed-rank test (:func:`scipy.stats.wilcoxon`) over every pair
+  without a NaN (``n_pairs``): a pair with an infinite value keeps its sign and ranks as the
+  largest absolute difference (``n_pairs_nonfinite`` of them; a structure missed by one model
+  is that model's worst case, not a case to leave out), and a pair where both values are the
+  same infinity (both models missed it) is a zero difference. The test is run with the
   method scipy's ``"auto"`` chooses: the *exact* null distribution when n ≤ 50 and there are
   no ties and no zero differences; with ties or zeros and n ≤ 13, an exact permutation test
   over all 2ⁿ sign patterns; otherwise the normal approximation with tie correction and no
@@ -78,8 +84,11 @@ COMPARISON_COLUMNS: tuple[str, ...] = (
     "model_a",
     "model_b",
     "n_pairs",
+    "n_pairs_nonfinite",
     "n_a",
     "n_b",
+    "n_nonfinite_a",
+    "n_nonfinite_b",
     "mean_a",
     "sd_a",
     "median_a",
@@ -256,7 +265,11 @@ def compare(
             if bootstrap
             else "none",
             "descriptives": "mean, SD (ddof=1), median and quartiles (linear interpolation) "
-            "over each model's finite values; NaN and inf values are excluded",
+            "over each model's finite values; NaN and inf values are counted "
+            "(n_nonfinite_a/_b) and marked in Table 2",
+            "nonfinite_in_test": "pairs with an infinite value stay in the signed-rank test, "
+            "ranked as the largest difference of their sign (n_pairs_nonfinite); pairs with a "
+            "NaN are left out",
         },
         "unpaired_cases": unpaired,
         "nonfinite_excluded": nonfinite,
@@ -364,9 +377,10 @@ def _compare_one(
         if paired
         else np.empty(0)
     )
+    tested, d_test = _tested_differences(va, vb)
     da = _describe(np.asarray(fa.to_numpy(), dtype=np.float64))
     db = _describe(np.asarray(fb.to_numpy(), dtype=np.float64))
-    statistic, p_value, test = _wilcoxon(d, zero_method)
+    statistic, p_value, test = _wilcoxon(d_test, zero_method)
     ci_low, ci_high = _bootstrap_ci(d, bootstrap, seed, (cohort, structure, metric))
     row = {
         "cohort": cohort,
@@ -374,9 +388,12 @@ def _compare_one(
         "metric": metric,
         "model_a": a,
         "model_b": b,
-        "n_pairs": len(paired),
+        "n_pairs": tested,
+        "n_pairs_nonfinite": tested - len(paired),
         "n_a": int(fa.size),
         "n_b": int(fb.size),
+        "n_nonfinite_a": int(va.size - fa.size),
+        "n_nonfinite_b": int(vb.size - fb.size),
         **{f"{k}_a": v for k, v in da.items()},
         **{f"{k}_b": v for k, v in db.items()},
         "mean_diff": float(d.mean()) if d.size else math.nan,
@@ -386,7 +403,7 @@ def _compare_one(
         "p_value": p_value,
         "p_adjusted": math.nan,
         "correction": "",
-        "effect_size_rb": _rank_biserial(d, zero_method),
+        "effect_size_rb": _rank_biserial(d_test, zero_method),
         "significant": False,
         "test": test,
         "zero_method": zero_method,
@@ -398,6 +415,28 @@ def _compare_one(
             "nonfinite_b": sorted(str(c) for c in vb.index.difference(fb.index)),
         }
     return row, excluded
+
+
+def _tested_differences(va: pd.Series[float], vb: pd.Series[float]) -> tuple[int, _FloatArray]:
+    """The differences B − A the signed-rank test uses: every pair without a NaN, infinite
+    differences replaced by finite values of their sign that rank above every finite one (a
+    rank test sees only the order), the same infinity on both sides as 0."""
+    ta = va[~np.isnan(va.to_numpy(dtype=float))]
+    tb = vb[~np.isnan(vb.to_numpy(dtype=float))]
+    pairs = sorted(set(ta.index) & set(tb.index))
+    if not pairs:
+        return 0, np.empty(0)
+    xa = ta.loc[pairs].to_numpy(dtype=float)
+    xb = tb.loc[pairs].to_numpy(dtype=float)
+    with np.errstate(invalid="ignore"):
+        d = xb - xa
+    d[np.isnan(d)] = 0.0  # inf − inf: both models missed the structure
+    infinite = np.isinf(d)
+    if infinite.any():
+        finite = np.abs(d[~infinite])
+        top = 2.0 * float(finite.max()) + 1.0 if finite.size else 1.0
+        d[infinite] = np.sign(d[infinite]) * top
+    return len(pairs), np.asarray(d, dtype=np.float64)
 
 
 def _wilcoxon(d: _FloatArray, zero_method: str) -> tuple[float, float, str]:

@@ -5,6 +5,11 @@ model with "mean ± SD" cells, and a "p-value" row — and one column per metric
 metric spanning its cohorts. p-values below 0.01 are written "< 0.01", others with two
 decimals; the p-value shown is ``p_adjusted`` (equal to ``p_value`` without correction), and
 the caption says which correction was applied.
+
+Nothing non-finite is dropped silently: a cell whose model had cases without a finite value (the
+95HD of a structure it missed is infinite) states its own n and is marked ``†``; a p-value whose
+test kept such pairs (ranked as the largest difference) is marked ``‡``; the caption gives every
+cohort's n and explains both marks.
 """
 
 from __future__ import annotations
@@ -144,7 +149,9 @@ def _grid(
         (str(r["cohort"]), str(r["structure"]), str(r["metric"])): r
         for r in comparison.to_dict(orient="records")
     }
+    sizes = _cohort_sizes(comparison, chosen_cohorts)
     blocks = []
+    marks: set[str] = set()
     for structure in chosen_structures:
         rows: list[tuple[str, list[str]]] = []
         for side, model in (("a", model_a), ("b", model_b)):
@@ -154,20 +161,28 @@ def _grid(
                     r = index.get((cohort, structure, metric))
                     if r is None:
                         cells.append("–")
-                    else:
-                        cells.append(
-                            _mean_sd(
-                                float(r[f"mean_{side}"]),
-                                float(r[f"sd_{side}"]),
-                                digits,
-                            )
-                        )
+                        continue
+                    cell = _mean_sd(float(r[f"mean_{side}"]), float(r[f"sd_{side}"]), digits)
+                    n = _count(r, f"n_{side}")
+                    if _count(r, f"n_nonfinite_{side}"):
+                        cell += f" (n = {n}){_EXCLUDED}"
+                        marks.add(_EXCLUDED)
+                    elif n != sizes[cohort]:
+                        cell += f" (n = {n})"
+                    cells.append(cell)
             rows.append((model, cells))
         p_cells = []
         for metric in metrics:
             for cohort in chosen_cohorts:
                 r = index.get((cohort, structure, metric))
-                p_cells.append("–" if r is None else _p(float(r["p_adjusted"])))
+                if r is None:
+                    p_cells.append("–")
+                    continue
+                cell = _p(float(r["p_adjusted"]))
+                if _count(r, "n_pairs_nonfinite") and cell != "n/a":
+                    cell += _KEPT
+                    marks.add(_KEPT)
+                p_cells.append(cell)
         rows.append((_P_ROW, p_cells))
         blocks.append((structure, rows))
     corrections = sorted(set(comparison["correction"]))
@@ -180,9 +195,55 @@ def _grid(
     caption = (
         f"Mean ± SD per structure, model and cohort. p: two-sided Wilcoxon signed-rank test "
         f"of {model_b} against {model_a}, paired by case (zero differences: "
-        f"{', '.join(zero_methods)}), {correction}."
+        f"{', '.join(zero_methods)}), {correction}." + _n_note(sizes, marks)
     )
     return _Grid(metrics, chosen_cohorts, (model_a, model_b), blocks, caption)
+
+
+_EXCLUDED = "†"
+_KEPT = "‡"
+
+
+def _count(row: dict[Any, Any], column: str) -> int:
+    """An integer column of a comparison row; 0 when absent (comparisons of older versions)."""
+    value = row.get(column, 0)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return 0
+    return int(number) if math.isfinite(number) else 0
+
+
+def _cohort_sizes(comparison: pd.DataFrame, cohorts: Sequence[str]) -> dict[str, int]:
+    """Cases per cohort: the most any model has there (finite values or not)."""
+    sizes = {}
+    for cohort in cohorts:
+        rows = comparison[comparison["cohort"] == cohort].to_dict(orient="records")
+        sizes[cohort] = max(
+            (
+                _count(r, f"n_{side}") + _count(r, f"n_nonfinite_{side}")
+                for r in rows
+                for side in ("a", "b")
+            ),
+            default=0,
+        )
+    return sizes
+
+
+def _n_note(sizes: dict[str, int], marks: set[str]) -> str:
+    listed = ", ".join(f"{cohort} {n}" for cohort, n in sizes.items())
+    text = f" n = cases per cohort ({listed}) unless a cell states its own."
+    if _EXCLUDED in marks:
+        text += (
+            f" {_EXCLUDED} Mean ± SD over the cases with a finite value; the others have none "
+            "(e.g. the 95HD of a structure the model missed)."
+        )
+    if _KEPT in marks:
+        text += (
+            f" {_KEPT} The test keeps the pairs with an infinite value, ranked as the largest "
+            "difference of their sign."
+        )
+    return text
 
 
 def _choose(wanted: list[str], available: list[str], what: str) -> list[str]:
@@ -267,6 +328,17 @@ def _tex_label(metric: str) -> str:
 
 
 def _tex_cell(cell: str) -> str:
+    mark = ""
+    if cell.endswith((_EXCLUDED, _KEPT)):
+        cell, mark = cell[:-1], ("$^\\dagger$" if cell[-1] == _EXCLUDED else "$^\\ddagger$")
+    n = ""
+    if cell.endswith(")") and " (n = " in cell:
+        cell, _, count = cell.rpartition(" (n = ")
+        n = f" ($n = {count[:-1]}$)"
+    return _tex_core(cell) + n + mark
+
+
+def _tex_core(cell: str) -> str:
     if " ± " in cell:
         mean, sd = cell.split(" ± ")
         return f"${mean} \\pm {sd}$"
@@ -291,6 +363,8 @@ def _tex_escape(text: str) -> str:
         "^": r"\textasciicircum{}",
         "±": r"$\pm$",
         "–": "--",
+        "†": r"$^\dagger$",
+        "‡": r"$^\ddagger$",
         "³": r"$^3$",
     }
     return "".join(replacements.get(ch, ch) for ch in text)

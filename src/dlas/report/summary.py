@@ -308,7 +308,8 @@ def _notes(metrics: pd.DataFrame) -> list[str]:
     if infinite:
         notes.append(
             f"{infinite} rows have an infinite 95HD (a structure missing in one of the "
-            "two masks); figures count them below the axis."
+            "two masks): the means leave them out (Table 2 marks those cells †), the paired "
+            "tests keep them as the largest difference (‡), figures count them below the axis."
         )
     flagged = metrics.loc[metrics["flags"].astype(str).str.strip() != "", "flags"]
     if not flagged.empty:
