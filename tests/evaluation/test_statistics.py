@@ -386,3 +386,19 @@ def test_table2_states_n_and_marks_excluded_and_kept_values() -> None:
         compare(_table(a, b, "hd95_mm"), "A", "B", bootstrap=0), "latex", metrics=["hd95_mm"]
     )
     assert "($n = 9$)$^\\dagger$" in latex and "$^\\ddagger$" in latex
+
+
+def test_fails_count_the_structures_each_model_missed() -> None:
+    table = _table([5.0, 6.0, 7.0, 5.5], [4.0, 5.0, 7.5, math.inf], "hd95_mm")
+    table["volume_ref_cm3"] = 100.0
+    table["volume_cm3"] = 90.0
+    missed = (table["model"] == "B") & (table["case_id"] == "C003")
+    table.loc[missed, "volume_cm3"] = 0.0
+    result = compare(table, "A", "B", bootstrap=0)
+    assert (result["fails_a"] == 0).all() and (result["fails_b"] == 1).all()
+    text = render_table2(result, "markdown", metrics=["hd95_mm"])
+    assert "Structures missed (empty prediction, reference present): A 0, B 1." in text
+    # Without volume columns there is nothing to count and no sentence.
+    plain = compare(_table([1.0, 2.0, 3.0], [2.0, 3.0, 4.0]), "A", "B", bootstrap=0)
+    assert (plain["fails_b"] == 0).all()
+    assert "Structures missed" not in render_table2(plain, "markdown", metrics=["dsc"])

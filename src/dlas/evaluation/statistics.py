@@ -7,7 +7,9 @@ For every cohort × structure × metric column of a metrics table (see
   each model over its cases with a finite value;
 * how many of each model's values are not finite (``n_nonfinite_a``/``_b``): ±inf — a
   structure missing in one mask, e.g. the 95HD of a missed structure — and NaN — undefined.
-  They are never dropped silently: they are counted here and in Table 2;
+  They are never dropped silently: they are counted here and in Table 2; and each model's
+  *fails* (``fails_a``/``_b``): cases where it predicted nothing of a structure the reference
+  has (predicted volume 0, reference volume > 0), the same for every metric of the structure;
 * the paired differences ``d = B − A`` over the cases both models have with finite values
   (cases of one model only are listed in the settings and excluded), their mean and a
   percentile bootstrap 95 % confidence interval of that mean (seeded, reproducible);
@@ -89,6 +91,8 @@ COMPARISON_COLUMNS: tuple[str, ...] = (
     "n_b",
     "n_nonfinite_a",
     "n_nonfinite_b",
+    "fails_a",
+    "fails_b",
     "mean_a",
     "sd_a",
     "median_a",
@@ -210,12 +214,14 @@ def compare(
                         "only_b": sorted(str(c) for c in cases_b - cases_a),
                     }
                 )
+            fails = (_missed(wide.get(a)), _missed(wide.get(b)))
             for metric in metric_columns:
                 va = _values(wide.get(a), metric)
                 vb = _values(wide.get(b), metric)
                 row, excluded = _compare_one(
                     cohort, structure, metric, a, b, va, vb, bootstrap, seed, zero_method
                 )
+                row["fails_a"], row["fails_b"] = fails
                 rows.append(row)
                 if excluded:
                     nonfinite.append(
@@ -333,6 +339,16 @@ def _check_options(correction: str, alpha: float, bootstrap: int, zero_method: s
             found=str(bootstrap),
             fix="use e.g. 10000",
         )
+
+
+def _missed(frame: pd.DataFrame | None) -> int:
+    """Cases in which the model predicted nothing of a structure the reference has (its
+    "fails"); 0 when the table has no volume columns."""
+    if frame is None or not {"volume_cm3", "volume_ref_cm3"} <= set(frame.columns):
+        return 0
+    predicted = frame["volume_cm3"].astype(float)
+    reference = frame["volume_ref_cm3"].astype(float)
+    return int(((predicted == 0) & (reference > 0)).sum())
 
 
 def _values(frame: pd.DataFrame | None, metric: str) -> pd.Series[float]:

@@ -150,6 +150,7 @@ def _grid(
         for r in comparison.to_dict(orient="records")
     }
     sizes = _cohort_sizes(comparison, chosen_cohorts)
+    fails = _fails(comparison, chosen_cohorts, chosen_structures, (model_a, model_b))
     blocks = []
     marks: set[str] = set()
     for structure in chosen_structures:
@@ -195,7 +196,7 @@ def _grid(
     caption = (
         f"Mean ± SD per structure, model and cohort. p: two-sided Wilcoxon signed-rank test "
         f"of {model_b} against {model_a}, paired by case (zero differences: "
-        f"{', '.join(zero_methods)}), {correction}." + _n_note(sizes, marks)
+        f"{', '.join(zero_methods)}), {correction}." + _n_note(sizes, marks) + fails
     )
     return _Grid(metrics, chosen_cohorts, (model_a, model_b), blocks, caption)
 
@@ -228,6 +229,27 @@ def _cohort_sizes(comparison: pd.DataFrame, cohorts: Sequence[str]) -> dict[str,
             default=0,
         )
     return sizes
+
+
+def _fails(
+    comparison: pd.DataFrame,
+    cohorts: Sequence[str],
+    structures: Sequence[str],
+    models: tuple[str, str],
+) -> str:
+    """The caption's sentence on structures a model missed (empty prediction), if any."""
+    if "fails_a" not in comparison.columns:
+        return ""
+    shown = comparison[
+        comparison["cohort"].isin(cohorts) & comparison["structure"].isin(structures)
+    ].drop_duplicates(["cohort", "structure"])
+    counts = [
+        f"{model} {int(shown[f'fails_{side}'].fillna(0).sum())}"
+        for side, model in zip(("a", "b"), models, strict=True)
+    ]
+    if all(c.endswith(" 0") for c in counts):
+        return ""
+    return f" Structures missed (empty prediction, reference present): {', '.join(counts)}."
 
 
 def _n_note(sizes: dict[str, int], marks: set[str]) -> str:
