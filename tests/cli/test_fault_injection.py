@@ -271,3 +271,44 @@ def test_interrupt_prints_one_line_with_how_to_resume(
     assert lines[0].startswith(f"interrupted: dlas phantom stopped by {name}")
     assert "run the same `dlas phantom` again" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_metrics_output_that_is_a_folder_is_refused_before_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "metrics.csv"
+    out.mkdir()
+    code, _, err = _run(
+        [
+            "evaluate",
+            "--reference",
+            str(tmp_path / "no-dataset"),
+            "--prediction",
+            f"M={tmp_path}",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
+    assert code == 2
+    assert "output file is a folder" in _one_error_line(err)
+
+
+def test_os_error_that_is_not_the_users_is_an_internal_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An I/O error of the device is not something the user can fix by choosing another output:
+    # it is reported as internal (exit 1), not dressed up as a usage error.
+    import dlas.evaluation.statistics as statistics
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EIO, "Input/output error", str(tmp_path / "m.csv"))
+
+    monkeypatch.setattr(statistics, "read_metrics", broken)
+    code, _, err = _run(
+        ["compare", str(tmp_path / "m.csv"), "--a", "A", "--b", "B", "--out", str(tmp_path / "c")],
+        capsys,
+    )
+    assert code == 1
+    line = _one_error_line(err)
+    assert "internal error (OSError" in line and "rerun with --debug" in line

@@ -239,3 +239,81 @@ def test_import_report_accumulates_runs(tmp_path: Path) -> None:
     assert len(data["earlier_runs"]) == 1
     assert data["earlier_runs"][0]["counts"]["imported"] == 1
     assert "earlier_runs" not in data["earlier_runs"][0]
+
+
+def test_dicom_rois_that_collide_after_sanitising_are_both_kept(
+    synthetic_ct, tmp_path: Path
+) -> None:
+    import datetime as dt
+
+    from dlas.io import read_ct_series, write_rtstruct
+
+    folder, _, _ = synthetic_ct(name="src/ct")
+    ct = read_ct_series(folder)
+    a = np.zeros(ct.volume.shape, bool)
+    a[2:5, 5:10, 5:10] = True
+    b = np.roll(a, 12, axis=2)
+    write_rtstruct(
+        {"X ray": a, "X_ray": b},
+        ct,
+        folder / "RS.dcm",
+        generation="MANUAL",
+        timestamp=dt.datetime(2024, 1, 1),
+    )
+    report = import_source(
+        tmp_path / "src", tmp_path / "ds", ImportOptions(structure_set=RECTAL, keep_unmapped=True)
+    )
+    (item,) = report.imported
+    files = tmp_path / "ds" / "cases" / str(item.case_id) / "structures"
+    assert sorted(p.name for p in files.iterdir()) == ["X_ray.nii.gz", "X_ray_2.nii.gz"]
+    assert [w["code"] for w in item.warnings].count("name-collision") == 1
+
+
+def test_keep_ids_nifti_folders_that_collide_after_sanitising_are_both_kept(
+    tmp_path: Path,
+) -> None:
+    src = tmp_path / "src"
+    _nifti_case(src / "a", "X ray", {"Bladder": _box()})
+    _nifti_case(src / "b", "X_ray", {"Bladder": _box()})
+    report = import_source(src, tmp_path / "ds", ImportOptions(structure_set=RECTAL, keep_ids=True))
+    ids = sorted(i.case_id or "" for i in report.imported)
+    assert ids[0] == "X_ray" and ids[1].startswith("X_ray-") and len(ids[1]) == len("X_ray-") + 6
+    renamed = next(i for i in report.imported if i.case_id == ids[1])
+    assert any(w["code"] == "case-id-collision" for w in renamed.warnings)
+
+
+def test_unreadable_earlier_import_report_is_replaced_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    src = _source(tmp_path, ["p1"])
+    ds = tmp_path / "ds"
+    import_source(src, ds, ImportOptions(structure_set=RECTAL))
+    (ds / "import-report.json").write_text("{truncated", encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        import_source(src, ds, ImportOptions(structure_set=RECTAL))
+    assert "earlier import report" in caplog.text
+    assert json.loads((ds / "import-report.json").read_text())["earlier_runs"] == []
+
+
+def test_unexpected_error_reading_a_case_refuses_that_case_only(
+    synthetic_ct, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dlas.dataset import importer
+
+    synthetic_ct(name="src/a", patient_id="P1")
+    synthetic_ct(name="src/b", patient_id="P2")
+    real = importer.read_ct_series
+    calls: list[int] = []
+
+    def flaky(files: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("something dlas does not recognise yet")
+        return real(files)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importer, "read_ct_series", flaky)
+    report = import_source(tmp_path / "src", tmp_path / "ds", ImportOptions(structure_set=RECTAL))
+    assert len(report.imported) == 1
+    (refused,) = report.skipped
+    assert "unexpected error while reading this case" in refused.reason
+    assert "ValueError: something dlas does not recognise yet" in refused.reason

@@ -85,3 +85,22 @@ def test_malformed_qa_json_is_refused(tmp_path: Path) -> None:
     (pred / "case00" / "qa.json").write_text('{"status": "pass"}', encoding="utf-8")
     with pytest.raises(EvaluationError, match="prediction QA file is malformed"):
         evaluate(dataset, {"M": pred})
+
+
+def test_qa_json_with_a_flag_lacking_its_message_is_refused_by_every_reader(
+    tmp_path: Path,
+) -> None:
+    # One reader of the format for evaluation and report: a flag without a message used to pass
+    # the report's check and fail later with an internal KeyError.
+    from dlas.errors import ReportError
+    from dlas.evaluation import read_qa
+
+    _, pred = _study(tmp_path)
+    path = pred / "case00" / "qa.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["input"]["flags"] = [{"code": "input-domain"}]
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(EvaluationError, match="prediction QA file is malformed"):
+        read_qa(path)
+    with pytest.raises(ReportError, match="prediction QA file is malformed"):
+        read_qa(path, ReportError)

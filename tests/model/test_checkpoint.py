@@ -143,6 +143,15 @@ def test_model_hash_covers_qa_reference(tmp_path: Path) -> None:
         read_model_info(tmp_path / "b")
 
 
+def test_qa_reference_that_is_not_an_object_is_refused(tmp_path: Path) -> None:
+    folder, _ = _save(tmp_path / "model")
+    data = json.loads((folder / "model.json").read_text())
+    data["qa"] = ["not", "an", "object"]
+    (folder / "model.json").write_text(json.dumps(data))
+    with pytest.raises(ModelFileError, match=r"model\.json is incomplete or malformed"):
+        read_model_info(folder)
+
+
 def test_version_1_model_is_refused_with_retrain_advice(tmp_path: Path) -> None:
     folder, _ = _save(tmp_path / "model")
     data = json.loads((folder / "model.json").read_text())

@@ -112,16 +112,13 @@ def _install_signal_handlers() -> dict[int, Any]:
     return previous
 
 
-def _interrupted(args: Sequence[str], exc: BaseException) -> tuple[str, int]:
+def _interrupted(args: Sequence[str], signum: int) -> str:
     command = next((a for a in args if not a.startswith("-")), "")
     hint = _RESUME.get(command, "run the same command again")
-    signum = exc.signum if isinstance(exc, _Signalled) else signal.SIGINT
-    name = signal.Signals(signum).name
-    message = (
-        f"interrupted: dlas {command} stopped by {name}; outputs already complete are kept, "
-        f"none is half-written ({hint})"
+    return (
+        f"interrupted: dlas {command} stopped by {signal.Signals(signum).name}; outputs already "
+        f"complete are kept, none is half-written ({hint})"
     )
-    return message, 128 + int(signum)
 
 
 def _os_error(exc: OSError) -> str | None:
@@ -174,11 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _RECEIVED.clear()
     try:
         status = _run(args)
-        if _RECEIVED and status not in (130, 143):
-            return status  # the interrupt was handled (and reported) by the command itself
-        if _RECEIVED:
-            message, status = _interrupted(args, _Signalled(_RECEIVED[0]))
-            _fail(message, _Signalled(_RECEIVED[0]))
+        # Typer ends any interrupt with 130; one a command handled itself keeps its status.
+        if _RECEIVED and status in (130, 143):
+            _fail(_interrupted(args, _RECEIVED[0]), _Signalled(_RECEIVED[0]))
+            return 128 + _RECEIVED[0]
         return status
     finally:
         for signum, handler in previous.items():

@@ -199,14 +199,27 @@ def _safe_name(name: str) -> str:
     return text
 
 
-def _unique_name(name: str, taken: set[str]) -> str:
-    """``name``, or ``name_2``, ``name_3``, ... whichever is not ``taken`` first."""
-    if name not in taken:
-        return name
-    n = 2
-    while f"{name}_{n}" in taken:
-        n += 1
-    return f"{name}_{n}"
+def _extra_name(
+    original: str, taken: set[str], warnings: list[dict[str, Any]], roi_number: int | None
+) -> str:
+    """The file name of a structure kept under its own name (``--keep-unmapped``): made safe,
+    and told apart from names already ``taken`` by ``_2``, ``_3``, ... with a
+    ``name-collision`` warning (``X ray`` and ``X_ray`` both become ``X_ray``)."""
+    safe = _safe_name(original)
+    name, n = safe, 2
+    while name in taken:
+        name, n = f"{safe}_{n}", n + 1
+    if name != safe:
+        warnings.append(
+            {
+                "code": "name-collision",
+                "message": f"{original!r} has the name of another structure once made safe "
+                f"({safe}); kept as {name}",
+                "roi_number": roi_number,
+                "roi_name": original,
+            }
+        )
+    return name
 
 
 def _find_nifti_cases(root: Path) -> list[Path]:
@@ -702,7 +715,7 @@ def _import_dicom_case(
             )
             warnings.extend(map_warnings)
             if options.keep_unmapped:
-                extra, extra_records = _extra_masks(rs, unmatched, ct, masks)
+                extra, extra_records = _extra_masks(rs, unmatched, ct, masks, warnings)
     except (DlasError, ValueError, TypeError, KeyError, AttributeError) as exc:
         # Anything else from a malformed file refuses this case, not the whole import.
         item.reason = _reason(
@@ -762,16 +775,18 @@ def _import_dicom_case(
 
 
 def _extra_masks(
-    rs: RTStructData, unmatched: list[str], ct: CTSeries, taken: dict[str, Volume]
+    rs: RTStructData,
+    unmatched: list[str],
+    ct: CTSeries,
+    taken: dict[str, Volume],
+    warnings: list[dict[str, Any]],
 ) -> tuple[dict[str, Volume], dict[str, dict[str, Any]]]:
     extra: dict[str, Volume] = {}
     records: dict[str, dict[str, Any]] = {}
     for number, roi in sorted(rs.rois.items()):
         if roi.name not in unmatched or roi.empty:
             continue
-        name = _safe_name(roi.name)
-        if name in extra or name in taken:
-            name = f"{name}_{number}"
+        name = _extra_name(roi.name, {*extra, *taken}, warnings, number)
         extra[name] = ct.volume.with_array(roi.mask)
         records[name] = {
             "original_name": roi.name,
@@ -874,17 +889,7 @@ def _import_nifti_case(
                 if options.keep_unmapped:
                     mask = read_mask(path, reference=ct)
                     if mask.array.any():
-                        safe = _unique_name(_safe_name(name), {*extra, *claims})
-                        if safe != _safe_name(name):
-                            warnings.append(
-                                {
-                                    "code": "name-collision",
-                                    "message": f"{path.name} and another file have the same "
-                                    f"name once made safe ({_safe_name(name)}); kept as {safe}",
-                                    "roi_number": None,
-                                    "roi_name": name,
-                                }
-                            )
+                        safe = _extra_name(name, {*extra, *claims}, warnings, None)
                         extra[safe] = mask
                         extra_records[safe] = {
                             "original_name": name,

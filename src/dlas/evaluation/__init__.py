@@ -20,6 +20,7 @@ from dlas.evaluation.evaluate import (
     evaluate,
     parse_prediction,
     read_metrics,
+    read_qa,
 )
 from dlas.evaluation.metrics import (
     HD95_VARIANTS,
@@ -64,6 +65,7 @@ __all__ = [
     "evaluate",
     "parse_prediction",
     "read_metrics",
+    "read_qa",
     "render_table2",
     "surface_distances",
     "write_comparison",

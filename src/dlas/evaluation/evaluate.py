@@ -52,11 +52,11 @@ import numpy.typing as npt
 
 from dlas import __version__
 from dlas.dataset import CaseDataset, CaseRecord
-from dlas.errors import EvaluationError
+from dlas.errors import DlasError, EvaluationError
 from dlas.evaluation.metrics import METRIC_COLUMNS, MetricOptions, compute_metrics
 from dlas.io.atomic import atomic_path, write_json
 from dlas.io.nifti import read_mask, read_nifti
-from dlas.io.volume import Volume
+from dlas.io.volume import BODY_DEFINITION, Volume, body_mask
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -71,6 +71,7 @@ __all__ = [
     "evaluate",
     "parse_prediction",
     "read_metrics",
+    "read_qa",
 ]
 
 log = logging.getLogger(__name__)
@@ -82,11 +83,6 @@ METRICS_SCHEMA_VERSION = 1
 ID_COLUMNS: tuple[str, ...] = ("case_id", "cohort", "model", "structure")
 #: Every column of the metrics table, in order.
 COLUMNS: tuple[str, ...] = (*ID_COLUMNS, *METRIC_COLUMNS, "flags", "qa")
-#: How the ``body`` specificity domain is derived from the reference CT.
-BODY_DEFINITION = (
-    "body = CT voxels above -500 HU, largest 6-connected component, holes filled in every "
-    "axial slice"
-)
 _CSV_CONVENTIONS = (
     "one row per case_id, model and structure; distances in mm, volumes in cm³, volume error "
     "in %; 'nan' = undefined (e.g. both masks empty), 'inf' = distance to a structure missing "
@@ -495,7 +491,7 @@ def _evaluate_case(task: _CaseTask) -> _CaseResult:
         for name, folder in task.predictions
     }
     if task.options.specificity_domain == "body":
-        body = _body_mask(read_nifti(case_dir / "ct.nii.gz"))
+        body = body_mask(read_nifti(case_dir / "ct.nii.gz"))
     for structure in task.structures:
         ref_path = case_dir / "structures" / f"{structure}.nii.gz"
         reference = read_mask(ref_path)
@@ -539,26 +535,51 @@ def _evaluate_case(task: _CaseTask) -> _CaseResult:
     return _CaseResult(task.case_id, rows, hashes)
 
 
+def read_qa(
+    path: str | os.PathLike[str], error: type[DlasError] = EvaluationError
+) -> dict[str, Any]:
+    """A prediction's ``qa.json`` (written by `dlas predict`, :mod:`dlas.prediction.qa`),
+    checked for what its readers use: the codes per structure and of the input, and the flags
+    (code and message) of the input and of every structure.
+
+    Raises
+    ------
+    DlasError
+        ``error`` (the caller's kind: evaluation or report) when the file is missing parts or
+        is not JSON.
+    """
+    import json
+
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+        flags = [f for s in [data["input"], *data["structures"].values()] for f in s["flags"]]
+        codes = [
+            *data["codes"]["input"],
+            *(c for v in data["codes"]["structures"].values() for c in v),
+        ]
+        texts = [*codes, *(f["code"] for f in flags), *(f["message"] for f in flags)]
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError("a flag code or message is not text")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise error(
+            "prediction QA file is malformed",
+            where=str(p),
+            expected="the qa.json written by `dlas predict` (codes, input and structure flags)",
+            found=f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}",
+            fix="predict the case again, or delete its qa.json to go on without QA",
+        ) from None
+    return dict(data)
+
+
 def _qa_codes(path: Path) -> dict[str, list[str]]:
     """Prediction QA codes from a ``qa.json``: structure → codes, ``""`` → the input's codes;
     empty when there is no file (a prediction made before dlas wrote one)."""
-    import json
-
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        codes = data["codes"]
-        out = {str(k): [str(c) for c in v] for k, v in codes["structures"].items()}
-        out[""] = [str(c) for c in codes["input"]]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise EvaluationError(
-            "prediction QA file is malformed",
-            where=str(path),
-            expected="the qa.json written by `dlas predict` (codes.structures, codes.input)",
-            found=f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}",
-            fix="predict the case again, or delete its qa.json to evaluate without QA codes",
-        ) from None
+    codes = read_qa(path)["codes"]
+    out = {str(k): [str(c) for c in v] for k, v in codes["structures"].items()}
+    out[""] = [str(c) for c in codes["input"]]
     return out
 
 
@@ -583,22 +604,6 @@ def _read_prediction(path: Path, reference: Volume, resample: bool) -> tuple[Vol
     array = sitk.GetArrayFromImage(resampled) != 0
     log.info("resampled %s onto the reference grid", path)
     return reference.with_array(array), True
-
-
-def _body_mask(ct: Volume) -> npt.NDArray[np.bool_]:
-    """The body of a CT in HU: see :data:`BODY_DEFINITION`."""
-    from scipy import ndimage
-
-    air = ct.array > -500
-    labels, count = ndimage.label(air)
-    if count == 0:
-        return np.zeros(ct.shape, dtype=bool)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    body: npt.NDArray[np.bool_] = labels == int(sizes.argmax())
-    for k in range(body.shape[0]):
-        body[k] = ndimage.binary_fill_holes(body[k])
-    return body
 
 
 def _sha256(path: Path) -> str:

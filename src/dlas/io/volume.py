@@ -31,7 +31,7 @@ from dlas.errors import NiftiError
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
-__all__ = ["AXIAL_DIRECTION", "Volume"]
+__all__ = ["AXIAL_DIRECTION", "BODY_DEFINITION", "Volume", "body_mask"]
 
 #: The direction matrix of an axial series sorted from inferior to superior.
 AXIAL_DIRECTION: npt.NDArray[np.float64] = np.array(
@@ -193,3 +193,27 @@ class Volume:
             origin=np.array(image.GetOrigin(), dtype=np.float64),
             direction=direction_cols.T[::-1].copy(),
         )
+
+
+#: How :func:`body_mask` finds the body (recorded in metric definitions and QA outputs).
+BODY_DEFINITION = (
+    "body = CT voxels above -500 HU, largest 6-connected component, holes filled in every "
+    "axial slice"
+)
+
+
+def body_mask(ct: Volume, threshold_hu: float = -500.0) -> npt.NDArray[np.bool_]:
+    """The body of a CT in HU (arrays (z, y, x), axial slices along z): the largest 6-connected
+    component above ``threshold_hu``, holes filled in every axial slice. Empty when no voxel is
+    above. One definition for the evaluation's ``body`` specificity domain and prediction QA."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(np.asarray(ct.array) > threshold_hu)
+    if count == 0:
+        return np.zeros(ct.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    body: npt.NDArray[np.bool_] = labels == int(sizes.argmax())
+    for k in np.flatnonzero(body.any(axis=(1, 2))):
+        body[k] = ndimage.binary_fill_holes(body[k])
+    return body

@@ -80,7 +80,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from dlas.io.volume import AXIAL_DIRECTION, Volume
+from dlas.io.volume import AXIAL_DIRECTION, Volume, body_mask
 from dlas.model.preprocessing import canonical_axial
 from dlas.model.qa_reference import input_domain
 from dlas.prediction.engine import MemberAgreement
@@ -93,7 +93,6 @@ __all__ = [
     "QAFlag",
     "QAReport",
     "StructureQA",
-    "body_mask",
     "check_prediction",
 ]
 
@@ -218,23 +217,6 @@ class QAReport:
 
 
 # ------------------------------------------------------------------------------ geometry
-def body_mask(ct: Volume, threshold_hu: float = -500.0) -> npt.NDArray[np.bool_]:
-    """The body of a canonical axial CT (z, y, x): the largest 6-connected component above
-    ``threshold_hu``, holes filled in every axial slice. Empty when no voxel is above."""
-    from scipy import ndimage
-
-    above = np.asarray(ct.array) > threshold_hu
-    labels, count = ndimage.label(above)
-    if count == 0:
-        return np.zeros(ct.shape, dtype=bool)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    body: npt.NDArray[np.bool_] = labels == int(sizes.argmax())
-    for k in np.flatnonzero(body.any(axis=(1, 2))):
-        body[k] = ndimage.binary_fill_holes(body[k])
-    return body
-
-
 def _centroid_mm(volume: Volume, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
     """Centroid of ``mask`` as an LPS point (x, y, z) in mm, from its marginal sums."""
     total = float(np.count_nonzero(mask))

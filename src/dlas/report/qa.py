@@ -7,30 +7,14 @@ Read from each prediction folder's ``<case_id>/qa.json`` (written by ``dlas pred
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from dlas.errors import ReportError
+from dlas.evaluation.evaluate import read_qa
 from dlas.report.inputs import ReportInputs
 
 __all__ = ["prediction_qa"]
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or not isinstance(data.get("structures"), dict):
-            raise TypeError("not a qa.json object with structures")
-    except (ValueError, TypeError) as exc:
-        raise ReportError(
-            "prediction QA file is malformed",
-            where=str(path),
-            expected="the qa.json written by `dlas predict`",
-            found=f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}",
-            fix="predict the case again, or delete its qa.json",
-        ) from None
-    return data
 
 
 def _rows(model: str, case_id: str, cohort: str, data: dict[str, Any]) -> list[dict[str, str]]:
@@ -70,7 +54,7 @@ def prediction_qa(inputs: ReportInputs) -> dict[str, Any]:
             path = Path(folder) / str(case_id) / "qa.json" if folder is not None else None
             if path is None or not path.is_file():
                 continue
-            data = _read(path)
+            data = read_qa(path, ReportError)
             checked += 1
             found = _rows(model, str(case_id), str(cohort), data)
             flagged += bool(found)
