@@ -91,8 +91,16 @@ def test_evaluate_then_compare(
     assert "| **CTV** |" in out
 
 
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("V P M=predictions", "cannot read the prediction option"),
+        # a bare name is a contour set of the data set, and this one has none
+        ("VPM", "no such contour set in the data set"),
+    ],
+)
 def test_evaluate_error_is_one_line_with_exit_status_2(
-    study: Study, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    study: Study, tmp_path: Path, capsys: pytest.CaptureFixture[str], spec: str, message: str
 ) -> None:
     code, _, err = _run(
         [
@@ -100,7 +108,7 @@ def test_evaluate_error_is_one_line_with_exit_status_2(
             "--reference",
             str(study.dataset),
             "--prediction",
-            "VPM",
+            spec,
             "--out",
             str(tmp_path / "metrics.csv"),
         ],
@@ -108,7 +116,7 @@ def test_evaluate_error_is_one_line_with_exit_status_2(
     )
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("error: ")
-    assert "cannot read the prediction option" in err
+    assert message in err
     assert not (tmp_path / "metrics.csv").exists()
 
 

@@ -126,9 +126,21 @@ def import_(
         "--pseudonym-key",
         help="Key file of the pseudonyms (default: DATASET/.dlas-pseudonym-key).",
     ),
+    contour_set: list[str] | None = typer.Option(
+        None,
+        "--contour-set",
+        help="NAME=COND[,COND...]: keep the RTSTRUCTs/SEGs matching COND as contour set NAME "
+        "(approved, unapproved, any, kind:rtstruct|seg, date:YYYYMMDD[-YYYYMMDD], "
+        "manufacturer|model|label|description|operator:TEXT); repeatable.",
+    ),
+    reference_set: str | None = typer.Option(
+        None,
+        "--reference-set",
+        help="The contour set that is the reference (with --contour-set).",
+    ),
 ) -> None:
     """Import planning CTs and RTSTRUCTs into a clean, de-identified data set."""
-    from dlas.dataset import ImportOptions, import_source
+    from dlas.dataset import ContourSetRules, ImportOptions, import_source
     from dlas.errors import DatasetError
     from dlas.structures import load_structure_set
 
@@ -139,6 +151,7 @@ def import_(
         keep_ids=keep_ids,
         overwrite=overwrite,
         key_file=str(pseudonym_key) if pseudonym_key else None,
+        contour_sets=ContourSetRules.from_options(contour_set or [], reference_set),
     )
     with progress_callback("import") as progress:
         report = import_source(source, dataset, options, progress=progress)
@@ -171,6 +184,14 @@ def _print_import_report(report: Any) -> None:
     existing = [i for i in report.items if i.status == "exists"]
     if existing:
         out.print(f"{len(existing)} case(s) already present, left untouched")
+    sets: dict[str, int] = {}
+    for item in imported:
+        for name in item.contour_sets:
+            sets[name] = sets.get(name, 0) + 1
+    if sets:
+        out.print(
+            "contour sets (cases): " + ", ".join(f"{k} ({v})" for k, v in sorted(sets.items()))
+        )
     if report.skipped:
         table = Table(title="cases not imported", title_justify="left")
         table.add_column("source")
@@ -211,13 +232,20 @@ def inspect(
     structures: str = typer.Option(
         "rectal", "--structures", help="Structure set used to show how ROI names map."
     ),
+    contour_set: list[str] | None = typer.Option(
+        None,
+        "--contour-set",
+        help="NAME=COND[,...] rules as for `dlas import`: show which set each object joins.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show the series and ROIs in DICOM data (no CT needed for an RTSTRUCT) and how names map."""
     from dlas.dataset import inspect_path
+    from dlas.dataset.contour_sets import ContourSetRule
     from dlas.structures import load_structure_set
 
-    data = inspect_path(path, load_structure_set(structures))
+    rules = [ContourSetRule.parse(r) for r in contour_set or []]
+    data = inspect_path(path, load_structure_set(structures), rules=rules)
     if json_out:
         print_json(data)
         return
@@ -247,6 +275,11 @@ def _print_inspection(data: dict[str, Any]) -> None:
                 *[str(row["structures"].get(s, 0)) for s in data["structures"]],
             )
         out.print(table)
+        if data.get("contour_sets"):
+            out.print(
+                f"reference contour set: {data['reference_set']}; other sets (cases): "
+                + ", ".join(f"{k} ({v})" for k, v in data["contour_sets"].items())
+            )
         return
     for series in data.get("series", []):
         out.print(
@@ -254,11 +287,23 @@ def _print_inspection(data: dict[str, Any]) -> None:
             f"{series['manufacturer'] or '?'} {series['model'] or ''}, "
             f"pixel {series['pixel_spacing']}, slice {series['slice_thickness']} mm"
         )
-    for rs in data.get("rtstructs", []):
+    for rs in [*data.get("rtstructs", []), *data.get("segs", [])]:
+        kind = str(rs["kind"]).upper()
+        joins = f"; contour set {rs['contour_set']}" if rs.get("contour_set") else ""
         out.print(
-            f"RTSTRUCT {rs['file']} (label {rs['label']!r}), drawn on series "
-            f"{', '.join(rs['referenced_series']) or 'not stated'}"
+            f"{kind} {rs['file']} ({rs['describe']}), drawn on series "
+            f"{', '.join(rs['referenced_series']) or 'not stated'}{joins}"
         )
+        if kind == "SEG":
+            table = Table("segment", "label", "maps to")
+            for roi in rs["rois"]:
+                table.add_row(
+                    str(roi["number"]),
+                    roi["name"],
+                    roi["maps_to"] or ("AMBIGUOUS: " + roi["error"] if roi.get("error") else "-"),
+                )
+            out.print(table)
+            continue
         table = Table("ROI", "name", "type", "contours", "points", "maps to")
         for roi in rs["rois"]:
             table.add_row(

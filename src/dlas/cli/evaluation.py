@@ -15,14 +15,40 @@ __all__ = ["register"]
 
 def evaluate(
     reference: Path = typer.Option(
-        ..., "--reference", help="The data set holding the reference structures (dataset.json)."
-    ),
-    prediction: list[str] = typer.Option(
         ...,
+        "--reference",
+        help="The data set holding the reference structures (dataset.json); with --dicom, "
+        "the data set to import into first (created if needed).",
+    ),
+    prediction: list[str] | None = typer.Option(
+        None,
         "--prediction",
         help="NAME=DIR: predictions "
         "DIR/<case_id>/structures/<Name>.nii.gz under a model "
-        "name; repeat for several models.",
+        "name, or NAME alone: the data set's contour set NAME; repeat for several models "
+        "(default: every contour set of the data set other than the reference).",
+    ),
+    reference_set: str | None = typer.Option(
+        None,
+        "--reference-set",
+        help="Contour set to measure against (default: the data set's reference set); with "
+        "--dicom also the set imported as the reference.",
+    ),
+    dicom: Path | None = typer.Option(
+        None,
+        "--dicom",
+        help="A DICOM export (CT series with RTSTRUCTs/SEGs) to import into --reference "
+        "first, its objects sorted into sets by --contour-set rules.",
+    ),
+    contour_set: list[str] | None = typer.Option(
+        None,
+        "--contour-set",
+        help="With --dicom: NAME=COND[,COND...] rules as for `dlas import` (repeatable).",
+    ),
+    structures_file: str = typer.Option(
+        "rectal",
+        "--structures",
+        help="With --dicom: structure set of a new data set (a YAML file or a built-in name).",
     ),
     out: Path = typer.Option(
         ...,
@@ -68,7 +94,12 @@ def evaluate(
         False, "--overwrite", help="Replace an existing metrics table and its sidecar."
     ),
 ) -> None:
-    """Compute every metric of every structure, case and model into one long table."""
+    """Compute every metric of every structure, case and model into one long table.
+
+    From a DICOM export in one command: --dicom EXPORT --reference DATASET --contour-set
+    clinical=approved --contour-set VPM=manufacturer:ACME --reference-set clinical.
+    """
+    from dlas.dataset import CaseDataset
     from dlas.evaluation import MetricOptions, parse_prediction
     from dlas.evaluation import evaluate as run_evaluation
     from dlas.io.atomic import check_output
@@ -87,10 +118,25 @@ def evaluate(
         specificity_margin_mm=specificity_margin,
         tolerance_mm=tolerance,
     )
-    sources = [parse_prediction(p) for p in prediction]
+    if dicom is not None:
+        _import_for_evaluation(dicom, reference, contour_set or [], reference_set, structures_file)
+    elif contour_set:
+        from dlas.errors import EvaluationError
+
+        raise EvaluationError(
+            "contour-set rules without a DICOM export",
+            where="--contour-set",
+            expected="--dicom EXPORT with the rules, or contour sets already imported",
+            found="--contour-set without --dicom",
+            fix="add --dicom EXPORT, or name the imported sets with --prediction NAME",
+        )
+    dataset = CaseDataset.open(reference)
+    sources = [
+        parse_prediction(p, dataset) for p in prediction or _all_sets(dataset, reference_set)
+    ]
     with progress_callback("evaluate") as progress:
         result = run_evaluation(
-            reference,
+            dataset,
             sources,
             options=options,
             cohorts=cohort or None,
@@ -99,11 +145,57 @@ def evaluate(
             resample=resample,
             workers=workers,
             progress=progress,
+            reference_set=reference_set,
         )
     csv_path, sidecar = result.write(out)
     if not SETTINGS.quiet:
         _print_summary(result.table, options.hd95)
         stdout().print(f"wrote {csv_path} and {sidecar}")
+
+
+def _import_for_evaluation(
+    dicom: Path, dataset: Path, rules: list[str], reference_set: str | None, structures: str
+) -> None:
+    """`dlas import` of a DICOM export with contour-set rules, as `dlas evaluate --dicom`."""
+    from dlas.dataset import CaseDataset, ContourSetRules, ImportOptions, import_source
+    from dlas.structures import load_structure_set
+
+    structure_set = (
+        CaseDataset.open(dataset).structure_set
+        if (dataset / "dataset.json").is_file()
+        else load_structure_set(structures)
+    )
+    options = ImportOptions(
+        structure_set=structure_set,
+        contour_sets=ContourSetRules.from_options(rules, reference_set),
+    )
+    with progress_callback("import") as progress:
+        report = import_source(dicom, dataset, options, progress=progress)
+    if not SETTINGS.quiet:
+        stdout().print(
+            f"imported {len(report.imported)} case(s) into {dataset}"
+            + (
+                f", {len(report.skipped)} refused (see import-report.json)"
+                if report.skipped
+                else ""
+            )
+        )
+
+
+def _all_sets(dataset: Any, reference_set: str | None) -> list[str]:
+    """Every contour set of the data set other than the one measured against."""
+    from dlas.errors import EvaluationError
+
+    names = [n for n in dataset.contour_sets() if n != reference_set]
+    if not names:
+        raise EvaluationError(
+            "no prediction given",
+            where="--prediction",
+            expected="NAME=DIR, or a data set with contour sets other than the reference",
+            found=f"{dataset.root} has no other contour set",
+            fix="add e.g. --prediction VPM=predictions/vpm",
+        )
+    return names
 
 
 def _print_summary(table: Any, hd95: str) -> None:

@@ -1,6 +1,7 @@
 """Data sets: the on-disk layout, cohorts, de-identification and `dlas import`."""
 
 from dlas.dataset.cohorts import CaseKeys, CohortRule
+from dlas.dataset.contour_sets import ContourSetRule, ContourSetRules
 from dlas.dataset.deid import KEY_FILE, Pseudonymizer, age_in_years
 from dlas.dataset.importer import (
     ImportItem,
@@ -26,6 +27,8 @@ __all__ = [
     "CaseKeys",
     "CaseRecord",
     "CohortRule",
+    "ContourSetRule",
+    "ContourSetRules",
     "ImportItem",
     "ImportOptions",
     "ImportReport",

@@ -3,7 +3,9 @@
 The source may hold, at any depth,
 
 * DICOM files: each CT series becomes a case; the RTSTRUCT drawn on it (found through its
-  referenced series, or else its frame of reference) supplies the structures;
+  referenced series, or else its frame of reference) supplies the structures. With contour-set
+  rules (:mod:`dlas.dataset.contour_sets`) every RTSTRUCT and DICOM SEG of the series is kept,
+  each in its named set, one of which is the reference;
 * NIfTI case folders ``<case>/ct.nii.gz`` + ``<case>/structures/<Name>.nii.gz`` (the layout of
   ``shared/data/openkbp-hn``), whose mask file names are mapped like ROI names.
 
@@ -33,6 +35,13 @@ from pydicom.dataset import Dataset
 
 from dlas import __version__
 from dlas.dataset.cohorts import CaseKeys, CohortRule
+from dlas.dataset.contour_sets import (
+    ContourSetRules,
+    Pairing,
+    object_kind,
+    object_summary,
+    pair_contour_objects,
+)
 from dlas.dataset.deid import KEY_FILE, Pseudonymizer, Redactor, age_in_years
 from dlas.dataset.layout import LOCK_FILE, REPORT_FILE, CaseDataset, writer_lock
 from dlas.errors import DatasetError, DlasError
@@ -47,7 +56,7 @@ from dlas.io.dicom_scan import (
     walk_folders,
 )
 from dlas.io.nifti import read_mask, read_nifti
-from dlas.io.rtstruct import RTStructData, read_rtstruct, referenced_series_uids
+from dlas.io.rtstruct import RTStructData, read_rtstruct
 from dlas.io.volume import Volume
 from dlas.structures import StructureSet
 
@@ -73,6 +82,7 @@ class ImportOptions:
     keep_ids: bool = False
     overwrite: bool = False
     key_file: str | None = None
+    contour_sets: ContourSetRules = field(default_factory=ContourSetRules.default)
 
 
 @dataclass
@@ -87,11 +97,13 @@ class ImportItem:
     structures: list[str] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)
+    #: with contour-set rules: set → the object it came from, its structures and unmatched names
+    contour_sets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_data(self, *, fingerprint: Callable[[str, str], str] | None) -> dict[str, Any]:
         """JSON-ready form; the source folder is replaced by its keyed ``fingerprint`` unless
         that is None (identifiers kept on request)."""
-        return {
+        data: dict[str, Any] = {
             "status": self.status,
             "source": self.source if fingerprint is None else fingerprint("folder", self.source),
             "reason": self.reason,
@@ -101,6 +113,9 @@ class ImportItem:
             "unmatched": self.unmatched,
             "warnings": self.warnings,
         }
+        if self.contour_sets:
+            data["contour_sets"] = self.contour_sets
+        return data
 
 
 @dataclass
@@ -230,66 +245,6 @@ def _find_nifti_cases(root: Path) -> list[Path]:
     return found
 
 
-def _pair_rtstructs(
-    series: dict[str, list[ScannedFile]], rtstructs: list[ScannedFile]
-) -> tuple[dict[str, ScannedFile], dict[str, list[str]], list[SkippedFile]]:
-    """RTSTRUCT for each series uid; notes per series; RTSTRUCTs that pair with nothing."""
-    candidates: dict[str, list[ScannedFile]] = {}
-    unpaired: list[SkippedFile] = []
-    notes: dict[str, list[str]] = {}
-    for_of_series = {
-        uid: str(files[0].header.get("FrameOfReferenceUID", "")) for uid, files in series.items()
-    }
-    for rs in rtstructs:
-        targets = [u for u in referenced_series_uids(rs.header) if u in series]
-        if not targets:
-            rs_fors = {
-                str(r.get("FrameOfReferenceUID", ""))
-                for r in rs.header.get("ReferencedFrameOfReferenceSequence", [])
-            }
-            by_for = [u for u, f in for_of_series.items() if f and f in rs_fors]
-            if len(by_for) == 1:
-                targets = by_for
-                notes.setdefault(by_for[0], []).append(
-                    "RTSTRUCT paired with the series by frame of reference (it does not "
-                    "reference the series itself)"
-                )
-        if not targets:
-            unpaired.append(
-                SkippedFile(
-                    rs.path,
-                    "RTSTRUCT whose CT series is not in the source (export it with its CT)",
-                )
-            )
-            continue
-        candidates.setdefault(targets[0], []).append(rs)
-    chosen: dict[str, ScannedFile] = {}
-    for uid, options in candidates.items():
-
-        def rank(f: ScannedFile) -> tuple[int, str, str]:
-            h = f.header
-            approved = 1 if str(h.get("ApprovalStatus", "")).upper() == "APPROVED" else 0
-            return (
-                approved,
-                str(h.get("StructureSetDate", "")),
-                str(h.get("StructureSetTime", "")),
-            )
-
-        options.sort(key=rank, reverse=True)
-        chosen[uid] = options[0]
-        for other in options[1:]:
-            unpaired.append(
-                SkippedFile(
-                    other.path,
-                    "another RTSTRUCT of the same series was preferred (approved or newer)",
-                )
-            )
-            notes.setdefault(uid, []).append(
-                f"{len(options)} RTSTRUCTs reference this series; the approved or newest was used"
-            )
-    return chosen, notes, unpaired
-
-
 def import_source(
     source: str | os.PathLike[str],
     dataset_root: str | os.PathLike[str],
@@ -342,18 +297,25 @@ def import_source(
             fix="point at the folder of the planning system export",
         )
 
+    # Refuses ambiguous or idle contour-set rules before anything is written.
+    pairing = pair_contour_objects(
+        scan.ct_series, [*scan.rtstructs, *scan.segs], options.contour_sets
+    )
     root = Path(dataset_root)
     had_root = root.exists()
     with writer_lock(root):
         skeleton = _Skeleton.before(root, had_root=had_root)
         try:
             dataset = CaseDataset.open_or_create(root, options.structure_set)
+            _bind_reference_set(dataset, options.contour_sets)
             pseudo = _bound_pseudonymizer(dataset, options.key_file)
         except BaseException:
             skeleton.remove()
             raise
         report.pseudo = pseudo
-        _import_all(src, scan, nifti_cases, dataset, pseudo, rule, options, report, progress)
+        _import_all(
+            src, scan, pairing, nifti_cases, dataset, pseudo, rule, options, report, progress
+        )
         previous = _earlier_runs(root / REPORT_FILE)
         data = report.to_data(keep_paths=options.keep_ids)
         data["earlier_runs"] = previous
@@ -392,6 +354,23 @@ class _Skeleton:
                 self.root.rmdir()
 
 
+def _bind_reference_set(dataset: CaseDataset, rules: ContourSetRules) -> None:
+    """Record the reference set's name in a new data set; refuse another name than the one a
+    data set with cases was imported with (its ``structures/`` would mix two references)."""
+    if rules.reference == dataset.reference_set:
+        return
+    if len(dataset):
+        raise DatasetError(
+            "data set has another reference contour set",
+            where=str(dataset.root),
+            expected=f"--reference-set {dataset.reference_set} (its cases were imported so)",
+            found=f"--reference-set {rules.reference}",
+            fix=f"import with --reference-set {dataset.reference_set}, or into a new folder",
+        )
+    dataset.meta["reference_set"] = rules.reference
+    dataset.save()
+
+
 def _bound_pseudonymizer(dataset: CaseDataset, key_file: str | None) -> Pseudonymizer:
     """The data set's pseudonymizer, refusing a key other than the one it was made with (and
     recording the key's check value on first use)."""
@@ -423,6 +402,7 @@ def _earlier_runs(path: Path) -> list[dict[str, Any]]:
 def _import_all(
     src: Path,
     scan: DicomScan,
+    pairing: Pairing,
     nifti_cases: list[Path],
     dataset: CaseDataset,
     pseudo: Pseudonymizer,
@@ -431,8 +411,7 @@ def _import_all(
     report: ImportReport,
     progress: ProgressCallback | None,
 ) -> None:
-    chosen, notes, unpaired = _pair_rtstructs(scan.ct_series, scan.rtstructs)
-    report.skipped_files.extend(unpaired)
+    report.skipped_files.extend(pairing.unused)
     total = len(scan.ct_series) + len(nifti_cases)
     done = 0
     case_ids, id_notes = _case_ids(scan, pseudo, keep_ids=options.keep_ids, dataset=dataset)
@@ -444,8 +423,8 @@ def _import_all(
             src,
             uid,
             files,
-            chosen.get(uid),
-            notes.get(uid, []),
+            pairing.chosen.get(uid, {}),
+            pairing.notes.get(uid, []),
             folder,
             dataset,
             pseudo,
@@ -497,7 +476,7 @@ def _patient_characteristics(first: Dataset) -> dict[str, Any]:
 
 
 def _map_rois(
-    rs: RTStructData, structure_set: StructureSet, grid: Volume
+    rs: RTStructData, structure_set: StructureSet, grid: Volume, *, folder: str = "structures"
 ) -> tuple[
     dict[str, Volume],
     dict[str, dict[str, Any]],
@@ -542,7 +521,7 @@ def _map_rois(
             "roi_number": roi.number,
             "voxels": int(roi.mask.sum()),
             "volume_cm3": round(float(roi.mask.sum()) * voxel_cm3, 3),
-            "file": f"structures/{canonical}.nii.gz",
+            "file": f"{folder}/{canonical}.nii.gz",
         }
     return masks, records, unmatched, empty, warnings
 
@@ -641,7 +620,7 @@ def _import_dicom_case(
     source: Path,
     uid: str,
     files: list[ScannedFile],
-    rtstruct: ScannedFile | None,
+    objects: dict[str, ScannedFile],
     notes: list[str],
     folder: str,
     dataset: CaseDataset,
@@ -698,17 +677,22 @@ def _import_dicom_case(
                     "roi_name": None,
                 }
             )
+        rules = options.contour_sets
+        rtstruct = objects.get(rules.reference)
         if rtstruct is None:
             warnings.append(
                 {
                     "code": "no-rtstruct",
-                    "message": "no RTSTRUCT found for this series; imported without structures",
+                    "message": "no RTSTRUCT found for this series; imported without structures"
+                    if not rules.explicit
+                    else f"no object of the reference contour set {rules.reference} for this "
+                    "series; imported without reference structures",
                     "roi_number": None,
                     "roi_name": None,
                 }
             )
         else:
-            rs = read_rtstruct(rtstruct.header, ct)
+            rs = _read_contours(rtstruct, ct)
             warnings.extend(w.to_data() for w in rs.warnings)
             masks, records, unmatched, empty, map_warnings = _map_rois(
                 rs, options.structure_set, ct.volume
@@ -716,6 +700,29 @@ def _import_dicom_case(
             warnings.extend(map_warnings)
             if options.keep_unmapped:
                 extra, extra_records = _extra_masks(rs, unmatched, ct, masks, warnings)
+        set_masks: dict[str, dict[str, Volume]] = {}
+        set_info: dict[str, dict[str, Any]] = {}
+        for name, obj in sorted(objects.items()):
+            if name == rules.reference:
+                continue
+            data = _read_contours(obj, ct)
+            named, named_records, named_unmatched, named_empty, named_warnings = _map_rois(
+                data, options.structure_set, ct.volume, folder=f"sets/{name}/structures"
+            )
+            for warning in [*(w.to_data() for w in data.warnings), *named_warnings]:
+                warnings.append({**warning, "contour_set": name})
+            set_masks[name] = named
+            set_info[name] = {
+                "structures": named_records,
+                "unmatched": named_unmatched,
+                "empty": named_empty,
+            }
+        if rules.explicit and rtstruct is not None:
+            set_info[rules.reference] = {
+                "structures": records,
+                "unmatched": unmatched,
+                "empty": empty,
+            }
     except (DlasError, ValueError, TypeError, KeyError, AttributeError) as exc:
         # Anything else from a malformed file refuses this case, not the whole import.
         item.reason = _reason(
@@ -728,7 +735,7 @@ def _import_dicom_case(
         for warning in warnings:
             warning["message"] = redactor.text(str(warning["message"]))
 
-    info = {
+    info: dict[str, Any] = {
         "case_id": case_id,
         "cohort": cohort,
         "source": {
@@ -759,9 +766,23 @@ def _import_dicom_case(
         "warnings": warnings,
         "deidentification": _deid_record(options),
     }
+    if rules.explicit:
+        redactor = Redactor.for_source(source, [f.path for f in files], [first])
+        for name, entry in set_info.items():
+            entry["object"] = _object_record(objects[name], options, pseudo, redactor)
+            entry["rule"] = rules.describe()[name]
+        info["reference_set"] = rules.reference
+        info["contour_sets"] = dict(sorted(set_info.items()))
     try:
         dataset.write_case(
-            case_id, cohort, ct.volume, masks, info, extra_masks=extra, overwrite=options.overwrite
+            case_id,
+            cohort,
+            ct.volume,
+            masks,
+            info,
+            extra_masks=extra,
+            contour_sets=set_masks,
+            overwrite=options.overwrite,
         )
     except DlasError as exc:
         item.reason = _reason(exc, options, case_id, source, [f.path for f in files], [first])
@@ -770,8 +791,38 @@ def _import_dicom_case(
     item.structures = list(records)
     item.unmatched = unmatched
     item.warnings = warnings
+    item.contour_sets = {
+        name: {
+            "object": entry["object"],
+            "structures": list(entry["structures"]),
+            "unmatched": entry["unmatched"],
+        }
+        for name, entry in info.get("contour_sets", {}).items()
+    }
     log.info("imported case %s (%s): %d structures", case_id, cohort, len(records))
     return item
+
+
+def _read_contours(obj: ScannedFile, ct: CTSeries) -> RTStructData:
+    """The ROIs of an RTSTRUCT, or the segments of a SEG, rasterised on the CT grid."""
+    if object_kind(obj.header) == "seg":
+        from dlas.io.seg import read_seg
+
+        return read_seg(obj.header, ct)
+    return read_rtstruct(obj.header, ct)
+
+
+def _object_record(
+    obj: ScannedFile, options: ImportOptions, pseudo: Pseudonymizer, redactor: Redactor
+) -> dict[str, Any]:
+    """What the object of a contour set was: kind, manufacturer, model, label, approval and
+    date (shifted like the study date), and its fingerprint (its UID with ``--keep-ids``)."""
+    summary = object_summary(obj.header)
+    sop = str(obj.header.get("SOPInstanceUID", ""))
+    if not options.keep_ids:
+        summary["label"] = redactor.text(summary["label"])
+        summary["date"] = pseudo.shift_date(summary["date"])
+    return {**summary, "sop": sop if options.keep_ids else pseudo.fingerprint("sop", sop)}
 
 
 def _extra_masks(

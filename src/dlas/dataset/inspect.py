@@ -1,5 +1,8 @@
 """`dlas inspect`: what a DICOM folder, a lone RTSTRUCT or a data set holds, as plain data.
 
+For each RTSTRUCT and SEG it lists the attributes contour-set rules look at
+(:mod:`dlas.dataset.contour_sets`) and, given rules, the set the object would join.
+
 Patient names, ids and birth dates are never part of the result.
 """
 
@@ -10,16 +13,64 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from dlas.dataset.contour_sets import (
+    ContourSetRule,
+    describe_object,
+    object_kind,
+    referenced_series,
+)
 from dlas.dataset.layout import CaseDataset
 from dlas.errors import DatasetError, StructureSetError
 from dlas.io.dicom_scan import scan_dicom
-from dlas.io.rtstruct import referenced_series_uids, summarize_rtstruct
+from dlas.io.rtstruct import summarize_rtstruct
 from dlas.structures import StructureSet
 
 __all__ = ["inspect_path"]
 
 
-def _rtstruct_entry(path: Path, header: Any, structure_set: StructureSet) -> dict[str, Any]:
+def _maps_to(name: str, structure_set: StructureSet) -> dict[str, Any]:
+    entry: dict[str, Any] = {"maps_to": None}
+    try:
+        entry["maps_to"] = structure_set.match(name)
+    except StructureSetError as exc:
+        entry["error"] = exc.found or str(exc)
+    return entry
+
+
+def _object_entry(path: Path, header: Any, rules: list[ContourSetRule]) -> dict[str, Any]:
+    """What rules look at, and the sets whose rules match (one, unless the rules overlap)."""
+    matches = [r.name for r in rules if r.matches(header)]
+    return {
+        "file": path.name,
+        "kind": object_kind(header),
+        "describe": describe_object(header),
+        "referenced_series": referenced_series(header),
+        **({"contour_set": ", ".join(matches) or "(none)"} if rules else {}),
+    }
+
+
+def _seg_entry(
+    path: Path, header: Any, structure_set: StructureSet, rules: list[ContourSetRule]
+) -> dict[str, Any]:
+    rois = [
+        {
+            "number": int(s.get("SegmentNumber", 0)),
+            "name": str(s.get("SegmentLabel", "")),
+            **_maps_to(str(s.get("SegmentLabel", "")), structure_set),
+        }
+        for s in header.get("SegmentSequence", [])
+    ]
+    return {
+        **_object_entry(path, header, rules),
+        "label": str(header.get("ContentLabel", "")),
+        "frame_of_reference": [str(header.get("FrameOfReferenceUID", ""))],
+        "rois": rois,
+    }
+
+
+def _rtstruct_entry(
+    path: Path, header: Any, structure_set: StructureSet, rules: list[ContourSetRule]
+) -> dict[str, Any]:
     rois = []
     for roi in summarize_rtstruct(header):
         entry: dict[str, Any] = {
@@ -29,17 +80,12 @@ def _rtstruct_entry(path: Path, header: Any, structure_set: StructureSet) -> dic
             "n_contours": roi.n_contours,
             "n_points": roi.n_points,
             "geometric_types": roi.geometric_types,
-            "maps_to": None,
+            **_maps_to(roi.name, structure_set),
         }
-        try:
-            entry["maps_to"] = structure_set.match(roi.name)
-        except StructureSetError as exc:
-            entry["error"] = exc.found or str(exc)
         rois.append(entry)
     return {
-        "file": path.name,
+        **_object_entry(path, header, rules),
         "label": str(header.get("StructureSetLabel", "")),
-        "referenced_series": referenced_series_uids(header),
         "frame_of_reference": sorted(
             {
                 str(r.get("FrameOfReferenceUID", ""))
@@ -50,8 +96,14 @@ def _rtstruct_entry(path: Path, header: Any, structure_set: StructureSet) -> dic
     }
 
 
-def inspect_path(path: str | os.PathLike[str], structure_set: StructureSet) -> dict[str, Any]:
-    """Describe ``path``: a data set folder, a DICOM folder or file (CT series, RTSTRUCTs)."""
+def inspect_path(
+    path: str | os.PathLike[str],
+    structure_set: StructureSet,
+    *,
+    rules: list[ContourSetRule] | None = None,
+) -> dict[str, Any]:
+    """Describe ``path``: a data set folder, a DICOM folder or file (CT series, RTSTRUCTs,
+    SEGs, and with ``rules`` the contour set each object would join)."""
     p = Path(path)
     if not p.exists():
         raise DatasetError(
@@ -78,6 +130,8 @@ def inspect_path(path: str | os.PathLike[str], structure_set: StructureSet) -> d
                 k: {"cases": v["cases"], "structures": dict(v["structures"])}
                 for k, v in sorted(cohorts.items())
             },
+            "reference_set": dataset.reference_set,
+            "contour_sets": dataset.contour_sets(),
         }
     scan = scan_dicom(p)
     series = []
@@ -104,6 +158,9 @@ def inspect_path(path: str | os.PathLike[str], structure_set: StructureSet) -> d
         "kind": "dicom",
         "path": str(p),
         "series": series,
-        "rtstructs": [_rtstruct_entry(f.path, f.header, structure_set) for f in scan.rtstructs],
+        "rtstructs": [
+            _rtstruct_entry(f.path, f.header, structure_set, rules or []) for f in scan.rtstructs
+        ],
+        "segs": [_seg_entry(f.path, f.header, structure_set, rules or []) for f in scan.segs],
         "skipped": dict(Counter(s.reason for s in scan.skipped).most_common()),
     }

@@ -10,8 +10,18 @@ Layout::
       .dlas-lock                   writer lock: one import (or phantom) at a time
       cases/<case_id>/
         ct.nii.gz                  CT in HU, canonical axial orientation
-        structures/<Name>.nii.gz   one binary mask per structure, on the CT grid
-        case.json                  scanner, geometry, name mapping, warnings
+        structures/<Name>.nii.gz   one binary mask per structure of the reference contour set,
+                                   on the CT grid
+        sets/<set>/structures/<Name>.nii.gz
+                                   the masks of each other contour set of the case (a vendor
+                                   model's export, a second clinician's), same grid and names
+        case.json                  scanner, geometry, name mapping, warnings, and per contour
+                                   set the object it came from and its mapping
+
+``dataset.json`` lists each case's reference structures and, under ``contour_sets``, the
+structures of its other sets; ``meta.reference_set`` names the reference set (``reference`` when
+absent: data sets imported without contour-set rules, including those of earlier versions, which
+read unchanged). See :mod:`dlas.dataset.contour_sets` for how objects are assigned to sets.
 
 Cases are written to a hidden temporary folder and renamed into place when complete, and
 ``dataset.json`` is rewritten atomically after each case, so an interrupted import leaves only
@@ -36,6 +46,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dlas import __version__
+from dlas.dataset.contour_sets import DEFAULT_REFERENCE_SET, SET_NAME
 from dlas.errors import DatasetError
 from dlas.io.atomic import atomic_dir, write_json
 from dlas.io.nifti import read_mask, read_nifti, write_mask, write_nifti
@@ -92,15 +103,25 @@ def writer_lock(root: str | os.PathLike[str]) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class CaseRecord:
-    """A case as listed in ``dataset.json``."""
+    """A case as listed in ``dataset.json``: its reference structures and, per other contour
+    set, that set's structures."""
 
     case_id: str
     cohort: str
     structures: tuple[str, ...]
+    sets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def to_data(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {"case_id": self.case_id, "cohort": self.cohort, "structures": list(self.structures)}
+        """JSON-ready form (``contour_sets`` only when the case has any, so that data sets
+        without them are written exactly as before)."""
+        data: dict[str, Any] = {
+            "case_id": self.case_id,
+            "cohort": self.cohort,
+            "structures": list(self.structures),
+        }
+        if self.sets:
+            data["contour_sets"] = {k: list(v) for k, v in sorted(self.sets.items())}
+        return data
 
 
 @dataclass
@@ -199,7 +220,12 @@ class CaseDataset:
             )
         structure_set = StructureSet.from_data(data["structure_set"], source=str(index))
         cases = {
-            c["case_id"]: CaseRecord(c["case_id"], c["cohort"], tuple(c["structures"]))
+            c["case_id"]: CaseRecord(
+                c["case_id"],
+                c["cohort"],
+                tuple(c["structures"]),
+                {str(k): tuple(v) for k, v in dict(c.get("contour_sets", {})).items()},
+            )
             for c in data.get("cases", [])
         }
         return cls(
@@ -268,6 +294,34 @@ class CaseDataset:
             out.setdefault(c.cohort, []).append(c.case_id)
         return dict(sorted(out.items()))
 
+    @property
+    def reference_set(self) -> str:
+        """Name of the reference contour set (the masks under ``structures/``)."""
+        return str(self.meta.get("reference_set", DEFAULT_REFERENCE_SET))
+
+    def contour_sets(self) -> dict[str, int]:
+        """Every contour set other than the reference → the number of cases that have it."""
+        counts: dict[str, int] = {}
+        for record in self._cases.values():
+            for name in record.sets:
+                counts[name] = counts.get(name, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def set_structures(self, case_id: str, contour_set: str | None = None) -> tuple[str, ...]:
+        """Structures of a case in a contour set (None or the reference set's name: the
+        reference structures); empty when the case lacks the set."""
+        record = self.record(case_id)
+        if contour_set is None or contour_set == self.reference_set:
+            return record.structures
+        return tuple(record.sets.get(contour_set, ()))
+
+    def set_dir(self, case_id: str, contour_set: str | None = None) -> Path:
+        """The folder whose ``structures/`` holds a case's masks of a contour set (None or the
+        reference set's name: the case folder itself)."""
+        if contour_set is None or contour_set == self.reference_set:
+            return self.case_dir(case_id)
+        return self.case_dir(case_id) / "sets" / contour_set
+
     def record(self, case_id: str) -> CaseRecord:
         """The listing entry of a case."""
         try:
@@ -292,16 +346,20 @@ class CaseDataset:
         data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         return data
 
-    def load_case(self, case_id: str, structures: list[str] | None = None) -> Case:
-        """Read a case's CT and masks (all its structures, or those named)."""
+    def load_case(
+        self, case_id: str, structures: list[str] | None = None, *, contour_set: str | None = None
+    ) -> Case:
+        """Read a case's CT and masks (all its structures, or those named) of the reference
+        contour set, or of ``contour_set``."""
         record = self.record(case_id)
-        folder = self.case_dir(case_id)
-        ct = read_nifti(folder / "ct.nii.gz")
-        wanted = record.structures if structures is None else structures
+        ct = read_nifti(self.case_dir(case_id) / "ct.nii.gz")
+        present = self.set_structures(case_id, contour_set)
+        folder = self.set_dir(case_id, contour_set) / "structures"
+        wanted = present if structures is None else structures
         masks = {}
         for name in wanted:
-            if name in record.structures:
-                masks[name] = read_mask(folder / "structures" / f"{name}.nii.gz", reference=ct)
+            if name in present:
+                masks[name] = read_mask(folder / f"{name}.nii.gz", reference=ct)
         return Case(case_id, record.cohort, ct, masks, self.case_info(case_id))
 
     # ------------------------------------------------------------------ writing
@@ -314,21 +372,35 @@ class CaseDataset:
         info: Mapping[str, Any],
         *,
         extra_masks: Mapping[str, Volume] | None = None,
+        contour_sets: Mapping[str, Mapping[str, Volume]] | None = None,
         overwrite: bool = False,
     ) -> CaseRecord:
         """Write a complete case atomically and list it in ``dataset.json``.
 
-        ``masks`` must use canonical names of the structure set; ``extra_masks`` (ROIs kept
-        under their own names with ``--keep-unmapped``) are written but not listed as structures.
+        ``masks`` (the reference set) and each of ``contour_sets`` (set name → masks) must use
+        canonical names of the structure set; ``extra_masks`` (ROIs kept under their own names
+        with ``--keep-unmapped``) are written but not listed as structures.
         """
-        unknown = [n for n in masks if n not in self.structure_set]
-        if unknown:
+        sets = dict(contour_sets or {})
+        for where, named in [("", masks), *((f", contour set {k}", v) for k, v in sets.items())]:
+            unknown = [n for n in named if n not in self.structure_set]
+            if unknown:
+                raise DatasetError(
+                    "structure not in the data set's structure set",
+                    where=f"case {case_id}{where}",
+                    expected=", ".join(self.structure_set.names),
+                    found=", ".join(unknown),
+                    fix="map the names first",
+                )
+        bad_names = [k for k in sets if not SET_NAME.match(k) or k == self.reference_set]
+        if bad_names:
             raise DatasetError(
-                "structure not in the data set's structure set",
+                "invalid contour set name",
                 where=f"case {case_id}",
-                expected=", ".join(self.structure_set.names),
-                found=", ".join(unknown),
-                fix="map the names first",
+                expected="letters, digits, '_', '.', '+', '-', other than the reference set "
+                f"{self.reference_set!r}",
+                found=", ".join(repr(k) for k in bad_names),
+                fix="rename the contour set",
             )
         final = self.case_dir(case_id)
         if final.exists() and not overwrite:
@@ -341,20 +413,32 @@ class CaseDataset:
             )
         with atomic_dir(final, replace=overwrite) as tmp:
             write_nifti(ct, tmp / "ct.nii.gz")
-            (tmp / "structures").mkdir()
-            for name, mask in {**masks, **(extra_masks or {})}.items():
-                if not mask.same_grid(ct):
-                    raise DatasetError(
-                        "mask grid differs from the CT grid",
-                        where=f"case {case_id}, structure {name}",
-                        expected=ct.grid_description(),
-                        found=mask.grid_description(),
-                        fix="resample the mask onto the CT before import",
-                    )
-                write_mask(mask, tmp / "structures" / f"{name}.nii.gz")
+            folders = [
+                (tmp / "structures", "", {**masks, **(extra_masks or {})}),
+                *(
+                    (tmp / "sets" / k / "structures", f"contour set {k}, ", v)
+                    for k, v in sets.items()
+                ),
+            ]
+            for folder, where, named in folders:
+                folder.mkdir(parents=True)
+                for name, mask in named.items():
+                    if not mask.same_grid(ct):
+                        raise DatasetError(
+                            "mask grid differs from the CT grid",
+                            where=f"case {case_id}, {where}structure {name}",
+                            expected=ct.grid_description(),
+                            found=mask.grid_description(),
+                            fix="resample the mask onto the CT before import",
+                        )
+                    write_mask(mask, folder / f"{name}.nii.gz")
             write_json(tmp / "case.json", {"schema_version": DATASET_SCHEMA_VERSION, **info})
+
+        def listed(named: Mapping[str, Volume]) -> tuple[str, ...]:
+            return tuple(n for n in self.structure_set.names if n in named)
+
         record = CaseRecord(
-            case_id, cohort, tuple(n for n in self.structure_set.names if n in masks)
+            case_id, cohort, listed(masks), {k: listed(v) for k, v in sorted(sets.items())}
         )
         self._cases[case_id] = record
         self.save()

@@ -2,10 +2,13 @@
 
 Inputs
 ------
-* The reference: a dlas data set (``DATASET/cases/<case_id>/structures/<Name>.nii.gz``); the
-  cohort of each case comes from its record in ``dataset.json``.
-* One or more predictions ``NAME=DIR``, where ``DIR/<case_id>/structures/<Name>.nii.gz`` holds
-  the prediction of structure ``Name`` for that case (the layout ``dlas predict`` writes).
+* The reference: a dlas data set (``DATASET/cases/<case_id>/structures/<Name>.nii.gz``), or
+  another of its contour sets (``reference_set``: e.g. a second clinician's); the cohort of each
+  case comes from its record in ``dataset.json``.
+* One or more predictions: ``NAME=DIR``, where ``DIR/<case_id>/structures/<Name>.nii.gz`` holds
+  the prediction of structure ``Name`` for that case (the layout ``dlas predict`` writes), or a
+  bare ``NAME``: the data set's contour set of that name (a vendor model's RTSTRUCTs or SEGs
+  brought in by `dlas import --contour-set`).
 
 Rules (refuse rather than guess)
 --------------------------------
@@ -94,32 +97,61 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 @dataclass(frozen=True)
 class PredictionSource:
-    """A named folder of predictions: ``folder/<case_id>/structures/<Name>.nii.gz``."""
+    """Named predictions: a folder ``folder/<case_id>/structures/<Name>.nii.gz``, or with
+    ``contour_set`` the contour set of that name in the data set at ``folder``."""
 
     name: str
     folder: Path
+    contour_set: str | None = None
+
+    def case_folder(self, case_id: str) -> Path:
+        """The folder whose ``structures/`` holds the predictions of a case."""
+        if self.contour_set is not None:
+            return self.folder / "cases" / case_id / "sets" / self.contour_set
+        return self.folder / case_id
 
     def mask_path(self, case_id: str, structure: str) -> Path:
         """Where the prediction of a structure of a case must be."""
-        return self.folder / case_id / "structures" / f"{structure}.nii.gz"
+        return self.case_folder(case_id) / "structures" / f"{structure}.nii.gz"
+
+    def describe(self) -> str:
+        """How the source was given (for messages)."""
+        if self.contour_set is not None:
+            return f"contour set {self.contour_set} of {self.folder}"
+        return f"{self.name}={self.folder}"
 
 
-def parse_prediction(spec: str) -> PredictionSource:
-    """Parse ``NAME=DIR`` (the ``--prediction`` option).
+def parse_prediction(spec: str, dataset: CaseDataset | None = None) -> PredictionSource:
+    """Parse ``NAME=DIR`` or, with a data set, a bare ``NAME`` of one of its contour sets (the
+    ``--prediction`` option).
 
     Raises
     ------
     EvaluationError
-        If there is no ``=``, the name is empty or has characters other than letters, digits
-        and ``_ . + -``.
+        If the name is empty or has characters other than letters, digits and ``_ . + -``; a
+        bare name without a data set, or naming no contour set of it.
     """
     name, sep, folder = spec.partition("=")
     name = name.strip()
+    if not sep and dataset is not None and _MODEL_NAME.match(name):
+        sets = dataset.contour_sets()
+        if name not in sets:
+            raise EvaluationError(
+                "no such contour set in the data set",
+                where=f"--prediction {spec}",
+                expected="NAME=DIR, or the name of a contour set of the data set: "
+                + (", ".join(sets) or "(it has none)"),
+                found=repr(name),
+                fix="give the folder as NAME=DIR, or import the set with `dlas import "
+                "--contour-set NAME=RULE`",
+            )
+        return PredictionSource(name, dataset.root, contour_set=name)
     if not sep or not folder.strip() or not _MODEL_NAME.match(name):
         raise EvaluationError(
             "cannot read the prediction option",
             where=f"--prediction {spec}",
-            expected="NAME=DIR with NAME made of letters, digits, '_', '.', '+', '-'",
+            expected="NAME=DIR (or a contour set's NAME) with NAME made of letters, digits, "
+            "'_', '.', '+', '-'",
             found=repr(spec),
             fix="write e.g. --prediction VPM=predictions/vpm",
         )
@@ -166,8 +198,9 @@ def evaluate(
     resample: bool = False,
     workers: int = 1,
     progress: ProgressCallback | None = None,
+    reference_set: str | None = None,
 ) -> EvaluationResult:
-    """Evaluate prediction folders against a data set's reference structures.
+    """Evaluate prediction folders or contour sets against a data set's reference structures.
 
     Parameters
     ----------
@@ -186,6 +219,9 @@ def evaluate(
         Worker processes evaluating cases in parallel (1: in this process).
     progress
         ``progress(done, total, case_id)`` after each case.
+    reference_set
+        Measure against this contour set of the data set instead of its reference structures
+        (e.g. a second clinician's set); cases without it are left out.
 
     Returns
     -------
@@ -203,7 +239,8 @@ def evaluate(
 
     opts = options if options is not None else MetricOptions()
     dataset = reference if isinstance(reference, CaseDataset) else CaseDataset.open(reference)
-    sources = _sources(predictions)
+    sources = _sources(predictions, dataset)
+    ref_set = _reference_set(dataset, reference_set, sources)
     if workers < 1:
         raise EvaluationError(
             "invalid number of workers",
@@ -218,11 +255,14 @@ def evaluate(
         _CaseTask(
             case_id=record.case_id,
             cohort=record.cohort,
-            case_dir=str(dataset.case_dir(record.case_id)),
-            structures=tuple(s for s in wanted if s in record.structures),
-            predictions=tuple((s.name, str(s.folder)) for s in sources),
+            case_dir=str(dataset.set_dir(record.case_id, ref_set)),
+            structures=tuple(
+                s for s in wanted if s in dataset.set_structures(record.case_id, ref_set)
+            ),
+            predictions=tuple((s.name, str(s.case_folder(record.case_id))) for s in sources),
             options=opts,
             resample=resample,
+            ct_path=str(dataset.case_dir(record.case_id) / "ct.nii.gz"),
         )
         for record in records
     ]
@@ -239,7 +279,7 @@ def evaluate(
     results = _run(tasks, workers, progress)
     rows = [row for result in results for row in result.rows]
     table = pd.DataFrame(rows, columns=list(COLUMNS))
-    metadata = _metadata(dataset, sources, tasks, results, opts, resample, table)
+    metadata = _metadata(dataset, sources, tasks, results, opts, resample, table, ref_set)
     return EvaluationResult(table=table, metadata=metadata)
 
 
@@ -306,6 +346,7 @@ def _is_float(text: str) -> bool:
 # ---------------------------------------------------------------------------------- selection
 def _sources(
     predictions: Sequence[PredictionSource] | Mapping[str, str | os.PathLike[str]],
+    dataset: CaseDataset,
 ) -> list[PredictionSource]:
     if isinstance(predictions, Mapping):
         sources = [parse_prediction(f"{k}={os.fspath(v)}") for k, v in predictions.items()]
@@ -330,6 +371,16 @@ def _sources(
             fix="give every prediction folder its own name",
         )
     for source in sources:
+        if source.contour_set is not None:
+            if source.folder.resolve() != dataset.root.resolve():
+                raise EvaluationError(
+                    "contour set of another data set",
+                    where=source.describe(),
+                    expected=f"a contour set of the evaluated data set {dataset.root}",
+                    found=f"one of {source.folder}",
+                    fix="import the contour set into the evaluated data set",
+                )
+            continue
         if not source.folder.is_dir():
             raise EvaluationError(
                 "prediction folder not found",
@@ -339,6 +390,33 @@ def _sources(
                 fix="check the path (it is what `dlas predict --out` wrote)",
             )
     return sources
+
+
+def _reference_set(
+    dataset: CaseDataset, reference_set: str | None, sources: Sequence[PredictionSource]
+) -> str | None:
+    """The contour set to measure against (None: the reference structures), checked."""
+    if reference_set is None or reference_set == dataset.reference_set:
+        return None
+    sets = dataset.contour_sets()
+    if reference_set not in sets:
+        raise EvaluationError(
+            "no such contour set in the data set",
+            where=f"--reference-set {reference_set}",
+            expected=f"the reference set {dataset.reference_set} or one of: "
+            + (", ".join(sets) or "(no other set)"),
+            found=repr(reference_set),
+            fix="list the contour sets with `dlas inspect DATASET`",
+        )
+    if any(s.contour_set == reference_set for s in sources):
+        raise EvaluationError(
+            "contour set is both reference and prediction",
+            where=f"--reference-set {reference_set}",
+            expected="a reference other than every prediction",
+            found=f"{reference_set} given as both",
+            fix="drop it from --prediction",
+        )
+    return reference_set
 
 
 def _select_cases(
@@ -395,7 +473,7 @@ def _check_prediction_files(
         missing: list[str] = []
         missing_cases: list[str] = []
         for task in tasks:
-            if not (source.folder / task.case_id).is_dir():
+            if not source.case_folder(task.case_id).is_dir():
                 missing_cases.append(task.case_id)
                 continue
             missing.extend(
@@ -405,16 +483,20 @@ def _check_prediction_files(
             )
         if missing_cases:
             raise EvaluationError(
-                "prediction folder lacks cases",
-                where=f"{source.name}={source.folder}",
-                expected="a folder <case_id>/structures/ for every selected case",
+                "prediction folder lacks cases"
+                if source.contour_set is None
+                else "contour set missing for some cases",
+                where=source.describe(),
+                expected="a folder <case_id>/structures/ for every selected case"
+                if source.contour_set is None
+                else "the set in every selected case",
                 found=f"{len(missing_cases)} case(s) missing, e.g. " + ", ".join(missing_cases[:3]),
                 fix="predict those cases, or restrict the evaluation with --cohort / --case",
             )
         if missing:
             raise EvaluationError(
                 "prediction missing",
-                where=f"{source.name}={source.folder}",
+                where=source.describe(),
                 expected="<case_id>/structures/<Name>.nii.gz for every reference structure "
                 "(an empty mask file counts as an empty prediction)",
                 found=f"{len(missing)} file(s) missing, e.g. " + ", ".join(missing[:3]),
@@ -430,9 +512,11 @@ class _CaseTask:
     cohort: str
     case_dir: str
     structures: tuple[str, ...]
+    #: (model name, the folder whose structures/ holds the case's predictions)
     predictions: tuple[tuple[str, str], ...]
     options: MetricOptions
     resample: bool
+    ct_path: str
 
 
 @dataclass
@@ -486,12 +570,9 @@ def _evaluate_case(task: _CaseTask) -> _CaseResult:
     rows_by_model: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in task.predictions}
     hashes: dict[tuple[str, str], str] = {}
     body: npt.NDArray[np.bool_] | None = None
-    qa = {
-        name: _qa_codes(Path(folder) / task.case_id / "qa.json")
-        for name, folder in task.predictions
-    }
+    qa = {name: _qa_codes(Path(folder) / "qa.json") for name, folder in task.predictions}
     if task.options.specificity_domain == "body":
-        body = body_mask(read_nifti(case_dir / "ct.nii.gz"))
+        body = body_mask(read_nifti(task.ct_path))
     for structure in task.structures:
         ref_path = case_dir / "structures" / f"{structure}.nii.gz"
         reference = read_mask(ref_path)
@@ -505,7 +586,7 @@ def _evaluate_case(task: _CaseTask) -> _CaseResult:
                 fix="re-import the case",
             )
         for name, folder in task.predictions:
-            path = Path(folder) / task.case_id / "structures" / f"{structure}.nii.gz"
+            path = Path(folder) / "structures" / f"{structure}.nii.gz"
             prediction, resampled = _read_prediction(path, reference, task.resample)
             hashes[(name, structure)] = _sha256(path)
             metrics = compute_metrics(
@@ -628,6 +709,7 @@ def _metadata(
     options: MetricOptions,
     resample: bool,
     table: pd.DataFrame,
+    reference_set: str | None,
 ) -> dict[str, Any]:
     import pandas as pd
     import scipy
@@ -663,10 +745,15 @@ def _metadata(
             "dataset_json_sha256": _sha256(index) if index.is_file() else None,
             "structure_set": dataset.structure_set.name,
             "structure_set_sha256": dataset.structure_set.sha256(),
+            "contour_set": reference_set or dataset.reference_set,
             "masks_sha256": _combined_hash(results, ""),
         },
         "predictions": {
-            s.name: {"folder": s.folder.name, "masks_sha256": _combined_hash(results, s.name)}
+            s.name: {
+                "folder": s.folder.name,
+                **({"contour_set": s.contour_set} if s.contour_set else {}),
+                "masks_sha256": _combined_hash(results, s.name),
+            }
             for s in sources
         },
         "cases": {"count": len(tasks), "cohorts": dict(sorted(cohorts.items()))},

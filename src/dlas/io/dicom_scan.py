@@ -1,10 +1,11 @@
-"""Finding DICOM CT series and RTSTRUCTs in a folder tree, with a reason for every file skipped.
+"""Finding DICOM CT series, RTSTRUCTs and SEGs in a folder tree, with a reason for each file left.
 
 A hospital export mixes CT series, RTSTRUCTs, plans, doses, registrations, non-DICOM files
 (DICOMDIR, text notes, thumbnails) and now and then a truncated file. :func:`scan_dicom` reads
 the header of every file at any depth once, sorts the CT images into series by
-SeriesInstanceUID, collects the RTSTRUCTs, and lists every other file with the reason it was not
-used, so that an import can report that nothing was silently lost.
+SeriesInstanceUID, collects the RTSTRUCTs and DICOM Segmentations (SEG), and lists every other
+file with the reason it was not used, so that an import can report that nothing was silently
+lost.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
-from pydicom.dataset import FileDataset
+from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
 
 from dlas.errors import DicomSeriesError
@@ -25,6 +26,7 @@ from dlas.errors import DicomSeriesError
 __all__ = [
     "CT_IMAGE_STORAGE",
     "RTSTRUCT_STORAGE",
+    "SEG_STORAGE",
     "DicomScan",
     "ScannedFile",
     "SkippedFile",
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
+SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 #: Prefix of the grouping key of CT images whose SeriesInstanceUID is empty.
 UNIDENTIFIED_SERIES = "unidentified-series-"
 
@@ -72,6 +75,8 @@ class DicomScan:
         in the order found.
     rtstructs
         RTSTRUCT files (fully read: their contours are in the header).
+    segs
+        DICOM Segmentation files (fully read, pixel data included).
     skipped
         Every other file with the reason it was not used.
     """
@@ -79,13 +84,17 @@ class DicomScan:
     root: Path
     ct_series: dict[str, list[ScannedFile]] = field(default_factory=dict)
     rtstructs: list[ScannedFile] = field(default_factory=list)
+    segs: list[ScannedFile] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
 
     @property
     def n_files(self) -> int:
         """Number of files looked at."""
         return (
-            sum(len(v) for v in self.ct_series.values()) + len(self.rtstructs) + len(self.skipped)
+            sum(len(v) for v in self.ct_series.values())
+            + len(self.rtstructs)
+            + len(self.segs)
+            + len(self.skipped)
         )
 
 
@@ -131,7 +140,7 @@ def walk_folders(root: Path) -> Iterable[tuple[str, list[str], list[str]]]:
         yield dirpath, dirnames, sorted(filenames)
 
 
-def sop_class_of(ds: FileDataset) -> str:
+def sop_class_of(ds: Dataset) -> str:
     """SOPClassUID of a file, from the data set or, when that is empty, the file meta header.
 
     Some archives (seen in a real Siemens export) leave the data set's SOPClassUID empty and
@@ -143,7 +152,7 @@ def sop_class_of(ds: FileDataset) -> str:
     return value
 
 
-def sop_instance_of(ds: FileDataset) -> str:
+def sop_instance_of(ds: Dataset) -> str:
     """SOPInstanceUID of a file, falling back to the file meta header like :func:`sop_class_of`."""
     value = str(ds.get("SOPInstanceUID", "") or "")
     if not value and getattr(ds, "file_meta", None) is not None:
@@ -183,7 +192,7 @@ def _iter_files(root: Path) -> Iterable[Path]:
 
 
 def scan_dicom(root: str | os.PathLike[str]) -> DicomScan:
-    """Scan ``root`` (a folder at any depth, or a single file) for CT series and RTSTRUCTs.
+    """Scan ``root`` (a folder at any depth, or a single file) for CT series, RTSTRUCTs and SEGs.
 
     Nothing is refused here: files that cannot be used are listed in ``DicomScan.skipped`` with
     their reason; the callers decide what is fatal.
@@ -211,6 +220,15 @@ def scan_dicom(root: str | os.PathLike[str]) -> DicomScan:
                 )
                 continue
             scan.rtstructs.append(ScannedFile(path, full))
+        elif sop_class == SEG_STORAGE or modality == "SEG":
+            try:
+                full = pydicom.dcmread(path)
+            except Exception as exc:
+                scan.skipped.append(
+                    SkippedFile(path, f"SEG unreadable (truncated or corrupt): {exc}")
+                )
+                continue
+            scan.segs.append(ScannedFile(path, full))
         elif sop_class == ENHANCED_CT_IMAGE_STORAGE:
             scan.skipped.append(
                 SkippedFile(
@@ -227,13 +245,16 @@ def scan_dicom(root: str | os.PathLike[str]) -> DicomScan:
         else:
             label = modality or "unknown modality"
             scan.skipped.append(
-                SkippedFile(path, f"not a CT image or RTSTRUCT (modality {label}, not used)")
+                SkippedFile(
+                    path, f"not a CT image, RTSTRUCT or SEG (modality {label}, not used)"
+                )
             )
     log.debug(
-        "scanned %d files: %d CT series, %d RTSTRUCTs, %d skipped",
+        "scanned %d files: %d CT series, %d RTSTRUCTs, %d SEGs, %d skipped",
         scan.n_files,
         len(scan.ct_series),
         len(scan.rtstructs),
+        len(scan.segs),
         len(scan.skipped),
     )
     return scan
