@@ -222,6 +222,14 @@ def test_unknown_preset_is_refused() -> None:
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
+def test_contour_set_example_is_valid() -> None:
+    config = load_study_config(EXAMPLES / "study-contours.yaml")
+    assert config.models.from_contours == ("VPM", "LFT") and not config.models.trains
+    rules = config.data.contour_set_rules()  # type: ignore[union-attr]
+    assert rules.reference == "clinical"
+    assert [r.name for r in rules.rules] == ["clinical", "VPM", "LFT"]
+
+
 @pytest.mark.parametrize("name", ["study-hospital.yaml", "openkbp-hn/study.yaml"])
 def test_example_configurations_are_valid(name: str) -> None:
     from dlas.structures import load_structure_set

@@ -113,7 +113,7 @@ def load_case_images(
         If a mask is unreadable or lies on another grid than the CT.
     """
     dataset = inputs.dataset
-    case = dataset.load_case(case_id, list(structures))
+    case = dataset.load_case(case_id, list(structures), contour_set=inputs.reference_set)
     ct = case.ct
     # Crop in-plane to the body first so that no full-size mask is kept: a 512x512x100 case
     # with three sources of five structures would otherwise hold 400 MB of masks.
@@ -125,10 +125,10 @@ def load_case_images(
         }
     }
     rows = inputs.metrics[inputs.metrics["case_id"] == case_id]
-    for model, folder in inputs.predictions.items():
+    for model, source in inputs.predictions.items():
         full[model] = {}
         for name in structures:
-            path = folder / case_id / "structures" / f"{name}.nii.gz"
+            path = source.mask_path(case_id, name)
             if path.is_file():
                 mask = read_mask(path, reference=ct).array
                 full[model][name] = np.ascontiguousarray(np.asarray(mask, dtype=bool)[:, ys, xs])

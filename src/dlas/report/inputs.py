@@ -12,6 +12,9 @@ Study folder layout read here::
       study.yaml                     resolved configuration (its hash goes into the provenance)
       data/                          the data set (dataset.json, cases/...)
       predictions/<MODEL>/<case_id>/structures/<Name>.nii.gz
+                                     (a model evaluated from a contour set of the data set,
+                                     e.g. a vendor's exported RTSTRUCTs, has no folder here:
+                                     the metrics sidecar names its set)
       metrics.csv, metrics.json      from `dlas evaluate`
       comparison/comparison.csv      from `dlas compare` (optional: computed when absent)
       models/*.json                  checkpoint metadata (model name and hash)
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from dlas.dataset import CaseDataset
 from dlas.errors import ReportError
+from dlas.evaluation.evaluate import PredictionSource
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -134,7 +138,11 @@ class ReportInputs:
     dataset
         The data set holding the CTs and ground-truth masks.
     predictions
-        Model name → prediction folder (``<case_id>/structures/<Name>.nii.gz``).
+        Model name → its predictions (a folder ``<case_id>/structures/<Name>.nii.gz`` or a
+        contour set of the data set).
+    reference_set
+        The contour set the metrics were measured against, when not the data set's reference
+        structures (from the metrics sidecar); None otherwise.
     models
         Provenance of the models: dicts with at least ``name`` and, when known, ``sha256``.
     config
@@ -152,12 +160,13 @@ class ReportInputs:
     comparison: pd.DataFrame | None
     comparison_meta: dict[str, Any]
     dataset: CaseDataset
-    predictions: dict[str, Path]
+    predictions: dict[str, PredictionSource]
     models: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] | None = None
     sources: dict[str, str] = field(default_factory=dict)
     comparison_dir: Path | None = None
     training_runs: dict[str, Path] = field(default_factory=dict)
+    reference_set: str | None = None
 
     @property
     def model_names(self) -> list[str]:
@@ -330,7 +339,7 @@ def _as_bool(value: Any) -> bool:
 def _check_consistency(
     metrics: pd.DataFrame,
     dataset: CaseDataset,
-    predictions: Mapping[str, Path],
+    predictions: Mapping[str, PredictionSource],
     comparison: pd.DataFrame | None,
     metrics_path: Path,
 ) -> None:
@@ -348,16 +357,16 @@ def _check_consistency(
     if extra:
         raise ReportError(
             "prediction folder of a model that the metrics table does not hold",
-            where=", ".join(str(predictions[m]) for m in extra),
+            where=", ".join(predictions[m].describe() for m in extra),
             expected="models " + ", ".join(models),
             found=", ".join(extra),
             fix="check the NAME in --prediction NAME=DIR, or evaluate that model first",
         )
-    for name, folder in predictions.items():
-        if not Path(folder).is_dir():
+    for name, source in predictions.items():
+        if source.contour_set is None and not source.folder.is_dir():
             raise ReportError(
                 "prediction folder not found",
-                where=str(folder),
+                where=str(source.folder),
                 expected=f"a folder of <case_id>/structures/<Name>.nii.gz for model {name}",
                 found="no such folder",
                 fix="check the path given with --prediction",
@@ -396,6 +405,9 @@ def load_inputs(
 ) -> ReportInputs:
     """Gather and check the inputs of a report given explicitly.
 
+    A model the metrics sidecar records as a contour set of the data set (``dlas evaluate
+    --prediction NAME``) needs no prediction folder: its masks are read from the set.
+
     Parameters
     ----------
     metrics_csv
@@ -426,7 +438,15 @@ def load_inputs(
     metrics = read_metrics(metrics_path)
     meta = _read_json(metrics_path.with_suffix(".json"))
     ds = CaseDataset.open(dataset)
-    preds = {name: Path(p) for name, p in predictions.items()}
+    preds = {name: PredictionSource(name, Path(p)) for name, p in predictions.items()}
+    recorded = meta.get("predictions", {})
+    for name, entry in recorded.items() if isinstance(recorded, dict) else ():
+        if isinstance(entry, dict) and entry.get("contour_set") and name not in preds:
+            preds[name] = PredictionSource(name, ds.root, contour_set=str(entry["contour_set"]))
+    reference = meta.get("reference", {})
+    reference_set = reference.get("contour_set") if isinstance(reference, dict) else None
+    if reference_set == ds.reference_set:
+        reference_set = None
     comp_df: pd.DataFrame | None = None
     comp_meta: dict[str, Any] = {}
     comp_dir: Path | None = None
@@ -450,6 +470,7 @@ def load_inputs(
         config=dict(config) if config is not None else None,
         sources=sources,
         comparison_dir=comp_dir,
+        reference_set=str(reference_set) if reference_set else None,
     )
 
 
@@ -512,14 +533,26 @@ def load_study(study_dir: str | Path) -> ReportInputs:
     wanted = set(metrics["model"])
     predictions = {k: v for k, v in predictions.items() if k in wanted}
     known = {m["name"] for m in models}
-    models += [
-        {"name": m, "sha256": None, "source": "not recorded"}
-        for m in dict.fromkeys(metrics["model"])
-        if m not in known
-    ]
+    recorded = _read_json(metrics_path.with_suffix(".json")).get("predictions", {})
+    for m in dict.fromkeys(metrics["model"]):
+        if m in known:
+            continue
+        entry = recorded.get(m, {}) if isinstance(recorded, dict) else {}
+        if isinstance(entry, dict) and entry.get("contour_set"):
+            # a model given as contours: its provenance is the hash of the masks evaluated
+            models.append(
+                {
+                    "name": m,
+                    "sha256": entry.get("masks_sha256"),
+                    "source": f"contour set {entry['contour_set']} of the data set "
+                    "(imported RTSTRUCT/SEG; sha256 of its masks)",
+                }
+            )
+        else:
+            models.append({"name": m, "sha256": None, "source": "not recorded"})
     inputs = load_inputs(
         metrics_path,
-        dataset=root / "data",
+        dataset=_study_dataset(root, config_path),
         predictions=predictions,
         comparison=comparison if has_comparison else None,
         models=models,
@@ -532,6 +565,21 @@ def load_study(study_dir: str | Path) -> ReportInputs:
         if (root / "models" / name / "cv.json").is_file()
     }
     return inputs
+
+
+def _study_dataset(root: Path, config_path: Path) -> Path:
+    """The data set of a study: ``data/``, or the one named by ``data.path`` of a study on an
+    existing data set (``data.kind: dataset``, which the study reads in place)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return root / "data"
+    data = config.get("data") if isinstance(config, dict) else None
+    if isinstance(data, dict) and data.get("kind") == "dataset" and data.get("path"):
+        return Path(str(data["path"]))
+    return root / "data"
 
 
 def resolve_inputs(

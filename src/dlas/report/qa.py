@@ -7,7 +7,6 @@ Read from each prediction folder's ``<case_id>/qa.json`` (written by ``dlas pred
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from dlas.errors import ReportError
@@ -47,11 +46,11 @@ def prediction_qa(inputs: ReportInputs) -> dict[str, Any]:
     rows: list[dict[str, str]] = []
     models: list[dict[str, Any]] = []
     for model in inputs.model_names:
-        folder = inputs.predictions.get(model)
+        source = inputs.predictions.get(model)
         cases = metrics.loc[metrics["model"] == model].drop_duplicates("case_id")
         checked = flagged = 0
         for case_id, cohort in zip(cases["case_id"], cases["cohort"], strict=True):
-            path = Path(folder) / str(case_id) / "qa.json" if folder is not None else None
+            path = source.case_folder(str(case_id)) / "qa.json" if source is not None else None
             if path is None or not path.is_file():
                 continue
             data = read_qa(path, ReportError)

@@ -29,6 +29,19 @@ hospital's file only names what differs::
     models: {vendor: VPM, finetuned: LFT}
     metrics: {hd95: pooled, specificity_domain: reference-bbox}
     statistics: {alpha: 0.05, correction: none}
+
+A model may also be *given as contours* instead of trained here: the vendor's exported RTSTRUCTs
+or SEGs, brought in as a contour set of the data set (``data.contour_sets``, the rules of
+``dlas import --contour-set``) and named in ``models.from_contours``. With both models from
+contours the study only evaluates and compares (no training; ``examples/study-contours.yaml``);
+with only the vendor's, LFT is still fine-tuned here from ``pretrained_model``::
+
+    data:
+      kind: dicom
+      path: /data/export
+      contour_sets: {clinical: approved, VPM: "manufacturer:RT-Mind"}
+      reference_set: clinical
+    models: {vendor: VPM, finetuned: LFT, from_contours: [VPM]}
 """
 
 from __future__ import annotations
@@ -85,6 +98,29 @@ class DicomSource(_Strict):
     keep_ids: bool = False
     keep_unmapped: bool = False
     pseudonym_key: Path | None = None
+    #: contour set name → rule (``dlas import --contour-set NAME=RULE``); empty: the
+    #: reference structures from the approved or newest RTSTRUCT only
+    contour_sets: dict[str, str] = Field(default_factory=dict)
+    reference_set: str | None = None
+
+    @model_validator(mode="after")
+    def _rules_valid(self) -> DicomSource:
+        self.contour_set_rules()  # a malformed rule fails at load, before any step
+        return self
+
+    def contour_set_rules(self) -> Any:
+        """The parsed rules (:class:`dlas.dataset.ContourSetRules`)."""
+        from dlas.dataset.contour_sets import ContourSetRules
+        from dlas.errors import DatasetError
+
+        try:
+            return ContourSetRules.from_options(
+                [f"{k}={v}" for k, v in self.contour_sets.items()],
+                self.reference_set,
+                option="data.contour_sets",
+            )
+        except DatasetError as exc:
+            raise ValueError(f"{exc.what}: found {exc.found}; {exc.fix}") from None
 
 
 class DatasetSource(_Strict):
@@ -117,12 +153,25 @@ class ModelNames(_Strict):
 
     vendor: str = Field("VPM", pattern=_NAME)
     finetuned: str = Field("LFT", pattern=_NAME)
+    #: models given as the data set's contour set of the same name (not trained or predicted)
+    from_contours: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _distinct(self) -> ModelNames:
         if self.vendor == self.finetuned:
             raise ValueError("the two models need different names")
+        unknown = [n for n in self.from_contours if n not in (self.vendor, self.finetuned)]
+        if unknown:
+            raise ValueError(
+                f"from_contours names {unknown}, which is neither the vendor model "
+                f"{self.vendor!r} nor the fine-tuned model {self.finetuned!r}"
+            )
         return self
+
+    @property
+    def trains(self) -> bool:
+        """Whether the study fine-tunes a model (the fine-tuned model is not given as contours)."""
+        return self.finetuned not in self.from_contours
 
 
 class MetricsSpec(_Strict):
@@ -194,6 +243,20 @@ class StudyConfig(_Strict):
 
     @model_validator(mode="after")
     def _pretraining_possible(self) -> StudyConfig:
+        if self.models.from_contours and not (
+            isinstance(self.data, DatasetSource)
+            or (isinstance(self.data, DicomSource) and self.data.contour_sets)
+        ):
+            raise ValueError(
+                "models.from_contours needs contour sets: data.contour_sets rules on a DICOM "
+                "export (data.kind: dicom), or a data set imported with them (kind: dataset)"
+            )
+        if not self.models.trains:
+            # evaluation only: nothing is pretrained or fine-tuned
+            used = list(self.cohorts.evaluate)
+            if len(set(used)) != len(used):
+                raise ValueError(f"an evaluation cohort is named twice: {used}")
+            return self
         if self.pretrained_model is None and self.cohorts.pretrain is None:
             raise ValueError(
                 "give pretrained_model, or name a cohorts.pretrain cohort to pretrain it on"

@@ -11,6 +11,9 @@ pretrain   train the vendor model on ``cohorts.pretrain`` → ``models/<VPM>/``,
 finetune   fine-tune it on ``cohorts.finetune`` with the recipe and k-fold CV → ``models/<LFT>/``
 predict    both models on every evaluation cohort → ``predictions/<model>/<case>/...`` (NIfTI),
            plus RTSTRUCTs of a sample of DICOM cases → ``predictions/rtstruct-sample/``
+           (a model given as contours, ``models.from_contours``, is read from its contour set
+           of the data set instead: it is neither trained nor predicted, and with both models
+           so given, pretrain, finetune and predict record that they had nothing to do)
 evaluate   ``metrics.csv`` + ``metrics.json`` (definitions, hashes)
 compare    ``comparison/`` (paired statistics, Table 2)
 report     ``report/index.html``, tables, figures and the contour viewer
@@ -99,6 +102,9 @@ class _Study:
         self._step = ""
 
     # ------------------------------------------------------------------ paths
+    def from_contours(self, name: str) -> bool:
+        return name in self.config.models.from_contours
+
     @property
     def data(self) -> Path:
         if isinstance(self.config.data, DatasetSource):
@@ -344,6 +350,7 @@ def _step_data(study: _Study) -> dict[str, Any]:
             keep_ids=source.keep_ids,
             keep_unmapped=source.keep_unmapped,
             key_file=str(source.pseudonym_key) if source.pseudonym_key else None,
+            contour_sets=source.contour_set_rules(),
         )
         report = import_source(
             source.path, study.data, options, progress=study.counter("importing")
@@ -371,9 +378,24 @@ def _step_data(study: _Study) -> dict[str, Any]:
 
 def _check_cohorts(study: _Study, dataset: Any) -> None:
     roles = study.config.cohorts
-    wanted = [roles.finetune, *roles.evaluate]
-    if study.config.pretrained_model is None and roles.pretrain is not None:
+    trains = study.config.models.trains
+    wanted = [roles.finetune, *roles.evaluate] if trains else list(roles.evaluate)
+    if trains and study.config.pretrained_model is None and roles.pretrain is not None:
         wanted.append(roles.pretrain)
+    sets = dataset.contour_sets()
+    absent = [n for n in study.config.models.from_contours if n not in sets]
+    if absent:
+        raise StudyError(
+            "contour set not found in the data",
+            where=str(dataset.root),
+            expected="contour set(s) " + ", ".join(study.config.models.from_contours),
+            found="none named "
+            + ", ".join(absent)
+            + "; the data set has "
+            + (", ".join(f"{k} ({v} cases)" for k, v in sets.items()) or "no contour set"),
+            fix="name the sets in data.contour_sets (or import them with `dlas import "
+            "--contour-set`) under the models' names",
+        )
     cohorts = dataset.cohorts()
     missing = [c for c in wanted if not cohorts.get(c)]
     if missing:
@@ -416,6 +438,8 @@ def _step_pretrain(study: _Study) -> dict[str, Any]:
     from dlas.training import train
 
     config = study.config
+    if not config.models.trains:
+        return {"skipped": "both models are given as contour sets; nothing is trained"}
     if config.pretrained_model is not None:
         from dlas.model import read_model_info
 
@@ -440,6 +464,8 @@ def _step_finetune(study: _Study) -> dict[str, Any]:
     from dlas.training import train
 
     config = study.config
+    if not config.models.trains:
+        return {"contour_set": config.models.finetuned}
     target = study.model(config.models.finetuned)
     result = train(
         study.data,
@@ -472,6 +498,9 @@ def _step_predict(study: _Study) -> dict[str, Any]:
     cohorts = list(config.cohorts.evaluate)
     details: dict[str, Any] = {}
     for n, name in enumerate(study.names):
+        if study.from_contours(name):
+            details[name] = {"contour_set": name}
+            continue
 
         def update(done: int, total: int, label: str, _n: int = n, _name: str = name) -> None:
             share = (_n + (done / total if total else 0.0)) / 2
@@ -508,6 +537,8 @@ def _rtstruct_sample(study: _Study) -> list[str]:
     from dlas.prediction import predict
 
     per_cohort = study.config.prediction.rtstruct_sample
+    if not study.config.models.trains:
+        return []
     source = study.root / "source" if isinstance(study.config.data, PhantomSource) else None
     if isinstance(study.config.data, DicomSource):
         source = study.config.data.path
@@ -560,7 +591,8 @@ def _dicom_case_folders(study: _Study, source: Path, per_cohort: int) -> list[Pa
 
 
 def _step_evaluate(study: _Study) -> dict[str, Any]:
-    from dlas.evaluation import MetricOptions, evaluate
+    from dlas.dataset import CaseDataset
+    from dlas.evaluation import MetricOptions, PredictionSource, evaluate
 
     spec = study.config.metrics
     options = MetricOptions(
@@ -569,9 +601,15 @@ def _step_evaluate(study: _Study) -> dict[str, Any]:
         specificity_margin_mm=spec.specificity_margin_mm,
         tolerance_mm=spec.tolerance_mm,
     )
+    dataset = CaseDataset.open(study.data)
     result = evaluate(
-        study.data,
-        {name: study.root / "predictions" / name for name in study.names},
+        dataset,
+        [
+            PredictionSource(name, dataset.root, contour_set=name)
+            if study.from_contours(name)
+            else PredictionSource(name, study.root / "predictions" / name)
+            for name in study.names
+        ],
         options=options,
         cohorts=list(study.config.cohorts.evaluate),
         workers=min(2, os.cpu_count() or 1),

@@ -1,0 +1,228 @@
+"""Studies on exported contours: evaluation only (no training) and `dlas evaluate --dicom`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import yaml
+
+from dlas.cli import main
+from dlas.errors import StudyError
+from dlas.evaluation import compute_metrics, read_metrics
+from dlas.io import read_ct_series, write_rtstruct
+from dlas.io.rtstruct import AlgorithmIdentification
+from dlas.study import StudyConfig, load_study_config, run_study
+
+COHORTS = {
+    "p1": "ExVal",
+    "p2": "ExVal",
+    "p3": "ExVal",
+    "p4": "GenEva",
+    "p5": "GenEva",
+    "p6": "GenEva",
+}
+# CTV of each set: the clinical one, the vendor's shifted by 2 voxels, LFT's by 1 (and per
+# patient a different extent, so that no two pairs tie)
+SHIFTS = {"clinical": 0, "VPM": 2, "LFT": 1}
+
+
+def _ctv(shape: tuple[int, int, int], shift: int, n: int) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    mask[2:8, 10 + shift : 18 + shift + n, 8:22] = True
+    return mask
+
+
+def _bladder(shape: tuple[int, int, int], n: int) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    mask[3:7, 3 : 8 + n % 2, 12:18] = True
+    return mask
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six patients, each with the approved clinical RTSTRUCT and the vendor's and LFT's
+    exported (unapproved) ones; cohorts from a CSV by folder."""
+    from dlas.io import CTSeriesSpec, Volume, write_ct_series
+
+    root = tmp_path_factory.mktemp("contours") / "export"
+    for n, name in enumerate(COHORTS):
+        nz, ny, nx = 10, 32, 32
+        _, yy, xx = np.mgrid[:nz, :ny, :nx]
+        body = ((yy - 16) / 13.4) ** 2 + ((xx - 16) / 14.4) ** 2 < 1
+        hu = np.where(body, 40.0, -1000.0)
+        spec = CTSeriesSpec(
+            patient_name=f"DOE^{name.upper()}", patient_id=f"PID-{n}", uid_seed=f"ct-{name}"
+        )
+        write_ct_series(
+            Volume(hu, spacing=(2.5, 1.2, 1.2), origin=(-19.0, -19.0, -12.5)),
+            root / name / "ct",
+            spec,
+        )
+        ct = read_ct_series(root / name / "ct")
+        shape = ct.volume.shape
+        for contour_set, shift in SHIFTS.items():
+            path = root / name / f"RS_{contour_set}.dcm"
+            write_rtstruct(
+                {"CTV": _ctv(shape, shift, n), "Bladder": _bladder(shape, n)},
+                ct,
+                path,
+                generation="MANUAL" if contour_set == "clinical" else "AUTOMATIC",
+                algorithm=None
+                if contour_set == "clinical"
+                else AlgorithmIdentification(contour_set, "1"),
+                label=contour_set,
+                timestamp=dt.datetime(2024, 1, 1),
+                uid_seed=f"{name}-{contour_set}",
+            )
+            ds = pydicom.dcmread(path)
+            if contour_set == "clinical":
+                ds.ApprovalStatus = "APPROVED"
+            if contour_set == "VPM":
+                ds.Manufacturer = "RT-Mind-AI Ltd"
+            ds.save_as(path)
+    (root / "cohorts.csv").write_text(
+        "folder,cohort\n" + "".join(f"{k}/ct,{v}\n" for k, v in COHORTS.items())
+    )
+    return root
+
+
+def _config(export: Path, **models: Any) -> dict[str, Any]:
+    return {
+        "name": "commissioning",
+        "data": {
+            "kind": "dicom",
+            "path": str(export),
+            "cohort_by": f"csv:{export / 'cohorts.csv'}",
+            "contour_sets": {
+                "clinical": "approved",
+                "VPM": "manufacturer:rt-mind,unapproved",
+                "LFT": "label:LFT,unapproved",
+            },
+            "reference_set": "clinical",
+        },
+        "cohorts": {"pretrain": None, "evaluate": ["ExVal", "GenEva"]},
+        "models": {"vendor": "VPM", "finetuned": "LFT", **models},
+        "statistics": {"bootstrap": 200},
+        "report": {"viewer": False},
+    }
+
+
+@pytest.fixture(scope="module")
+def study(export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = StudyConfig.model_validate(_config(export, from_contours=["VPM", "LFT"]))
+    out = tmp_path_factory.mktemp("study") / "commissioning"
+    result = run_study(config, out, device="cpu")
+    assert result.steps == {step: "ran" for step in result.steps}
+    return out
+
+
+def test_evaluation_only_study_trains_nothing_and_measures_the_sets(
+    study: Path, export: Path
+) -> None:
+    assert not (study / "models").exists() and not (study / "predictions").exists()
+    metrics = read_metrics(study / "metrics.csv")
+    assert set(metrics["model"]) == {"VPM", "LFT"} and len(metrics) == 6 * 2 * 2
+    # independent: the metric kernel on the masks this test wrote into the export
+    spacing = (2.5, 1.2, 1.2)
+    shape = (10, 32, 32)
+    by_case = {
+        metrics.loc[metrics["model"] == "VPM"].drop_duplicates("case_id")["case_id"].iloc[i]: i
+        for i in range(6)
+    }
+    assert len(by_case) == 6
+    expected = sorted(
+        compute_metrics(_ctv(shape, 0, n), _ctv(shape, SHIFTS[m], n), spacing).dsc
+        for n in range(6)
+        for m in ("VPM", "LFT")
+    )
+    got = sorted(metrics.loc[metrics["structure"] == "CTV", "dsc"])
+    assert np.allclose(got, expected)
+    comparison = pd.read_csv(study / "comparison" / "comparison.csv")
+    ctv = comparison[(comparison["structure"] == "CTV") & (comparison["metric"] == "dsc")]
+    assert (ctv["mean_diff"] > 0).all()  # LFT (1 voxel off) beats VPM (2 voxels off)
+    html = (study / "report" / "index.html").read_text(encoding="utf-8")
+    assert "contour set VPM of the data set" in html
+    for identifier in ("DOE^", "PID-"):
+        assert identifier not in html
+    steps = yaml.safe_load((study / ".steps" / "finetune.json").read_text())
+    assert steps["contour_set"] == "LFT"
+
+
+def test_dicom_export_to_metrics_in_one_command(
+    study: Path, export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "evaluate",
+            "--dicom",
+            str(export),
+            "--reference",
+            str(tmp_path / "ds"),
+            "--contour-set",
+            "clinical=approved",
+            "--contour-set",
+            "VPM=manufacturer:rt-mind,unapproved",
+            "--contour-set",
+            "LFT=label:LFT,unapproved",
+            "--reference-set",
+            "clinical",
+            "--out",
+            str(tmp_path / "metrics.csv"),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    direct = read_metrics(tmp_path / "metrics.csv")
+    assert set(direct["model"]) == {"VPM", "LFT"} and set(direct["cohort"]) == {"all"}
+    from_study = read_metrics(study / "metrics.csv")
+    key = ["model", "structure", "dsc", "hd95_mm", "volume_cm3"]
+    ordered = [direct[key].sort_values(key).to_numpy(), from_study[key].sort_values(key).to_numpy()]
+    assert (ordered[0] == ordered[1]).all()
+
+
+def test_evaluate_dicom_errors_are_one_line(
+    export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["evaluate", "--reference", str(tmp_path / "ds"), "--out", str(tmp_path / "m.csv")]
+    code = main([*base, "--dicom", str(export), "--contour-set", "clinical=approved"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "which contour set is the reference is not given" in err
+    code = main([*base, "--contour-set", "clinical=approved", "--reference-set", "clinical"])
+    err = capsys.readouterr().err
+    assert code == 2 and "contour-set rules without a DICOM export" in err
+    assert not (tmp_path / "ds").exists() and not (tmp_path / "m.csv").exists()
+
+
+def test_from_contours_needs_contour_sets_and_known_models(export: Path, tmp_path: Path) -> None:
+    data = _config(export, from_contours=["VPM", "XYZ"])
+    with pytest.raises(StudyError, match="from_contours names"):
+        load_study_config(_write(tmp_path, data))
+    data = _config(export, from_contours=["VPM", "LFT"])
+    data["data"] = {"kind": "dicom", "path": str(export)}
+    with pytest.raises(StudyError, match=r"models\.from_contours needs contour sets"):
+        load_study_config(_write(tmp_path, data))
+    data = _config(export, from_contours=["VPM", "LFT"])
+    data["data"]["contour_sets"]["VPM"] = "colour:red"
+    with pytest.raises(StudyError, match="cannot read the contour-set rule"):
+        load_study_config(_write(tmp_path, data))
+
+
+def test_a_set_missing_from_the_data_is_refused(export: Path, tmp_path: Path) -> None:
+    data = _config(export, from_contours=["VPM", "LFT"])
+    data["models"]["finetuned"] = "LFT2"
+    data["models"]["from_contours"] = ["VPM", "LFT2"]
+    config = StudyConfig.model_validate(data)
+    with pytest.raises(StudyError, match=r"contour set not found in the data.*LFT2"):
+        run_study(config, tmp_path / "study", device="cpu")
+
+
+def _write(tmp_path: Path, data: dict[str, Any]) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
