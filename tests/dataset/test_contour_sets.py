@@ -276,3 +276,37 @@ def test_set_masks_match_their_files(export: Path, tmp_path: Path) -> None:
     for name, entry in info.items():
         assert read_mask(folder / f"{name}.nii.gz").array.sum() == entry["voxels"]
         assert entry["file"] == f"sets/VPM/structures/{name}.nii.gz"
+
+
+def test_a_second_observers_seg_becomes_its_own_set(export: Path, tmp_path: Path) -> None:
+    """A DICOM SEG of another clinician (written by the project's own SEG writer from a
+    perturbed mask) is imported as set observer2 through the SEG reader."""
+    from dlas.io.seg import write_seg
+
+    for name in ("a", "b"):
+        ct = read_ct_series(export / name / "ct")
+        shape = ct.volume.shape
+        write_seg(
+            {"CTV": _ctv(shape, -1), "Bladder": _bladder(shape, 0)},
+            ct,
+            export / name / "SEG_observer2.dcm",
+            generation="MANUAL",
+            algorithm=None,
+            structure_set=RECTAL,
+            uid_seed=f"{name}-observer2",
+        )
+    report = _import(export, tmp_path / "ds", [*RULES, "observer2=kind:seg"])
+    assert not report.skipped_files  # type: ignore[attr-defined]
+    dataset = CaseDataset.open(tmp_path / "ds")
+    assert dataset.contour_sets() == {"VPM": 2, "observer2": 2}
+    case_id = dataset.case_ids()[0]
+    observer = dataset.load_case(case_id, contour_set="observer2")
+    shape = observer.ct.shape
+    assert np.array_equal(observer.structures["CTV"].array, _ctv(shape, -1))
+    assert dataset.case_info(case_id)["contour_sets"]["observer2"]["object"]["kind"] == "seg"
+    # without rules a SEG is listed as not read, never silently dropped
+    plain = import_source(export, tmp_path / "plain", ImportOptions(structure_set=RECTAL))
+    reasons = [s.reason for s in plain.skipped_files]
+    assert (
+        sum(r.startswith("DICOM SEG (not read without --contour-set rules)") for r in reasons) == 2
+    )

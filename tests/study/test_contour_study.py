@@ -44,51 +44,59 @@ def _bladder(shape: tuple[int, int, int], n: int) -> np.ndarray:
     return mask
 
 
+def _write_patient(root: Path, name: str, n: int, sets: dict[str, int]) -> None:
+    """A CT series of 10 x 32 x 32 voxels with one RTSTRUCT per contour set: the clinical one
+    approved, the vendor's stamped RT-Mind, each model's labelled with its name."""
+    from dlas.io import CTSeriesSpec, Volume, write_ct_series
+
+    nz, ny, nx = 10, 32, 32
+    _, yy, xx = np.mgrid[:nz, :ny, :nx]
+    body = ((yy - 16) / 13.4) ** 2 + ((xx - 16) / 14.4) ** 2 < 1
+    hu = np.where(body, 40.0, -1000.0)
+    spec = CTSeriesSpec(
+        patient_name=f"DOE^{name.upper()}", patient_id=f"PID-{name}", uid_seed=f"ct-{name}"
+    )
+    write_ct_series(
+        Volume(hu, spacing=(2.5, 1.2, 1.2), origin=(-19.0, -19.0, -12.5)), root / name / "ct", spec
+    )
+    ct = read_ct_series(root / name / "ct")
+    shape = ct.volume.shape
+    for contour_set, shift in sets.items():
+        path = root / name / f"RS_{contour_set}.dcm"
+        write_rtstruct(
+            {"CTV": _ctv(shape, shift, n), "Bladder": _bladder(shape, n)},
+            ct,
+            path,
+            generation="MANUAL" if contour_set == "clinical" else "AUTOMATIC",
+            algorithm=None
+            if contour_set == "clinical"
+            else AlgorithmIdentification(contour_set, "1"),
+            label=contour_set,
+            timestamp=dt.datetime(2024, 1, 1),
+            uid_seed=f"{name}-{contour_set}",
+        )
+        ds = pydicom.dcmread(path)
+        if contour_set == "clinical":
+            ds.ApprovalStatus = "APPROVED"
+        if contour_set == "VPM":
+            ds.Manufacturer = "RT-Mind-AI Ltd"
+        ds.save_as(path)
+
+
+def _write_cohorts(root: Path, cohorts: dict[str, str]) -> None:
+    (root / "cohorts.csv").write_text(
+        "folder,cohort\n" + "".join(f"{k}/ct,{v}\n" for k, v in cohorts.items())
+    )
+
+
 @pytest.fixture(scope="module")
 def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Six patients, each with the approved clinical RTSTRUCT and the vendor's and LFT's
     exported (unapproved) ones; cohorts from a CSV by folder."""
-    from dlas.io import CTSeriesSpec, Volume, write_ct_series
-
     root = tmp_path_factory.mktemp("contours") / "export"
     for n, name in enumerate(COHORTS):
-        nz, ny, nx = 10, 32, 32
-        _, yy, xx = np.mgrid[:nz, :ny, :nx]
-        body = ((yy - 16) / 13.4) ** 2 + ((xx - 16) / 14.4) ** 2 < 1
-        hu = np.where(body, 40.0, -1000.0)
-        spec = CTSeriesSpec(
-            patient_name=f"DOE^{name.upper()}", patient_id=f"PID-{n}", uid_seed=f"ct-{name}"
-        )
-        write_ct_series(
-            Volume(hu, spacing=(2.5, 1.2, 1.2), origin=(-19.0, -19.0, -12.5)),
-            root / name / "ct",
-            spec,
-        )
-        ct = read_ct_series(root / name / "ct")
-        shape = ct.volume.shape
-        for contour_set, shift in SHIFTS.items():
-            path = root / name / f"RS_{contour_set}.dcm"
-            write_rtstruct(
-                {"CTV": _ctv(shape, shift, n), "Bladder": _bladder(shape, n)},
-                ct,
-                path,
-                generation="MANUAL" if contour_set == "clinical" else "AUTOMATIC",
-                algorithm=None
-                if contour_set == "clinical"
-                else AlgorithmIdentification(contour_set, "1"),
-                label=contour_set,
-                timestamp=dt.datetime(2024, 1, 1),
-                uid_seed=f"{name}-{contour_set}",
-            )
-            ds = pydicom.dcmread(path)
-            if contour_set == "clinical":
-                ds.ApprovalStatus = "APPROVED"
-            if contour_set == "VPM":
-                ds.Manufacturer = "RT-Mind-AI Ltd"
-            ds.save_as(path)
-    (root / "cohorts.csv").write_text(
-        "folder,cohort\n" + "".join(f"{k}/ct,{v}\n" for k, v in COHORTS.items())
-    )
+        _write_patient(root, name, n, SHIFTS)
+    _write_cohorts(root, COHORTS)
     return root
 
 
@@ -220,6 +228,44 @@ def test_a_set_missing_from_the_data_is_refused(export: Path, tmp_path: Path) ->
     config = StudyConfig.model_validate(data)
     with pytest.raises(StudyError, match=r"contour set not found in the data.*LFT2"):
         run_study(config, tmp_path / "study", device="cpu")
+
+
+@pytest.mark.slow
+def test_mixed_study_fine_tunes_lft_and_compares_it_with_the_vendors_export(
+    tmp_path: Path,
+) -> None:
+    """The vendor's contours come from its RTSTRUCT export; LFT is trained here (a base model
+    pretrained on the vendor cohort, fine-tuned on the training cohort) and predicted."""
+    root = tmp_path / "export"
+    cohorts = {**COHORTS, "v1": "vendor", "v2": "vendor", "t1": "training", "t2": "training"}
+    for n, name in enumerate(cohorts):
+        sets = {"clinical": 0, "VPM": 2} if COHORTS.get(name) else {"clinical": 0}
+        _write_patient(root, name, n % 6, sets)
+    _write_cohorts(root, cohorts)
+    data = _config(root, from_contours=["VPM"])
+    data["data"]["contour_sets"].pop("LFT")
+    recipe = {"base": "fast", "epochs": 1, "steps_per_epoch": 2, "patch_mm": 32.0}
+    data["cohorts"] = {
+        "pretrain": "vendor",
+        "finetune": "training",
+        "evaluate": ["ExVal", "GenEva"],
+    }
+    data["pretrain"] = {**recipe, "folds": 1}
+    data["finetune"] = {**recipe, "folds": 2}
+    data["prediction"] = {"rtstruct_sample": 0}
+    out = tmp_path / "study"
+    run_study(StudyConfig.model_validate(data), out, device="cpu")
+    assert (out / "models" / "LFT" / "model.json").is_file()
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == ["LFT"]
+    metrics = read_metrics(out / "metrics.csv")
+    assert set(metrics["model"]) == {"VPM", "LFT"} and len(metrics) == 6 * 2 * 2
+    vendor = metrics[(metrics["model"] == "VPM") & (metrics["structure"] == "CTV")]
+    shape, spacing = (10, 32, 32), (2.5, 1.2, 1.2)
+    expected = sorted(
+        compute_metrics(_ctv(shape, 0, n), _ctv(shape, 2, n), spacing).dsc for n in range(6)
+    )
+    assert np.allclose(sorted(vendor["dsc"]), expected)
+    assert (out / "report" / "index.html").is_file()
 
 
 def _write(tmp_path: Path, data: dict[str, Any]) -> Path:

@@ -49,7 +49,13 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from dlas.errors import DatasetError
-from dlas.io.dicom_scan import SEG_STORAGE, ScannedFile, SkippedFile, sop_class_of
+from dlas.io.dicom_scan import (
+    LABEL_MAP_SEG_STORAGE,
+    SEG_STORAGE,
+    ScannedFile,
+    SkippedFile,
+    sop_class_of,
+)
 from dlas.io.rtstruct import referenced_series_uids
 
 __all__ = [
@@ -88,7 +94,8 @@ _SYNTAX = (
 
 def object_kind(header: Dataset) -> str:
     """``seg`` for a DICOM Segmentation, else ``rtstruct``."""
-    if sop_class_of(header) == SEG_STORAGE or str(header.get("Modality", "")).upper() == "SEG":
+    seg = (SEG_STORAGE, LABEL_MAP_SEG_STORAGE)
+    if sop_class_of(header) in seg or str(header.get("Modality", "")).upper() == "SEG":
         return "seg"
     return "rtstruct"
 

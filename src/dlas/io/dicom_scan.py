@@ -44,6 +44,7 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+LABEL_MAP_SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
 #: Prefix of the grouping key of CT images whose SeriesInstanceUID is empty.
 UNIDENTIFIED_SERIES = "unidentified-series-"
 
@@ -220,7 +221,7 @@ def scan_dicom(root: str | os.PathLike[str]) -> DicomScan:
                 )
                 continue
             scan.rtstructs.append(ScannedFile(path, full))
-        elif sop_class == SEG_STORAGE or modality == "SEG":
+        elif sop_class in (SEG_STORAGE, LABEL_MAP_SEG_STORAGE) or modality == "SEG":
             try:
                 full = pydicom.dcmread(path)
             except Exception as exc:
@@ -245,9 +246,7 @@ def scan_dicom(root: str | os.PathLike[str]) -> DicomScan:
         else:
             label = modality or "unknown modality"
             scan.skipped.append(
-                SkippedFile(
-                    path, f"not a CT image, RTSTRUCT or SEG (modality {label}, not used)"
-                )
+                SkippedFile(path, f"not a CT image, RTSTRUCT or SEG (modality {label}, not used)")
             )
     log.debug(
         "scanned %d files: %d CT series, %d RTSTRUCTs, %d SEGs, %d skipped",

@@ -1,28 +1,53 @@
-"""Writing masks on a CT grid as a DICOM Segmentation (binary), through highdicom.
+"""DICOM Segmentation (SEG) ↔ masks on a CT grid, through highdicom.
 
-highdicom builds and validates the Segmentation IOD; this module supplies the segment
-descriptions (codes and colours from the structure set) and the algorithm identification that
-highdicom requires for automatic segments.
+Writing (:func:`write_seg`): highdicom builds and validates the Segmentation IOD; this module
+supplies the segment descriptions (codes and colours from the structure set) and the algorithm
+identification that highdicom requires for automatic segments.
+
+Reading (:func:`read_seg`) takes a SEG made by any software (a vendor's auto-contouring, 3D
+Slicer, TotalSegmentator, ...) onto the grid of the CT it was made on. highdicom parses the file
+and decodes each frame; our own code places the frames, because highdicom's
+``Segmentation.get_volume`` needs the frames to form one regularly spaced stack (frames that
+hold nothing are usually omitted, which leaves irregular gaps) and returns the SEG's own grid,
+whereas every mask in `dlas` lives on the CT grid. Each frame is placed by its plane position
+(ImagePositionPatient), never by its frame number or its source-image reference, and is checked
+against the CT: same frame of reference, axial frames of the CT's size and pixel spacing whose
+pixel centres lie on CT voxel centres. A frame may store its rows or columns in the opposite
+direction (or rows and columns swapped); it is then reindexed exactly. Nothing is ever
+resampled: a SEG on another grid is refused.
 """
 
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from pydicom.dataset import Dataset
 
 from dlas import __version__
 from dlas.errors import RTStructError
 from dlas.io.atomic import atomic_path
 from dlas.io.ct import CTSeries
 from dlas.io.ct_writer import make_uid
-from dlas.io.rtstruct import AlgorithmIdentification, ROIGenerationAlgorithm
+from dlas.io.dicom_scan import LABEL_MAP_SEG_STORAGE, SEG_STORAGE
+from dlas.io.rtstruct import (
+    AlgorithmIdentification,
+    ROIGenerationAlgorithm,
+    RTStructData,
+    RTStructROI,
+    RTStructWarning,
+)
 from dlas.io.volume import Volume
 from dlas.structures import Code, StructureSet
 
-__all__ = ["write_seg"]
+__all__ = ["SegData", "SegROI", "read_seg", "write_seg"]
+
 
 _FALLBACK_TYPE = Code(scheme="SCT", value="85756007", meaning="Tissue")
 
@@ -157,3 +182,458 @@ def write_seg(
             seg.SegmentSequence[s].SegmentDescription = text[:64]
     with atomic_path(path) as tmp:
         seg.save_as(tmp)
+
+
+# ---------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class SegROI(RTStructROI):
+    """One segment of a DICOM SEG on the CT grid.
+
+    An :class:`~dlas.io.rtstruct.RTStructROI`, so that an importer treats RTSTRUCT ROIs and SEG
+    segments alike: ``number`` is the SegmentNumber, ``name`` the SegmentLabel,
+    ``interpreted_type`` empty (a SEG has none), ``colour`` the RecommendedDisplayCIELabValue as
+    RGB (``None`` when absent), ``mask`` (z, y, x) on the CT grid, and ``n_contours`` the number
+    of frames placed for the segment.
+
+    Attributes
+    ----------
+    description
+        SegmentDescription (0062,0006); empty when absent.
+    property_type
+        Meaning of the SegmentedPropertyTypeCodeSequence (e.g. ``"Liver"``); empty when absent.
+    """
+
+    description: str = ""
+    property_type: str = ""
+
+
+@dataclass
+class SegData(RTStructData):
+    """All segments of a DICOM SEG on one CT, with every warning.
+
+    An :class:`~dlas.io.rtstruct.RTStructData` whose ``rois`` are :class:`SegROI` keyed by
+    segment number, ``label`` is the ContentLabel and ``structure_set_date`` the ContentDate.
+
+    Attributes
+    ----------
+    segmentation_type
+        ``"BINARY"``, ``"FRACTIONAL"`` or ``"LABELMAP"``.
+    """
+
+    segmentation_type: str = "BINARY"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _load_seg(source: str | os.PathLike[str] | Dataset) -> tuple[Any, str]:
+    """The SEG as a highdicom Segmentation, and a name for it in messages."""
+    import highdicom as hd
+    import pydicom
+
+    if isinstance(source, Dataset):
+        ds, where = source, str(getattr(source, "filename", None) or "SEG")
+    else:
+        where = str(source)
+        try:
+            ds = pydicom.dcmread(Path(source))
+        except Exception as exc:
+            raise RTStructError(
+                "cannot read SEG (not DICOM, truncated or corrupt)",
+                where=where,
+                expected="a DICOM Segmentation file",
+                found=_first_line(exc),
+                fix="export the segmentation again",
+            ) from exc
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class not in (SEG_STORAGE, LABEL_MAP_SEG_STORAGE):
+        raise RTStructError(
+            "not a DICOM SEG",
+            where=where,
+            expected=f"Modality SEG (Segmentation Storage, {SEG_STORAGE})",
+            found=f"Modality {ds.get('Modality', '<none>')}, SOP class {sop_class or '<none>'}",
+            fix="pass the segmentation file; an RTSTRUCT is read with read_rtstruct",
+        )
+    try:
+        # copy: from_dataset changes the class of the dataset it is given.
+        seg = hd.seg.Segmentation.from_dataset(ds, copy=isinstance(source, Dataset))
+    except Exception as exc:
+        raise RTStructError(
+            "malformed SEG",
+            where=where,
+            expected="a Segmentation with its required attributes",
+            found=_first_line(exc),
+            fix="export the segmentation again; the file lacks what a SEG must hold",
+        ) from exc
+    return seg, where
+
+
+def _functional(group: Dataset, shared: Dataset, sequence: str, keyword: str) -> Any:
+    """A frame's functional-group attribute: per-frame if present there, else shared."""
+    for source in (group, shared):
+        items = source.get(sequence)
+        if items:
+            value = items[0].get(keyword)
+            if value is not None:
+                return value
+    return None
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where one frame goes: CT slice ``k``, and how to turn it into (y, x) order."""
+
+    k: int
+    transpose: bool
+    flip_rows: bool
+    flip_columns: bool
+
+    def canonical(self, frame: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        out = frame.T if self.transpose else frame
+        if self.flip_rows:
+            out = out[::-1, :]
+        if self.flip_columns:
+            out = out[:, ::-1]
+        return out
+
+
+def _place_frame(
+    volume: Volume,
+    position: npt.NDArray[np.float64],
+    orientation: npt.NDArray[np.float64],
+    pixel_spacing: npt.NDArray[np.float64],
+    shape: tuple[int, int],
+    tolerance: float,
+    where: str,
+) -> _Placement:
+    """Map one frame onto a slice of ``volume`` exactly, or raise saying why it cannot be."""
+    rows, columns = shape
+    row_dir, col_dir = orientation[:3], orientation[3:]
+    # Index steps (k, j, i) of the CT per frame column (along row_dir) and per frame row.
+    step_col = (pixel_spacing[1] * row_dir) @ volume.direction.T / volume.spacing
+    step_row = (pixel_spacing[0] * col_dir) @ volume.direction.T / volume.spacing
+    axis_c, axis_r = int(np.argmax(np.abs(step_col))), int(np.argmax(np.abs(step_row)))
+    nz = volume.shape[0]
+    found_frame = (
+        f"{rows}x{columns} pixels of {pixel_spacing[0]:.4g}x{pixel_spacing[1]:.4g} mm, "
+        f"ImageOrientationPatient {np.round(orientation, 4).tolist()}, first pixel at "
+        f"({position[0]:.2f}, {position[1]:.2f}, {position[2]:.2f}) mm"
+    )
+    ny, nx = volume.shape[1:]
+    first = volume.index_to_physical([0, 0, 0])
+    last = volume.index_to_physical([0, ny - 1, nx - 1])
+    expected_grid = (
+        f"axial frames of the CT's {ny}x{nx} pixels of {volume.spacing[1]:.4g}x"
+        f"{volume.spacing[2]:.4g} mm, pixel centres from (x, y) = ({first[0]:.2f}, "
+        f"{first[1]:.2f}) to ({last[0]:.2f}, {last[1]:.2f}) mm"
+    )
+    fix = (
+        "pair the SEG with the CT series it was made on, or resample it onto that CT in the "
+        "software that made it (dlas does not resample a SEG)"
+    )
+    if axis_c == 0 or axis_r == 0 or axis_c == axis_r:
+        raise RTStructError(
+            "SEG frames are not axial slices of the CT",
+            where=where,
+            expected=expected_grid,
+            found=found_frame,
+            fix=fix,
+        )
+    sizes = (rows, columns)
+    if (volume.shape[axis_r], volume.shape[axis_c]) != sizes:
+        raise RTStructError(
+            "SEG frame size differs from the CT's",
+            where=where,
+            expected=expected_grid,
+            found=found_frame,
+            fix=fix,
+        )
+    sign_r, sign_c = float(np.sign(step_row[axis_r])), float(np.sign(step_col[axis_c]))
+    start = volume.physical_to_index(position)
+    k = int(np.rint(start[0]))
+    worst_plane = worst_z = 0.0
+    for r in (0, rows - 1):
+        for c in (0, columns - 1):
+            actual = start + r * step_row + c * step_col
+            expected = np.array([float(k), 0.0, 0.0])
+            expected[axis_r] = (0 if sign_r > 0 else rows - 1) + sign_r * r
+            expected[axis_c] = (0 if sign_c > 0 else columns - 1) + sign_c * c
+            off = np.abs(actual - expected)
+            worst_plane = max(worst_plane, float(off[1:].max()))
+            worst_z = max(worst_z, float(off[0]))
+    if worst_plane > tolerance:
+        raise RTStructError(
+            "SEG frame grid differs from the CT grid in-plane",
+            where=where,
+            expected=f"{expected_grid} (± {tolerance:g} pixel)",
+            found=f"{found_frame}, pixel centres up to {worst_plane:.3g} pixels off the CT's",
+            fix=fix,
+        )
+    sz = float(volume.spacing[0])
+    z_first = float(volume.index_to_physical([0, 0, 0]) @ volume.direction[0])
+    z_last = float(volume.index_to_physical([nz - 1, 0, 0]) @ volume.direction[0])
+    z_frame = float(position @ volume.direction[0])
+    if not 0 <= k < nz:
+        raise RTStructError(
+            "SEG frame lies outside the CT",
+            where=where,
+            expected=f"frames on the CT's {nz} slices, z from {z_first:.2f} to {z_last:.2f} mm",
+            found=f"a frame at z = {z_frame:.2f} mm",
+            fix=fix,
+        )
+    if worst_z > tolerance:
+        raise RTStructError(
+            "SEG frame lies between CT slices",
+            where=where,
+            expected=f"frames within {tolerance * sz:.3g} mm ({tolerance:g} of the slice "
+            f"spacing) of the CT's slices, every {sz:.4g} mm from z = {z_first:.2f} mm",
+            found=f"a frame at z = {z_frame:.2f} mm, up to {worst_z * sz:.3g} mm from slice {k}",
+            fix=fix,
+        )
+    return _Placement(
+        k=k,
+        transpose=axis_r == 2,
+        flip_rows=(sign_c if axis_r == 2 else sign_r) < 0,
+        flip_columns=(sign_r if axis_r == 2 else sign_c) < 0,
+    )
+
+
+def _colour(item: Dataset) -> tuple[int, int, int] | None:
+    """RecommendedDisplayCIELabValue as sRGB (0-255), or ``None`` when absent."""
+    value = item.get("RecommendedDisplayCIELabValue")
+    if value is None or len(value) != 3:
+        return None
+    from skimage.color import lab2rgb
+
+    # DICOM scales L* 0..100 and a*, b* -128..127 to 0..65535 (PS3.3 C.10.7.1.1), D65.
+    lab = np.array(
+        [
+            float(value[0]) * 100.0 / 0xFFFF,
+            float(value[1]) * 255.0 / 0xFFFF - 128.0,
+            float(value[2]) * 255.0 / 0xFFFF - 128.0,
+        ]
+    )
+    rgb = np.rint(np.clip(lab2rgb(lab[None, :])[0], 0.0, 1.0) * 255.0).astype(int)
+    return (int(rgb[0]), int(rgb[1]), int(rgb[2]))
+
+
+def read_seg(
+    source: str | os.PathLike[str] | Dataset,
+    ct: CTSeries,
+    *,
+    tolerance: float = 0.1,
+) -> SegData:
+    """Place every segment of a DICOM SEG (binary, fractional or label map) on the grid of ``ct``.
+
+    Parameters
+    ----------
+    source
+        Path of the SEG file, or the dataset (left unchanged).
+    ct
+        The CT series the segmentation was made on.
+    tolerance
+        How far, as a fraction of the CT voxel size along each axis, a frame's pixel centres may
+        lie from the CT's voxel centres (default 1/10): along z, the distance of a frame from the
+        nearest CT slice; in-plane, the largest offset anywhere on the frame, which bounds
+        differences of pixel spacing, orientation and position together.
+
+    Returns
+    -------
+    SegData
+        One :class:`SegROI` per segment, keyed by segment number, with its mask (z, y, x) on
+        ``ct.volume``'s grid, and every warning: ``empty-roi`` for a segment with no voxel inside
+        (no frames, or none above the threshold), ``duplicate-name`` for segments that share a
+        label (kept apart by segment number, not merged).
+
+    Notes
+    -----
+    Which voxels are inside:
+
+    * BINARY: stored value 1;
+    * FRACTIONAL (probability or occupancy): the fraction stored / MaximumFractionalValue is at
+      least 0.5, i.e. the stored value is at least half the MaximumFractionalValue;
+    * LABELMAP: the stored value equals the segment number.
+
+    Raises
+    ------
+    RTStructError
+        The file is unreadable or not a SEG; the SEG lies in another frame of reference than the
+        CT (or names none); a frame has no plane position (e.g. slide coordinates), is not an
+        axial slice, differs from the CT in size, pixel spacing or in-plane position, or lies
+        between CT slices or outside the CT; two frames of one segment lie on one slice; a frame
+        refers to a segment the SEG does not describe.
+    """
+    seg, where = _load_seg(source)
+    volume = ct.volume
+    seg_for = str(seg.get("FrameOfReferenceUID", "") or "")
+    if seg_for != ct.frame_of_reference_uid:
+        raise RTStructError(
+            "SEG belongs to another frame of reference"
+            if seg_for
+            else "SEG has no frame of reference",
+            where=where,
+            expected=f"FrameOfReferenceUID {ct.frame_of_reference_uid or '<empty>'} "
+            f"(of CT series {ct.series_instance_uid})",
+            found=seg_for or "no FrameOfReferenceUID",
+            fix="pair the SEG with the CT it was made on (or register and re-export it)",
+        )
+    seg_type = str(seg.get("SegmentationType", "")).upper()
+    items = {int(item.SegmentNumber): item for item in seg.get("SegmentSequence", [])}
+    if seg_type == "FRACTIONAL":
+        max_value = float(seg.get("MaximumFractionalValue", 0) or 0)
+        if max_value <= 0:
+            raise RTStructError(
+                "fractional SEG without MaximumFractionalValue",
+                where=where,
+                expected="MaximumFractionalValue (0062,000E) > 0",
+                found=repr(seg.get("MaximumFractionalValue")),
+                fix="export the segmentation again",
+            )
+        threshold = max_value / 2.0
+    elif seg_type in ("BINARY", "LABELMAP"):
+        threshold = 1.0
+    else:
+        raise RTStructError(
+            "unknown segmentation type",
+            where=where,
+            expected="SegmentationType BINARY, FRACTIONAL or LABELMAP",
+            found=f"SegmentationType {seg_type or '<none>'}",
+            fix="export the segmentation again",
+        )
+
+    masks = {number: np.zeros(volume.shape, dtype=bool) for number in items}
+    n_frames: dict[int, int] = defaultdict(int)
+    placed: dict[tuple[int, int], int] = {}
+    shared_items = seg.get("SharedFunctionalGroupsSequence")
+    shared = shared_items[0] if shared_items else Dataset()
+    per_frame = list(seg.get("PerFrameFunctionalGroupsSequence", []))
+    shape = (int(seg.Rows), int(seg.Columns))
+    for index in range(int(seg.get("NumberOfFrames", 1) or 1)):
+        frame_where = f"{where}, frame {index + 1}"
+        group = per_frame[index] if index < len(per_frame) else Dataset()
+        position = _functional(group, shared, "PlanePositionSequence", "ImagePositionPatient")
+        orientation = _functional(
+            group, shared, "PlaneOrientationSequence", "ImageOrientationPatient"
+        )
+        spacing = _functional(group, shared, "PixelMeasuresSequence", "PixelSpacing")
+        if position is None or orientation is None or spacing is None:
+            raise RTStructError(
+                "SEG frame without its place in the patient",
+                where=frame_where,
+                expected="ImagePositionPatient, ImageOrientationPatient and PixelSpacing in the "
+                "functional groups",
+                found="missing "
+                + ", ".join(
+                    k
+                    for k, v in (
+                        ("ImagePositionPatient", position),
+                        ("ImageOrientationPatient", orientation),
+                        ("PixelSpacing", spacing),
+                    )
+                    if v is None
+                ),
+                fix="only SEGs in patient coordinates (made on a CT) can be read",
+            )
+        placement = _place_frame(
+            volume,
+            np.array([float(v) for v in position]),
+            np.array([float(v) for v in orientation]),
+            np.array([float(v) for v in spacing]),
+            shape,
+            tolerance,
+            frame_where,
+        )
+        try:
+            stored = np.asarray(seg.get_stored_frame(index + 1))
+        except Exception as exc:
+            raise RTStructError(
+                "cannot decode SEG frame (truncated, or compressed with an unavailable codec)",
+                where=frame_where,
+                expected=f"{shape[0]}x{shape[1]} pixels",
+                found=_first_line(exc),
+                fix="export the segmentation again, uncompressed",
+            ) from exc
+        frame = placement.canonical(stored)
+        if seg_type == "LABELMAP":
+            numbers = [int(v) for v in np.unique(frame) if v != 0]
+        else:
+            number = _functional(
+                group, shared, "SegmentIdentificationSequence", "ReferencedSegmentNumber"
+            )
+            numbers = [int(number)] if number is not None else [-1]
+        for number in numbers:
+            if number not in masks:
+                raise RTStructError(
+                    "SEG frame refers to a segment it does not describe",
+                    where=frame_where,
+                    expected=f"one of the segments {sorted(masks)}",
+                    found=f"segment {number}" if number >= 0 else "no ReferencedSegmentNumber",
+                    fix="export the segmentation again",
+                )
+            earlier = placed.setdefault((number, placement.k), index + 1)
+            if earlier != index + 1:
+                raise RTStructError(
+                    "two SEG frames of one segment on one CT slice",
+                    where=where,
+                    expected="at most one frame per segment and slice",
+                    found=f"frames {earlier} and {index + 1} of segment {number} on slice "
+                    f"{placement.k}",
+                    fix="export the segmentation again (several time points or stacks in one "
+                    "SEG are not supported)",
+                )
+            n_frames[number] += 1
+            inside = frame == number if seg_type == "LABELMAP" else frame >= threshold
+            masks[number][placement.k] = inside
+
+    rois: dict[int, RTStructROI] = {}
+    warnings: list[RTStructWarning] = []
+    names_seen: dict[str, list[int]] = defaultdict(list)
+    for number, item in items.items():
+        name = str(item.get("SegmentLabel", ""))
+        names_seen[name.strip().lower()].append(number)
+        property_items = item.get("SegmentedPropertyTypeCodeSequence") or []
+        roi_warnings = []
+        if not masks[number].any():
+            roi_warnings.append(
+                RTStructWarning(
+                    "empty-roi",
+                    f"segment {number} '{name}' has no voxel inside ({n_frames[number]} frame(s))",
+                    number,
+                    name,
+                )
+            )
+        rois[number] = SegROI(
+            number=number,
+            name=name,
+            interpreted_type="",
+            colour=_colour(item),
+            mask=masks[number],
+            n_contours=n_frames[number],
+            warnings=roi_warnings,
+            description=str(item.get("SegmentDescription", "") or ""),
+            property_type=str(property_items[0].get("CodeMeaning", "")) if property_items else "",
+        )
+        warnings.extend(roi_warnings)
+    for numbers in names_seen.values():
+        if len(numbers) > 1:
+            listing = ", ".join(f"{n} '{rois[n].name}'" for n in numbers)
+            warnings.append(
+                RTStructWarning(
+                    "duplicate-name",
+                    f"segments {listing} share one label; they are kept apart by segment "
+                    "number, not merged",
+                )
+            )
+    return SegData(
+        rois=rois,
+        warnings=warnings,
+        frame_of_reference_uid=seg_for,
+        sop_instance_uid=str(seg.get("SOPInstanceUID", "")),
+        label=str(seg.get("ContentLabel", "") or ""),
+        structure_set_date=str(seg.get("ContentDate", "") or ""),
+        segmentation_type=seg_type,
+    )
