@@ -54,6 +54,7 @@ STRUCTURES = ("Bladder", "CTV", "SmallBowel", "FemoralHead_L", "FemoralHead_R")
 BENCH_STRUCTURES = ("Bladder", "CTV", "SmallBowel")
 TOOLS = ("dlas", "surface-distance", "monai", "medpy", "plastimatch")
 RESULTS = Path(__file__).parent / "results" / "metrics.md"
+END_TO_END = "## End to end"  # the last section of RESULTS, written by bench_evaluate_io.py
 
 
 # ---------------------------------------------------------------------------------- shapes
@@ -381,7 +382,10 @@ def main() -> None:
     print(text)
     if args.write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(text, encoding="utf-8")
+        # bench_evaluate_io.py's section (reading files end to end) stays as it was.
+        old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else ""
+        kept = old[old.index(END_TO_END) :] if END_TO_END in old else ""
+        RESULTS.write_text(text + ("\n" + kept if kept else ""), encoding="utf-8")
         print(f"wrote {RESULTS}", file=sys.stderr)
 
 

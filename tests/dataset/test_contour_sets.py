@@ -310,3 +310,25 @@ def test_a_second_observers_seg_becomes_its_own_set(export: Path, tmp_path: Path
     assert (
         sum(r.startswith("DICOM SEG (not read without --contour-set rules)") for r in reasons) == 2
     )
+
+
+def test_cli_import_with_rules_and_its_one_line_errors(
+    export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dlas.cli import main
+
+    base = ["import", str(export), str(tmp_path / "ds")]
+    rules = ["--contour-set", "clinical=approved", "--contour-set", "VPM=manufacturer:rt-mind"]
+    assert (
+        main([*base, *rules, "--contour-set", "VPM=vendor:x", "--reference-set", "clinical"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read the contour-set rule" in err
+    assert main([*base, *rules]) == 2
+    assert "which contour set is the reference is not given" in capsys.readouterr().err
+    assert not (tmp_path / "ds").exists()
+    assert main([*base, *rules, "--reference-set", "clinical"]) == 0
+    out = capsys.readouterr().out
+    assert "contour sets (cases): VPM (2), clinical (2)" in out
+    assert main(["inspect", str(tmp_path / "ds")]) == 0
+    assert "reference contour set: clinical; other sets (cases): VPM (2)" in capsys.readouterr().out

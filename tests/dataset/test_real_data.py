@@ -123,3 +123,58 @@ def test_openkbp_imports_as_nifti_cases(shared_data, tmp_path: Path) -> None:
     bone = case.ct.array[case.structures["Mandible"].array]
     assert np.median(bone) > 300  # the mandible is bone on the CT it came with
     assert "PTV70" in case.info["unmatched"]
+
+
+def test_real_rtstruct_and_a_vendor_seg_of_the_same_ct_become_two_sets(
+    shared_data, tmp_path: Path
+) -> None:
+    """The IBSI lung CT with its clinical RTSTRUCT, plus a "vendor" SEG of the GTV grown by one
+    voxel (written by the project's SEG writer onto the real series): imported as two contour
+    sets, and the vendor set evaluated against the clinical one equals the metric kernel on the
+    two masks."""
+    from scipy import ndimage
+
+    from dlas.dataset import ContourSetRules
+    from dlas.evaluation import compute_metrics, evaluate, parse_prediction
+    from dlas.io import write_seg
+
+    root = shared_data("ibsi1-lung/image")
+    export = tmp_path / "export"
+    export.mkdir()
+    for path in root.glob("*.dcm"):
+        (export / path.name).symlink_to(path)
+    ct = read_ct_series(sorted(root.glob("DCM_IMG_*.dcm")))
+    gtv = next(
+        r for r in read_rtstruct(root / "DCM_RS_00060.dcm", ct).rois.values() if r.name == "GTV-1"
+    )
+    grown = ndimage.binary_dilation(gtv.mask)
+    lung = StructureSet.from_data(
+        {
+            "schema_version": 1,
+            "name": "lung",
+            "structures": [{"name": "GTV", "synonyms": ["GTV-1"]}],
+        }
+    )
+    write_seg(
+        {"GTV": grown},
+        ct,
+        export / "SEG_vendor.dcm",
+        generation="MANUAL",
+        algorithm=None,
+        structure_set=lung,
+        uid_seed="vendor",
+    )
+    rules = ContourSetRules.from_options(["clinical=kind:rtstruct", "VPM=kind:seg"], "clinical")
+    report = import_source(
+        export, tmp_path / "ds", ImportOptions(structure_set=lung, contour_sets=rules)
+    )
+    (item,) = report.imported
+    assert item.contour_sets["clinical"]["object"]["manufacturer"]  # the TPS that wrote it
+    dataset = CaseDataset.open(tmp_path / "ds")
+    vendor = dataset.load_case(item.case_id, contour_set="VPM").structures["GTV"].array
+    np.testing.assert_array_equal(vendor, grown)
+    table = evaluate(dataset, [parse_prediction("VPM", dataset)]).table
+    expected = compute_metrics(gtv.mask, grown, ct.volume.spacing)
+    assert table["dsc"].iloc[0] == pytest.approx(expected.dsc)
+    assert table["hd95_mm"].iloc[0] == pytest.approx(expected.hd95_mm)
+    assert table["sensitivity"].iloc[0] == pytest.approx(1.0)

@@ -63,8 +63,10 @@ def _write_patient(root: Path, name: str, n: int, sets: dict[str, int]) -> None:
     shape = ct.volume.shape
     for contour_set, shift in sets.items():
         path = root / name / f"RS_{contour_set}.dcm"
+        # a second clinician draws the CTV one voxel wider than the reference
+        ctv = _ctv(shape, 0, n + 1) if contour_set == "observer2" else _ctv(shape, shift, n)
         write_rtstruct(
-            {"CTV": _ctv(shape, shift, n), "Bladder": _bladder(shape, n)},
+            {"CTV": ctv, "Bladder": _bladder(shape, n)},
             ct,
             path,
             generation="MANUAL" if contour_set == "clinical" else "AUTOMATIC",
@@ -95,7 +97,7 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     exported (unapproved) ones; cohorts from a CSV by folder."""
     root = tmp_path_factory.mktemp("contours") / "export"
     for n, name in enumerate(COHORTS):
-        _write_patient(root, name, n, SHIFTS)
+        _write_patient(root, name, n, {**SHIFTS, "observer2": 0})
     _write_cohorts(root, COHORTS)
     return root
 
@@ -123,7 +125,10 @@ def _config(export: Path, **models: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def study(export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    config = StudyConfig.model_validate(_config(export, from_contours=["VPM", "LFT"]))
+    data = _config(export, from_contours=["VPM", "LFT"])
+    data["data"]["contour_sets"]["observer2"] = "label:observer2"
+    data["observers"] = ["observer2"]
+    config = StudyConfig.model_validate(data)
     out = tmp_path_factory.mktemp("study") / "commissioning"
     result = run_study(config, out, device="cpu")
     assert result.steps == {step: "ran" for step in result.steps}
@@ -135,6 +140,7 @@ def test_evaluation_only_study_trains_nothing_and_measures_the_sets(
 ) -> None:
     assert not (study / "models").exists() and not (study / "predictions").exists()
     metrics = read_metrics(study / "metrics.csv")
+    metrics = metrics[metrics["model"] != "observer2"]
     assert set(metrics["model"]) == {"VPM", "LFT"} and len(metrics) == 6 * 2 * 2
     # independent: the metric kernel on the masks this test wrote into the export
     spacing = (2.5, 1.2, 1.2)
@@ -188,6 +194,7 @@ def test_dicom_export_to_metrics_in_one_command(
     direct = read_metrics(tmp_path / "metrics.csv")
     assert set(direct["model"]) == {"VPM", "LFT"} and set(direct["cohort"]) == {"all"}
     from_study = read_metrics(study / "metrics.csv")
+    from_study = from_study[from_study["model"] != "observer2"]
     key = ["model", "structure", "dsc", "hd95_mm", "volume_cm3"]
     ordered = [direct[key].sort_values(key).to_numpy(), from_study[key].sort_values(key).to_numpy()]
     assert (ordered[0] == ordered[1]).all()
@@ -213,7 +220,7 @@ def test_from_contours_needs_contour_sets_and_known_models(export: Path, tmp_pat
         load_study_config(_write(tmp_path, data))
     data = _config(export, from_contours=["VPM", "LFT"])
     data["data"] = {"kind": "dicom", "path": str(export)}
-    with pytest.raises(StudyError, match=r"models\.from_contours needs contour sets"):
+    with pytest.raises(StudyError, match=r"models\.from_contours and observers need contour sets"):
         load_study_config(_write(tmp_path, data))
     data = _config(export, from_contours=["VPM", "LFT"])
     data["data"]["contour_sets"]["VPM"] = "colour:red"
@@ -228,6 +235,36 @@ def test_a_set_missing_from_the_data_is_refused(export: Path, tmp_path: Path) ->
     config = StudyConfig.model_validate(data)
     with pytest.raises(StudyError, match=r"contour set not found in the data.*LFT2"):
         run_study(config, tmp_path / "study", device="cpu")
+
+
+def test_inter_observer_reference_equals_the_pairwise_metrics(study: Path) -> None:
+    """The observers' rows are the second clinician's own metrics; each model is compared with
+    them case by case; Table 2 and the report show them."""
+    from scipy.stats import wilcoxon
+
+    metrics = read_metrics(study / "metrics.csv")
+    agreement = pd.read_csv(study / "comparison" / "interobserver.csv")
+    assert set(agreement["model_a"]) == {"observer2"}
+    assert set(agreement["model_b"]) == {"VPM", "LFT"}
+    for (cohort, model), rows in agreement[
+        (agreement["structure"] == "CTV") & (agreement["metric"] == "dsc")
+    ].groupby(["cohort", "model_b"]):
+        in_cohort = metrics[(metrics["cohort"] == cohort) & (metrics["structure"] == "CTV")]
+        obs = in_cohort[in_cohort["model"] == "observer2"].set_index("case_id")["dsc"]
+        mod = in_cohort[in_cohort["model"] == model].set_index("case_id")["dsc"]
+        row = rows.iloc[0]
+        assert row["mean_a"] == pytest.approx(obs.mean())
+        assert row["mean_b"] == pytest.approx(mod.mean())
+        assert row["p_value"] == pytest.approx(wilcoxon(mod[obs.index] - obs).pvalue)
+        assert not row["within"]  # the clinician's one-voxel widening beats both models
+    bladder = agreement[(agreement["structure"] == "Bladder") & (agreement["metric"] == "dsc")]
+    assert bladder["within"].all()  # every set has the reference's bladder: DSC 1 = 1
+    table2 = (study / "comparison" / "table2.md").read_text(encoding="utf-8")
+    assert "| Inter-observer (observer2) |" in table2
+    assert "1.000 ± 0.000§" in table2 and "lies within the clinicians' own" in table2
+    assert "$^\\S$" in (study / "comparison" / "table2.tex").read_text(encoding="utf-8")
+    html = (study / "report" / "index.html").read_text(encoding="utf-8")
+    assert "Inter-observer (observer2)" in html
 
 
 @pytest.mark.slow

@@ -45,6 +45,12 @@ def evaluate(
         "--contour-set",
         help="With --dicom: NAME=COND[,COND...] rules as for `dlas import` (repeatable).",
     ),
+    observer: list[str] | None = typer.Option(
+        None,
+        "--observer",
+        help="Another clinician's contours (a contour set NAME, or NAME=DIR), evaluated as the "
+        "inter-observer reference: `dlas compare` shows each model against it (repeatable).",
+    ),
     structures_file: str = typer.Option(
         "rectal",
         "--structures",
@@ -89,7 +95,12 @@ def evaluate(
         "grid onto the reference grid (nearest neighbour, flagged) "
         "instead of refusing them.",
     ),
-    workers: int = typer.Option(1, "--workers", help="Worker processes (cases in parallel)."),
+    workers: str = typer.Option(
+        "auto",
+        "--workers",
+        help="Processes evaluating cases in parallel: a number, or auto (one per usable CPU "
+        "core, at most 8).",
+    ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an existing metrics table and its sidecar."
     ),
@@ -104,6 +115,7 @@ def evaluate(
     from dlas.evaluation import evaluate as run_evaluation
     from dlas.io.atomic import check_output
 
+    n_workers = _worker_count(workers)
     check_output(
         out,
         folder=False,
@@ -131,9 +143,8 @@ def evaluate(
             fix="add --dicom EXPORT, or name the imported sets with --prediction NAME",
         )
     dataset = CaseDataset.open(reference)
-    sources = [
-        parse_prediction(p, dataset) for p in prediction or _all_sets(dataset, reference_set)
-    ]
+    specs = list(prediction or _all_sets(dataset, reference_set, observer or []))
+    sources = [parse_prediction(p, dataset) for p in [*specs, *(observer or [])]]
     with progress_callback("evaluate") as progress:
         result = run_evaluation(
             dataset,
@@ -143,9 +154,10 @@ def evaluate(
             cases=case or None,
             structures=structure or None,
             resample=resample,
-            workers=workers,
+            workers=n_workers,
             progress=progress,
             reference_set=reference_set,
+            observers=[s.name for s in sources[len(specs) :]],
         )
     csv_path, sidecar = result.write(out)
     if not SETTINGS.quiet:
@@ -182,11 +194,15 @@ def _import_for_evaluation(
         )
 
 
-def _all_sets(dataset: Any, reference_set: str | None) -> list[str]:
-    """Every contour set of the data set other than the one measured against."""
+def _all_sets(dataset: Any, reference_set: str | None, observers: list[str]) -> list[str]:
+    """Every contour set of the data set other than the one measured against and observers."""
     from dlas.errors import EvaluationError
 
-    names = [n for n in dataset.contour_sets() if n != reference_set]
+    names = [
+        n
+        for n in dataset.contour_sets()
+        if n != reference_set and n not in {o.partition("=")[0] for o in observers}
+    ]
     if not names:
         raise EvaluationError(
             "no prediction given",
@@ -196,6 +212,26 @@ def _all_sets(dataset: Any, reference_set: str | None) -> list[str]:
             fix="add e.g. --prediction VPM=predictions/vpm",
         )
     return names
+
+
+def _worker_count(text: str) -> int:
+    """``--workers``: a number of 1 or more, or ``auto``: one per CPU core this process may
+    use, at most 8 (each worker holds a case's masks in memory)."""
+    from dlas.cli.phantom import _usable_cpus
+    from dlas.errors import EvaluationError
+
+    if text.strip().lower() == "auto":
+        return min(_usable_cpus(), 8)
+    count = int(text) if text.strip().isdigit() else 0
+    if count < 1:
+        raise EvaluationError(
+            "invalid number of workers",
+            where=f"--workers {text}",
+            expected="a whole number of 1 or more, or auto",
+            found=repr(text),
+            fix="pass e.g. --workers 4, or --workers auto (one per usable CPU core)",
+        )
+    return count
 
 
 def _print_summary(table: Any, hd95: str) -> None:
@@ -258,8 +294,18 @@ def compare(
         False, "--overwrite", help="Replace the comparison files already in --out."
     ),
 ) -> None:
-    """Paired statistics of model B against model A per cohort, structure and metric."""
-    from dlas.evaluation import COMPARISON_FILES, render_table2, write_comparison
+    """Paired statistics of model B against model A per cohort, structure and metric.
+
+    When the metrics table holds other clinicians' contours (`dlas evaluate --observer`), each
+    model is also compared with them (interobserver.csv) and Table 2 shows the observers' rows.
+    """
+    from dlas.evaluation import (
+        COMPARISON_FILES,
+        interobserver,
+        read_observers,
+        render_table2,
+        write_comparison,
+    )
     from dlas.evaluation import compare as run_compare
     from dlas.io.atomic import check_output
 
@@ -275,13 +321,31 @@ def compare(
         seed=seed,
         zero_method=zero_method,  # type: ignore[arg-type]
     )
+    observers = [o for o in read_observers(metrics) if o not in (a, b)]
+    agreement = (
+        interobserver(metrics, observers, [a, b], alpha=alpha, zero_method=zero_method)  # type: ignore[arg-type]
+        if observers
+        else None
+    )
     # Render first: an unknown --table-metric is refused before anything is written.
-    render_table2(result, "markdown", metrics=table_metric or None)
-    paths = write_comparison(result, out, source=metrics, table_metrics=table_metric or None)
+    render_table2(result, "markdown", metrics=table_metric or None, interobserver=agreement)
+    paths = write_comparison(
+        result,
+        out,
+        source=metrics,
+        table_metrics=table_metric or None,
+        interobserver=agreement,
+    )
     if not SETTINGS.quiet:
         console = stdout()
         console.print(
-            render_table2(result, "markdown", metrics=table_metric or None, caption=False),
+            render_table2(
+                result,
+                "markdown",
+                metrics=table_metric or None,
+                caption=False,
+                interobserver=agreement,
+            ),
             markup=False,
         )
         console.print(f"wrote {', '.join(str(p) for p in paths.values())}")

@@ -199,6 +199,7 @@ def evaluate(
     workers: int = 1,
     progress: ProgressCallback | None = None,
     reference_set: str | None = None,
+    observers: Sequence[str] = (),
 ) -> EvaluationResult:
     """Evaluate prediction folders or contour sets against a data set's reference structures.
 
@@ -222,6 +223,11 @@ def evaluate(
     reference_set
         Measure against this contour set of the data set instead of its reference structures
         (e.g. a second clinician's set); cases without it are left out.
+    observers
+        Names of the predictions that are other clinicians' contours (e.g. a second
+        observer's contour set), not models: they are evaluated like the models and recorded
+        in the sidecar as ``observers``, so that `dlas compare` reports the inter-observer
+        agreement next to the models'.
 
     Returns
     -------
@@ -241,6 +247,15 @@ def evaluate(
     dataset = reference if isinstance(reference, CaseDataset) else CaseDataset.open(reference)
     sources = _sources(predictions, dataset)
     ref_set = _reference_set(dataset, reference_set, sources)
+    unknown = [o for o in observers if o not in {s.name for s in sources}]
+    if unknown:
+        raise EvaluationError(
+            "observer is not among the predictions",
+            where="--observer " + ", ".join(unknown),
+            expected="names of given predictions: " + ", ".join(s.name for s in sources),
+            found=", ".join(unknown),
+            fix="give the observer's contours as a prediction too (a contour set NAME or NAME=DIR)",
+        )
     if workers < 1:
         raise EvaluationError(
             "invalid number of workers",
@@ -280,6 +295,7 @@ def evaluate(
     rows = [row for result in results for row in result.rows]
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     metadata = _metadata(dataset, sources, tasks, results, opts, resample, table, ref_set)
+    metadata["observers"] = list(dict.fromkeys(observers))
     return EvaluationResult(table=table, metadata=metadata)
 
 
@@ -530,38 +546,75 @@ class _CaseResult:
 def _run(
     tasks: Sequence[_CaseTask], workers: int, progress: ProgressCallback | None
 ) -> list[_CaseResult]:
-    total = len(tasks)
-    done = 0
-    if workers == 1 or total == 1:
-        results = []
-        for task in tasks:
-            results.append(_evaluate_case(task))
-            done += 1
-            if progress:
-                progress(done, total, task.case_id)
-        return results
-    import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    """Evaluate the cases in this process, helped by ``workers - 1`` worker processes when
+    ``workers > 1``; the results come in the order of ``tasks`` whatever the number of workers.
 
-    # "spawn": workers start clean (no inherited threads or locks), on every platform alike.
-    context = multiprocessing.get_context("spawn")
+    A worker is a fresh interpreter ("spawn": no inherited threads or locks, on every platform
+    alike) that takes about a second to start and import what a case needs. This process
+    evaluates cases meanwhile, and a worker is handed cases only once it has started, so that
+    no case waits behind a worker that is still starting, and many cases are spread over all
+    the workers.
+    """
+    from collections import deque
+
+    total = len(tasks)
+    todo = deque(tasks)
     by_case: dict[str, _CaseResult] = {}
-    with ProcessPoolExecutor(max_workers=min(workers, total), mp_context=context) as pool:
-        pending = {pool.submit(_evaluate_case, task) for task in tasks}
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for future in finished:
-                error = future.exception()
-                if error is not None:
-                    for other in pending:
-                        other.cancel()
-                    raise error
-                result = future.result()
-                by_case[result.case_id] = result
-                done += 1
-                if progress:
-                    progress(done, total, result.case_id)
+
+    def record(result: _CaseResult) -> None:
+        by_case[result.case_id] = result
+        if progress:
+            progress(len(by_case), total, result.case_id)
+
+    helpers = min(workers, total) - 1
+    if helpers > 0:
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
+        pool = ProcessPoolExecutor(
+            max_workers=helpers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+        )
+        try:
+            # A worker answers os.getpid once it has started.
+            starting = {pool.submit(os.getpid) for _ in range(helpers)}
+            running: set[Future[_CaseResult]] = set()
+            ready = 0
+            while todo or running:
+                started = {f for f in starting if f.done()}
+                for ping in started:
+                    ping.result()  # a worker that failed to start raises here
+                starting -= started
+                ready += len(started)
+                # Two cases per ready worker, one running and one waiting, so that a worker
+                # does not idle while this process is busy with a case of its own; one near
+                # the end, so that this process does not wait for cases queued behind others.
+                while todo and len(running) < (2 if len(todo) > 2 * ready else 1) * ready:
+                    running.add(pool.submit(_evaluate_case, todo.popleft()))
+                if todo:
+                    record(_evaluate_case(todo.popleft()))
+                finished, running = wait(
+                    running, timeout=0 if todo else None, return_when=FIRST_COMPLETED
+                )
+                for future in finished:
+                    record(future.result())  # a case that failed in a worker raises here
+        finally:
+            # Waits for the cases running in workers (after an error), and for workers still
+            # starting when this process has done every case (a set of a few small cases).
+            # (Not waiting made Python 3.11 fail at exit now and then: a closed wake-up pipe.)
+            pool.shutdown(wait=True, cancel_futures=True)
+    while todo:
+        record(_evaluate_case(todo.popleft()))
     return [by_case[t.case_id] for t in tasks]
+
+
+def _start_worker() -> None:
+    """Import in a new worker what a case needs (nibabel and the scipy parts the metrics use
+    are imported on first use), so that its first case is not slower than the others."""
+    import nibabel  # noqa: F401
+    import scipy.ndimage
+    import scipy.spatial  # noqa: F401
 
 
 def _evaluate_case(task: _CaseTask) -> _CaseResult:
@@ -575,8 +628,9 @@ def _evaluate_case(task: _CaseTask) -> _CaseResult:
         body = body_mask(read_nifti(task.ct_path))
     for structure in task.structures:
         ref_path = case_dir / "structures" / f"{structure}.nii.gz"
-        reference = read_mask(ref_path)
-        hashes[("", structure)] = _sha256(ref_path)
+        digest = hashlib.sha256()  # of the bytes the mask is decoded from: one read per file
+        reference = read_mask(ref_path, digest=digest)
+        hashes[("", structure)] = digest.hexdigest()
         if body is not None and body.shape != reference.shape:
             raise EvaluationError(
                 "reference mask grid differs from the CT grid",
@@ -587,8 +641,8 @@ def _evaluate_case(task: _CaseTask) -> _CaseResult:
             )
         for name, folder in task.predictions:
             path = Path(folder) / "structures" / f"{structure}.nii.gz"
-            prediction, resampled = _read_prediction(path, reference, task.resample)
-            hashes[(name, structure)] = _sha256(path)
+            prediction, resampled, sha256 = _read_prediction(path, reference, task.resample)
+            hashes[(name, structure)] = sha256
             metrics = compute_metrics(
                 reference.array,
                 prediction.array,
@@ -664,27 +718,32 @@ def _qa_codes(path: Path) -> dict[str, list[str]]:
     return out
 
 
-def _read_prediction(path: Path, reference: Volume, resample: bool) -> tuple[Volume, bool]:
-    image = read_nifti(path)
-    if image.same_grid(reference):
-        return image.with_array(image.array != 0), False
+def _read_prediction(path: Path, reference: Volume, resample: bool) -> tuple[Volume, bool, str]:
+    """The prediction mask on the reference grid, whether it was resampled onto it, and the
+    SHA-256 of the file (from the same read)."""
+    digest = hashlib.sha256()
+    mask = read_mask(path, digest=digest)
+    if mask.same_grid(reference):
+        return mask, False, digest.hexdigest()
     if not resample:
         raise EvaluationError(
             "prediction grid differs from the reference grid",
             where=str(path),
             expected=reference.grid_description(),
-            found=image.grid_description(),
+            found=mask.grid_description(),
             fix="predict on the reference CT, or pass --resample to resample the prediction "
             "(nearest neighbour; the rows are flagged 'resampled')",
         )
     import SimpleITK as sitk
 
+    # Nearest neighbour picks voxel values, so resampling the 0/1 mask gives the same inside
+    # as resampling the file's values.
     resampled = sitk.Resample(
-        image.to_sitk(), reference.to_sitk(), sitk.Transform(), sitk.sitkNearestNeighbor, 0
+        mask.to_sitk(), reference.to_sitk(), sitk.Transform(), sitk.sitkNearestNeighbor, 0
     )
     array = sitk.GetArrayFromImage(resampled) != 0
     log.info("resampled %s onto the reference grid", path)
-    return reference.with_array(array), True
+    return reference.with_array(array), True, digest.hexdigest()
 
 
 def _sha256(path: Path) -> str:

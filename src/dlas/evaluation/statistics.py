@@ -63,11 +63,14 @@ __all__ = [
     "COMPARISON_COLUMNS",
     "COMPARISON_FILES",
     "CORRECTIONS",
+    "INTEROBSERVER_COLUMNS",
     "MAX_BOOTSTRAP",
     "ZERO_METHODS",
     "Correction",
     "ZeroMethod",
     "compare",
+    "interobserver",
+    "read_observers",
     "write_comparison",
 ]
 
@@ -282,6 +285,81 @@ def compare(
     }
     if out is not None:
         write_comparison(result, out, source=None if isinstance(metrics, pd.DataFrame) else metrics)
+    return result
+
+
+#: The columns of ``interobserver.csv``: a comparison of each model (``model_b``) against each
+#: clinician set (``model_a``), plus ``within``.
+INTEROBSERVER_COLUMNS: tuple[str, ...] = (*COMPARISON_COLUMNS, "within")
+
+
+def read_observers(metrics_csv: str | os.PathLike[str]) -> list[str]:
+    """The clinician sets (``observers``) recorded in a metrics table's sidecar; empty when
+    none were evaluated or there is no sidecar."""
+    import json
+
+    sidecar = Path(metrics_csv).with_suffix(".json")
+    if not sidecar.is_file():
+        return []
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    observers = data.get("observers", []) if isinstance(data, dict) else []
+    return [str(o) for o in observers] if isinstance(observers, list) else []
+
+
+def interobserver(
+    metrics: pd.DataFrame | str | os.PathLike[str],
+    observers: Sequence[str],
+    models: Sequence[str],
+    *,
+    alpha: float = 0.05,
+    zero_method: ZeroMethod = "wilcox",
+) -> pd.DataFrame:
+    """How each model's agreement with the reference compares with other clinicians'.
+
+    An observer's rows in the metrics table measure a second clinician's contours against the
+    reference: the inter-observer agreement, which no model can be expected to beat by much.
+    Each model is compared with each observer by :func:`compare` (``model_a`` the observer,
+    ``model_b`` the model; paired by case, no correction, no bootstrap), and ``within`` says
+    whether the model's mean is at least as good as the observer's: higher for DSC,
+    sensitivity, specificity and surface DSC, lower for distances, closer to zero for the
+    volume error; NaN for volumes (no better direction) and where a mean is undefined. "At
+    least as good as a clinician" is a descriptive statement; the paired p-value next to it says
+    whether a difference either way is beyond chance.
+
+    Raises
+    ------
+    EvaluationError
+        As :func:`compare` (e.g. an observer absent from the table).
+    """
+    import pandas as pd
+
+    from dlas.evaluation.metric_info import metric_info
+
+    table = metrics if isinstance(metrics, pd.DataFrame) else read_metrics(metrics)
+    frames = [
+        compare(table, obs, model, alpha=alpha, bootstrap=0, zero_method=zero_method)
+        for obs in observers
+        for model in models
+    ]
+    result = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    within: list[float | bool] = []
+    for metric, a, b in zip(
+        result.get("metric", []), result.get("mean_a", []), result.get("mean_b", []), strict=True
+    ):
+        better = metric_info(str(metric)).better
+        if better == "none" or not (math.isfinite(float(a)) and math.isfinite(float(b))):
+            within.append(math.nan)
+        elif better == "higher":
+            within.append(bool(b >= a))
+        elif better == "lower":
+            within.append(bool(b <= a))
+        else:
+            within.append(bool(abs(b) <= abs(a)))
+    result = result.reindex(columns=list(COMPARISON_COLUMNS))
+    result["within"] = pd.Series(within, dtype=object)
     return result
 
 
@@ -557,13 +635,15 @@ def _adjust(p: _FloatArray, correction: str) -> _FloatArray:
 
 
 # ---------------------------------------------------------------------------------- writing
-#: The files :func:`write_comparison` writes into its folder.
+#: The files :func:`write_comparison` writes into its folder (``interobserver.csv`` only with
+#: an inter-observer reference).
 COMPARISON_FILES = (
     "comparison.csv",
     "table2.md",
     "table2.tex",
     "table2.csv",
     "comparison.json",
+    "interobserver.csv",
 )
 
 
@@ -573,6 +653,7 @@ def write_comparison(
     *,
     source: str | os.PathLike[str] | None = None,
     table_metrics: Sequence[str] | None = None,
+    interobserver: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
     """Write ``comparison.csv``, ``table2.md``, ``table2.tex``, ``table2.csv`` and
     ``comparison.json`` into the folder ``out`` (each file atomically).
@@ -585,13 +666,16 @@ def write_comparison(
         The metrics CSV compared: its SHA-256 and its sidecar's metric definitions are recorded.
     table_metrics
         Metric columns of Table 2 (default: DSC, 95HD, sensitivity, specificity).
+    interobserver
+        The result of :func:`interobserver`, when clinician sets were evaluated: written as
+        ``interobserver.csv`` and shown in Table 2.
 
     Returns
     -------
     dict
         File kind → path.
     """
-    from dlas.evaluation.tables import DEFAULT_TABLE_METRICS, render_table2
+    from dlas.evaluation.tables import DEFAULT_TABLE_METRICS, TableFormat, render_table2
     from dlas.io.atomic import atomic_path, write_json, write_text
 
     folder = Path(out)
@@ -607,9 +691,20 @@ def write_comparison(
     }
     with atomic_path(paths["comparison_csv"]) as tmp:
         comparison.to_csv(tmp, index=False, na_rep="nan", lineterminator="\n")
-    write_text(paths["table2_md"], render_table2(comparison, "markdown", metrics=metrics))
-    write_text(paths["table2_tex"], render_table2(comparison, "latex", metrics=metrics))
-    write_text(paths["table2_csv"], render_table2(comparison, "csv", metrics=metrics))
+    if interobserver is not None and len(interobserver):
+        paths["interobserver_csv"] = folder / "interobserver.csv"
+        with atomic_path(paths["interobserver_csv"]) as tmp:
+            interobserver.to_csv(tmp, index=False, na_rep="nan", lineterminator="\n")
+    else:
+        interobserver = None
+    formats: tuple[tuple[str, TableFormat], ...] = (
+        ("table2_md", "markdown"),
+        ("table2_tex", "latex"),
+        ("table2_csv", "csv"),
+    )
+    for key, fmt in formats:
+        text = render_table2(comparison, fmt, metrics=metrics, interobserver=interobserver)
+        write_text(paths[key], text)
     input_info: dict[str, Any] = {}
     if source is not None:
         src = Path(source)
@@ -624,6 +719,9 @@ def write_comparison(
             data = json.loads(sidecar.read_text(encoding="utf-8"))
             input_info["metric_options"] = data.get("options")
             input_info["metric_definitions"] = data.get("definitions")
+    if interobserver is None:
+        # a rewrite without observers must not leave an earlier run's file behind
+        (folder / "interobserver.csv").unlink(missing_ok=True)
     write_json(
         paths["comparison_json"],
         {
@@ -635,6 +733,20 @@ def write_comparison(
             "columns": list(COMPARISON_COLUMNS),
             "csv_conventions": "'nan' = not available (e.g. no pair, no test); p_adjusted "
             "equals p_value when correction is none",
+            **(
+                {
+                    "interobserver": {
+                        "observers": list(dict.fromkeys(interobserver["model_a"])),
+                        "file": "interobserver.csv",
+                        "within": "the model's mean is at least as good as the observer's "
+                        "(higher DSC, sensitivity, specificity, surface DSC; lower distances; "
+                        "volume error closer to zero); p: paired Wilcoxon signed-rank test of "
+                        "the model against the observer, uncorrected",
+                    }
+                }
+                if interobserver is not None
+                else {}
+            ),
             **_json_safe(info),
         },
     )

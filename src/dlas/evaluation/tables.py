@@ -6,6 +6,11 @@ metric spanning its cohorts. p-values below 0.01 are written "< 0.01", others wi
 decimals; the p-value shown is ``p_adjusted`` (equal to ``p_value`` without correction), and
 the caption says which correction was applied.
 
+With an inter-observer reference (other clinicians' contours evaluated against the same
+reference, :func:`~dlas.evaluation.interobserver`) each structure gets a row per observer with
+its own mean ± SD, and a model's cell is marked ``§`` where its mean is at least as good as
+every observer's: its disagreement with the reference lies within the clinicians' own.
+
 Nothing non-finite is dropped silently: a cell whose model had cases without a finite value (the
 95HD of a structure it missed is infinite) states its own n and is marked ``†``; a p-value whose
 test kept such pairs (ranked as the largest difference) is marked ``‡``; the caption gives every
@@ -20,6 +25,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from dlas.errors import EvaluationError
+from dlas.evaluation.metric_info import METRICS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,21 +35,8 @@ __all__ = ["DEFAULT_TABLE_METRICS", "METRIC_LABELS", "render_table2"]
 #: The metrics of the paper's Table 2.
 DEFAULT_TABLE_METRICS: tuple[str, ...] = ("dsc", "hd95_mm", "sensitivity", "specificity")
 
-#: Column labels of the metrics (plain text / Markdown / CSV).
-METRIC_LABELS: dict[str, str] = {
-    "dsc": "DSC",
-    "hd95_mm": "95HD (mm)",
-    "hd_mm": "HD (mm)",
-    "sensitivity": "Sensitivity",
-    "specificity": "Specificity",
-    "volume_cm3": "Volume (cm³)",
-    "volume_ref_cm3": "GT volume (cm³)",
-    "volume_error_pct": "Volume error (%)",
-    "surface_dsc": "Surface DSC",
-    "assd_mm": "ASSD (mm)",
-    "apl_mm": "APL (mm)",
-    "centroid_mm": "Centroid distance (mm)",
-}
+#: Column labels of the metrics (plain text / Markdown / CSV), from the one metric table.
+METRIC_LABELS: dict[str, str] = {column: info.label for column, info in METRICS.items()}
 _P_ROW = "p-value"
 
 TableFormat = Literal["markdown", "latex", "csv"]
@@ -58,6 +51,7 @@ def render_table2(
     structures: Sequence[str] | None = None,
     digits: int = 3,
     caption: bool = True,
+    interobserver: pd.DataFrame | None = None,
 ) -> str:
     """Render a comparison (the DataFrame of :func:`~dlas.evaluation.compare`) as Table 2.
 
@@ -75,6 +69,9 @@ def render_table2(
         Decimals of the "mean ± SD" cells.
     caption
         Add a caption (Markdown: a paragraph under the table; LaTeX: ``\\caption``; CSV: none).
+    interobserver
+        The rows of :func:`~dlas.evaluation.interobserver` for the two models, to add the
+        observers' rows and the ``§`` marks (None: none).
 
     Returns
     -------
@@ -87,7 +84,14 @@ def render_table2(
         If the comparison lacks a requested metric, cohort or structure, or holds more than one
         model pair.
     """
-    grid = _grid(comparison, list(metrics or DEFAULT_TABLE_METRICS), cohorts, structures, digits)
+    grid = _grid(
+        comparison,
+        list(metrics or DEFAULT_TABLE_METRICS),
+        cohorts,
+        structures,
+        digits,
+        _Observers(interobserver),
+    )
     if fmt == "markdown":
         return _markdown(grid, caption)
     if fmt == "latex":
@@ -121,12 +125,71 @@ class _Grid:
         self.caption = caption
 
 
+class _Observers:
+    """The inter-observer rows of a Table 2, indexed by (observer, model, cohort, structure,
+    metric)."""
+
+    def __init__(self, rows: pd.DataFrame | None) -> None:
+        records = [] if rows is None else rows.to_dict(orient="records")
+        self.index = {
+            (
+                str(r["model_a"]),
+                str(r["model_b"]),
+                str(r["cohort"]),
+                str(r["structure"]),
+                str(r["metric"]),
+            ): r
+            for r in records
+        }
+        self.names = list(dict.fromkeys(str(r["model_a"]) for r in records))
+
+    def within(self, model: str, cohort: str, structure: str, metric: str) -> bool:
+        """Whether the model's mean is at least as good as every observer's."""
+        if not self.names:
+            return False
+        values = [
+            self.index.get((obs, model, cohort, structure, metric), {}).get("within")
+            for obs in self.names
+        ]
+        return all(v is True or str(v) == "True" for v in values)
+
+    def rows(
+        self,
+        models: tuple[str, str],
+        structure: str,
+        metrics: list[str],
+        cohorts: list[str],
+        sizes: dict[str, int],
+        digits: int,
+    ) -> list[tuple[str, list[str]]]:
+        """One row per observer: its mean ± SD against the reference in each cell."""
+        out = []
+        for obs in self.names:
+            cells = []
+            for metric in metrics:
+                for cohort in cohorts:
+                    r = self.index.get(
+                        (obs, models[1], cohort, structure, metric)
+                    ) or self.index.get((obs, models[0], cohort, structure, metric))
+                    if r is None:
+                        cells.append("–")
+                        continue
+                    cell = _mean_sd(float(r["mean_a"]), float(r["sd_a"]), digits)
+                    n = _count(r, "n_a")
+                    if n != sizes.get(cohort):
+                        cell += f" (n = {n})"
+                    cells.append(cell)
+            out.append((f"Inter-observer ({obs})", cells))
+        return out
+
+
 def _grid(
     comparison: pd.DataFrame,
     metrics: list[str],
     cohorts: Sequence[str] | None,
     structures: Sequence[str] | None,
     digits: int,
+    observers: _Observers,
 ) -> _Grid:
     pairs = comparison[["model_a", "model_b"]].drop_duplicates()
     if len(pairs) != 1:
@@ -170,8 +233,14 @@ def _grid(
                         marks.add(_EXCLUDED)
                     elif n != sizes[cohort]:
                         cell += f" (n = {n})"
+                    if observers.within(model, cohort, structure, metric):
+                        cell += _WITHIN
+                        marks.add(_WITHIN)
                     cells.append(cell)
             rows.append((model, cells))
+        rows += observers.rows(
+            (model_a, model_b), structure, metrics, chosen_cohorts, sizes, digits
+        )
         p_cells = []
         for metric in metrics:
             for cohort in chosen_cohorts:
@@ -198,11 +267,18 @@ def _grid(
         f"of {model_b} against {model_a}, paired by case (zero differences: "
         f"{', '.join(zero_methods)}), {correction}." + _n_note(sizes, marks) + fails
     )
+    if observers.names:
+        caption += (
+            " Inter-observer: mean ± SD of another clinician's contours against the same "
+            f"reference. {_WITHIN} The model's mean is at least as good as every observer's: "
+            "its disagreement with the reference lies within the clinicians' own."
+        )
     return _Grid(metrics, chosen_cohorts, (model_a, model_b), blocks, caption)
 
 
 _EXCLUDED = "†"
 _KEPT = "‡"
+_WITHIN = "§"
 
 
 def _count(row: dict[Any, Any], column: str) -> int:
@@ -351,8 +427,11 @@ def _tex_label(metric: str) -> str:
 
 def _tex_cell(cell: str) -> str:
     mark = ""
+    if cell.endswith(_WITHIN):
+        cell, mark = cell[:-1], "$^\\S$"
     if cell.endswith((_EXCLUDED, _KEPT)):
-        cell, mark = cell[:-1], ("$^\\dagger$" if cell[-1] == _EXCLUDED else "$^\\ddagger$")
+        tex = "$^\\dagger$" if cell[-1] == _EXCLUDED else "$^\\ddagger$"
+        cell, mark = cell[:-1], tex + mark
     n = ""
     if cell.endswith(")") and " (n = " in cell:
         cell, _, count = cell.rpartition(" (n = ")

@@ -12,13 +12,24 @@ broken file into silently wrong data. nibabel reports both.
 CT volumes are written as int16 when every value is an integer Hounsfield unit within range
 (the usual case) and as float32 otherwise; masks are written as uint8 (0/1). Compressed files
 are written without a time stamp, so equal volumes give equal files.
+
+A ``.nii`` or ``.nii.gz`` file is read whole, once: the caller can hash exactly the bytes the
+image is decoded from (``digest``) without a second read of the file. A gzip file is inflated in
+chunks into one array, by zlib-ng's zlib when it is installed (``pip install dlas[fast]``, about
+3x faster) else by the standard :mod:`zlib`; both give the same bytes and check the CRC-32 and
+length of every gzip member, so a truncated or damaged file is refused either way. nibabel reads
+the header; unscaled voxels are a view into the file's bytes (a mask is made from them without
+another copy), scaled ones are nibabel's. Other formats go through :func:`nibabel.load`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import struct
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -38,8 +49,135 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def read_nifti(path: str | os.PathLike[str]) -> Volume:
+class _Digest(Protocol):
+    """What ``digest`` needs of a :mod:`hashlib` object."""
+
+    def update(self, data: bytes | memoryview, /) -> None: ...
+
+
+@functools.cache
+def _zlib() -> ModuleType:
+    """zlib-ng's zlib when installed (``pip install dlas[fast]``), else the standard one."""
+    try:
+        from zlib_ng import zlib_ng
+    except ImportError:
+        import zlib
+
+        return zlib
+    return zlib_ng
+
+
+_CHUNK = 1 << 20  # bytes decompressed per call: a reused buffer, not a new one per image
+
+
+def _gunzip(data: bytes) -> npt.NDArray[np.uint8]:
+    """The content of a gzip file, every member in turn; zlib checks each member's CRC-32 and
+    length. Inflated in chunks into one array sized by the last member's length field (the
+    whole size for the usual one-member file). A ``bytes`` result grows by reallocation and
+    touches new memory page by page: 43 ms against 4 ms for a 26 MB mask on a 2-core VM."""
+    zlib = _zlib()
+    out = np.empty(int.from_bytes(data[-4:], "little") if len(data) >= 4 else 0, np.uint8)
+    size = 0
+    rest = data
+    while rest:
+        member = zlib.decompressobj(16 + zlib.MAX_WBITS)  # a gzip header and trailer
+        while not member.eof:
+            piece = member.decompress(rest, _CHUNK)
+            rest = member.unconsumed_tail
+            if not piece and not rest:
+                raise EOFError("compressed file ended before the end-of-stream marker")
+            if size + len(piece) > out.size:
+                grown = np.empty(max(2 * out.size, size + len(piece)), np.uint8)
+                grown[:size] = out[:size]
+                out = grown
+            out[size : size + len(piece)] = np.frombuffer(piece, np.uint8)
+            size += len(piece)
+        rest = member.unused_data.lstrip(b"\x00")  # gzip allows zero padding after a member
+    return out[:size]
+
+
+def _read_file(p: Path) -> npt.NDArray[np.uint8]:
+    """The bytes of a file, read into a (writable) array."""
+    with p.open("rb") as f:
+        out = np.empty(os.fstat(f.fileno()).st_size, np.uint8)
+        view = out.data
+        size = 0
+        while size < out.size and (n := f.readinto(view[size:])):
+            size += n
+    return out[:size]
+
+
+# sizeof_hdr, the header's first field → the format and position of vox_offset in the header
+_VOX_OFFSET = {348: ("f", 108), 540: ("q", 168)}
+
+
+def _header_size(head: bytes) -> tuple[int, int | None]:
+    """sizeof_hdr (348: NIfTI-1, 540: NIfTI-2, 0: neither) and where the voxels start (after
+    the header and its extensions, by vox_offset; None if unreadable) of the file starting
+    with ``head``."""
+    for order in "<>":
+        sizeof_hdr = struct.unpack_from(order + "i", head)[0] if len(head) >= 4 else 0
+        if sizeof_hdr in _VOX_OFFSET:
+            fmt, at = _VOX_OFFSET[sizeof_hdr]
+            try:
+                offset = int(struct.unpack_from(order + fmt, head, at)[0])
+            except (struct.error, ValueError, OverflowError):
+                return sizeof_hdr, None
+            return sizeof_hdr, max(offset, sizeof_hdr + 4)
+    return 0, None
+
+
+def _load(p: Path, digest: _Digest | None) -> tuple[Any, npt.NDArray[Any]]:
+    """The nibabel image of ``p`` (for its header and affine) and its voxel array, from one
+    read of the file (``digest`` is fed its bytes).
+
+    For ``.nii`` and ``.nii.gz`` the voxel array is a view into the file's bytes when the
+    voxels are stored unscaled, else the array nibabel makes (scaled; a file too short for its
+    header's shape is refused there).
+    """
+    import nibabel as nib
+
+    name = p.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        image: Any = nib.load(str(p))
+        if digest is not None:
+            digest.update(p.read_bytes())
+        return image, np.asanyarray(image.dataobj)
+    if name.endswith(".gz"):
+        compressed = p.read_bytes()
+        if digest is not None:
+            digest.update(compressed)
+        raw = _gunzip(compressed)
+    else:
+        raw = _read_file(p)
+        if digest is not None:
+            digest.update(raw.data)
+    sizeof_hdr, end = _header_size(raw[:544].tobytes())
+    kind = nib.Nifti2Image if sizeof_hdr == 540 else nib.Nifti1Image
+    # nibabel is given the header and its extensions only (it reads voxels lazily), unless the
+    # header is broken: then all of it, and it says what is wrong.
+    image = kind.from_bytes(raw[: raw.size if end is None else end].tobytes())
+    proxy: Any = image.dataobj
+    dtype = np.dtype(proxy.dtype)
+    if (
+        proxy.slope == 1
+        and proxy.inter == 0
+        and proxy.offset + int(np.prod(proxy.shape)) * dtype.itemsize <= raw.size
+    ):
+        data = np.ndarray(proxy.shape, dtype, raw, proxy.offset, order=proxy.order)
+        return image, data if data.flags.aligned else data.copy(order="K")
+    return image, np.asanyarray(kind.from_bytes(raw.tobytes()).dataobj)
+
+
+def read_nifti(path: str | os.PathLike[str], *, digest: _Digest | None = None) -> Volume:
     """Read a 3-D NIfTI image.
+
+    Parameters
+    ----------
+    digest
+        A :mod:`hashlib` object (e.g. ``hashlib.sha256()``), updated with the bytes of the file
+        as read: its hash is that of exactly the bytes the image was decoded from, without a
+        second read of the file.
 
     Raises
     ------
@@ -47,9 +185,12 @@ def read_nifti(path: str | os.PathLike[str]) -> Volume:
         If the file is missing, unreadable or truncated, not 3-D, has a sheared grid, or holds
         NaN or infinite values.
     """
-    import nibabel as nib
+    return _read(Path(path), digest, binary=False)
 
-    p = Path(path)
+
+def _read(p: Path, digest: _Digest | None, *, binary: bool) -> Volume:
+    """:func:`read_nifti`; with ``binary``, the array is ``voxels != 0`` (made without an
+    intermediate copy of the voxels)."""
     if not p.is_file():
         raise NiftiError(
             "NIfTI file not found",
@@ -59,8 +200,7 @@ def read_nifti(path: str | os.PathLike[str]) -> Volume:
             fix="check the path",
         )
     try:
-        image: Any = nib.load(str(p))
-        data = np.asanyarray(image.dataobj)
+        image, data = _load(p, digest)
         affine = np.asarray(image.affine, dtype=np.float64)
     except Exception as exc:
         raise NiftiError(
@@ -104,9 +244,10 @@ def read_nifti(path: str | os.PathLike[str]) -> Volume:
             fix="repair the image header",
         )
     direction = (columns / spacing_xyz).T[::-1]
+    array = data.transpose(2, 1, 0)
     try:
         return Volume(
-            np.ascontiguousarray(data.transpose(2, 1, 0)),
+            np.ascontiguousarray(array != 0 if binary else array),
             spacing=spacing_xyz[::-1],
             origin=lps[:3, 3],
             direction=direction,
@@ -121,16 +262,22 @@ def read_nifti(path: str | os.PathLike[str]) -> Volume:
         ) from exc
 
 
-def read_mask(path: str | os.PathLike[str], reference: Volume | None = None) -> Volume:
+def read_mask(
+    path: str | os.PathLike[str],
+    reference: Volume | None = None,
+    *,
+    digest: _Digest | None = None,
+) -> Volume:
     """Read a binary mask (any non-zero voxel is inside) as a boolean Volume.
 
     Parameters
     ----------
     reference
         When given, the mask must lie on the same grid; a different grid is an error.
+    digest
+        Updated with the bytes of the file as read (see :func:`read_nifti`).
     """
-    volume = read_nifti(path)
-    mask = volume.with_array(volume.array != 0)
+    mask = _read(Path(path), digest, binary=True)
     if reference is not None and not mask.same_grid(reference, atol_mm=1e-3):
         raise NiftiError(
             "mask grid differs from the CT grid",

@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING, Any
 
 from dlas import __version__
 from dlas.errors import ReportError
+from dlas.evaluation.metric_info import METRICS, metric_info
 from dlas.io.atomic import atomic_dir, write_json, write_text
 from dlas.report import figures, tables
 from dlas.report.cases import CaseImages, choose_cases, load_case_images
 from dlas.report.html import png_data_uri, render_report
 from dlas.report.inputs import ReportInputs
-from dlas.report.metric_info import METRICS, metric_info
 from dlas.report.palette import GROUND_TRUTH, get_palette
 from dlas.report.qa import prediction_qa
 from dlas.report.summary import summarize
@@ -131,7 +131,8 @@ def _pairs(inputs: ReportInputs, options: ReportOptions) -> list[tuple[str, str]
             )
         )
         return [(str(a), str(b)) for a, b in pairs]
-    models = inputs.model_names
+    observers = _observers(inputs)
+    models = [m for m in inputs.model_names if m not in observers]
     a, b = options.model_a, options.model_b
     if a is None and b is None:
         if len(models) != 2:
@@ -156,6 +157,12 @@ def _pairs(inputs: ReportInputs, options: ReportOptions) -> list[tuple[str, str]
     return [(a, b)]
 
 
+def _observers(inputs: ReportInputs) -> list[str]:
+    """Other clinicians' sets evaluated with the models (the metrics sidecar's observers)."""
+    observers = inputs.metrics_meta.get("observers", [])
+    return [str(o) for o in observers] if isinstance(observers, list) else []
+
+
 def _compute_comparison(inputs: ReportInputs, pair: tuple[str, str]) -> None:
     """Run the evaluation's comparison when none was given (the report never tests itself)."""
     try:
@@ -170,6 +177,11 @@ def _compute_comparison(inputs: ReportInputs, pair: tuple[str, str]) -> None:
         ) from None
     result = compare(inputs.metrics, pair[0], pair[1])
     result["significant"] = result["significant"].astype(bool)
+    observers = [o for o in _observers(inputs) if o not in pair]
+    if observers and inputs.interobserver is None:
+        from dlas.evaluation import interobserver
+
+        inputs.interobserver = interobserver(inputs.metrics, observers, list(pair))
     inputs.comparison = result
     inputs.comparison_meta = dict(result.attrs.get("dlas", {}))
     inputs.sources["comparison"] = "computed by dlas.evaluation.compare for this report"
@@ -466,9 +478,12 @@ def build_report(
         )
         for i, (a, b) in enumerate(pairs):
             rows = comparison[(comparison["model_a"] == a) & (comparison["model_b"] == b)]
+            agreement = inputs.interobserver
+            if agreement is not None:
+                agreement = agreement[agreement["model_b"].isin([a, b])]
             stem = "table2" if len(pairs) == 1 else f"table2_{_safe_name(b)}_vs_{_safe_name(a)}"
             files = [
-                w.text(f"tables/{stem}.{fmt}", tables.table2(rows, fmt, cohorts))
+                w.text(f"tables/{stem}.{fmt}", tables.table2(rows, fmt, cohorts, agreement))
                 for fmt in ("md", "tex", "csv")
             ]
             caption = _table2_caption(tmp / f"tables/{stem}.md")

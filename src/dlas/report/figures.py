@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import numpy.typing as npt
 
+from dlas.evaluation.metric_info import format_p, metric_info
 from dlas.io.atomic import atomic_path
 from dlas.report.cases import CaseImages, choose_slices, crop_pad, square_window
-from dlas.report.metric_info import format_p, metric_info
 from dlas.report.palette import GROUND_TRUTH
 
 if TYPE_CHECKING:

@@ -153,6 +153,9 @@ class ReportInputs:
     training_runs
         Model name → the folder of the ``dlas train`` run that made it (with ``cv.json``), for
         the learning curves; empty when unknown.
+    interobserver
+        ``interobserver.csv`` next to the comparison (each model against other clinicians'
+        contours), or None.
     """
 
     metrics: pd.DataFrame
@@ -167,6 +170,7 @@ class ReportInputs:
     comparison_dir: Path | None = None
     training_runs: dict[str, Path] = field(default_factory=dict)
     reference_set: str | None = None
+    interobserver: pd.DataFrame | None = None
 
     @property
     def model_names(self) -> list[str]:
@@ -328,6 +332,25 @@ def read_comparison(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     return table, _read_json(csv.with_name("comparison.json"))
 
 
+def read_interobserver(folder: Path) -> pd.DataFrame | None:
+    """``interobserver.csv`` next to a comparison (None when the study has no observers).
+
+    Raises
+    ------
+    ReportError
+        If the file is malformed.
+    """
+    path = folder / "interobserver.csv"
+    if not path.is_file():
+        return None
+    table = _read_table(
+        path, (*COMPARISON_COLUMNS, "within"), (*_COMPARISON_TEXT, "within"), "inter-observer CSV"
+    )
+    table["significant"] = table["significant"].map(_as_bool)
+    table["within"] = [{"True": True, "False": False}.get(v, float("nan")) for v in table["within"]]
+    return table
+
+
 def _as_bool(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("true", "1", "yes")
@@ -471,6 +494,7 @@ def load_inputs(
         sources=sources,
         comparison_dir=comp_dir,
         reference_set=str(reference_set) if reference_set else None,
+        interobserver=read_interobserver(comp_dir) if comp_dir is not None else None,
     )
 
 
@@ -619,6 +643,7 @@ def resolve_inputs(
                 k: v for k, v in inputs.sources.items() if not k.endswith("comparison.csv")
             }
             inputs.sources[f"{csv.parent.name}/{csv.name}"] = _sha256_file(csv)
+            inputs.interobserver = read_interobserver(csv.parent)
         return inputs
     if dataset is None:
         raise ReportError(

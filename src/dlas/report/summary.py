@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dlas.report.metric_info import format_number, format_p, metric_info
+from dlas.evaluation.metric_info import format_number, format_p, metric_info
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -21,7 +21,7 @@ from html import escape
 from typing import TYPE_CHECKING, Any, Literal
 
 from dlas.errors import ReportError
-from dlas.report.metric_info import format_mean_sd, format_p
+from dlas.evaluation.metric_info import format_mean_sd, format_p
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -174,7 +174,12 @@ TABLE2_FORMATS: dict[str, Literal["markdown", "latex", "csv"]] = {
 }
 
 
-def table2(comparison: pd.DataFrame, fmt: str, cohorts: Sequence[str] | None = None) -> str:
+def table2(
+    comparison: pd.DataFrame,
+    fmt: str,
+    cohorts: Sequence[str] | None = None,
+    interobserver: pd.DataFrame | None = None,
+) -> str:
     """Table 2 of the study as rendered by :func:`dlas.evaluation.render_table2`.
 
     Parameters
@@ -185,11 +190,16 @@ def table2(comparison: pd.DataFrame, fmt: str, cohorts: Sequence[str] | None = N
         ``md``, ``tex`` or ``csv``.
     cohorts
         Cohort columns in this order (default: the renderer's, sorted by name).
+    interobserver
+        The pair's rows of ``interobserver.csv`` (observers' rows and § marks), or None.
     """
     from dlas.evaluation import render_table2
 
     text: str = render_table2(
-        comparison, TABLE2_FORMATS[fmt], cohorts=list(cohorts) if cohorts else None
+        comparison,
+        TABLE2_FORMATS[fmt],
+        cohorts=list(cohorts) if cohorts else None,
+        interobserver=interobserver,
     )
     return text
 

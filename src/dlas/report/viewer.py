@@ -24,9 +24,9 @@ import numpy.typing as npt
 
 from dlas import __version__
 from dlas.errors import ReportError
+from dlas.evaluation.metric_info import format_number, metric_info
 from dlas.report.cases import CaseImages
 from dlas.report.figures import CT_WINDOW, slice_contours
-from dlas.report.metric_info import format_number, metric_info
 from dlas.report.palette import GROUND_TRUTH
 
 if TYPE_CHECKING:

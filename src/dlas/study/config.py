@@ -42,6 +42,11 @@ with only the vendor's, LFT is still fine-tuned here from ``pretrained_model``::
       contour_sets: {clinical: approved, VPM: "manufacturer:RT-Mind"}
       reference_set: clinical
     models: {vendor: VPM, finetuned: LFT, from_contours: [VPM]}
+
+Other clinicians' contour sets named in ``observers`` (e.g. ``[observer2]``) are evaluated
+against the reference too, as the inter-observer reference: Table 2 shows their agreement with
+the reference next to the models' and marks where a model's lies within it
+(``comparison/interobserver.csv``).
 """
 
 from __future__ import annotations
@@ -221,6 +226,8 @@ class StudyConfig(_Strict):
     pretrain: dict[str, Any] = Field(default_factory=dict)
     finetune: dict[str, Any] = Field(default_factory=dict)
     models: ModelNames = ModelNames()
+    #: other clinicians' contour sets: the inter-observer reference
+    observers: tuple[Annotated[str, Field(pattern=_NAME)], ...] = ()
     metrics: MetricsSpec = MetricsSpec()
     statistics: StatisticsSpec = StatisticsSpec()
     prediction: PredictionSpec = PredictionSpec()
@@ -243,13 +250,20 @@ class StudyConfig(_Strict):
 
     @model_validator(mode="after")
     def _pretraining_possible(self) -> StudyConfig:
-        if self.models.from_contours and not (
+        clash = [o for o in self.observers if o in (self.models.vendor, self.models.finetuned)]
+        if clash or len(set(self.observers)) != len(self.observers):
+            raise ValueError(
+                f"observers {list(self.observers)} must be distinct and differ from the models' "
+                "names"
+            )
+        if (self.models.from_contours or self.observers) and not (
             isinstance(self.data, DatasetSource)
             or (isinstance(self.data, DicomSource) and self.data.contour_sets)
         ):
             raise ValueError(
-                "models.from_contours needs contour sets: data.contour_sets rules on a DICOM "
-                "export (data.kind: dicom), or a data set imported with them (kind: dataset)"
+                "models.from_contours and observers need contour sets: data.contour_sets rules "
+                "on a DICOM export (data.kind: dicom), or a data set imported with them "
+                "(kind: dataset)"
             )
         if not self.models.trains:
             # evaluation only: nothing is pretrained or fine-tuned

@@ -383,12 +383,13 @@ def _check_cohorts(study: _Study, dataset: Any) -> None:
     if trains and study.config.pretrained_model is None and roles.pretrain is not None:
         wanted.append(roles.pretrain)
     sets = dataset.contour_sets()
-    absent = [n for n in study.config.models.from_contours if n not in sets]
+    named = [*study.config.models.from_contours, *study.config.observers]
+    absent = [n for n in named if n not in sets]
     if absent:
         raise StudyError(
             "contour set not found in the data",
             where=str(dataset.root),
-            expected="contour set(s) " + ", ".join(study.config.models.from_contours),
+            expected="contour set(s) " + ", ".join(named),
             found="none named "
             + ", ".join(absent)
             + "; the data set has "
@@ -609,7 +610,9 @@ def _step_evaluate(study: _Study) -> dict[str, Any]:
             if study.from_contours(name)
             else PredictionSource(name, study.root / "predictions" / name)
             for name in study.names
-        ],
+        ]
+        + [PredictionSource(o, dataset.root, contour_set=o) for o in study.config.observers],
+        observers=list(study.config.observers),
         options=options,
         cohorts=list(study.config.cohorts.evaluate),
         workers=min(2, os.cpu_count() or 1),
@@ -620,7 +623,7 @@ def _step_evaluate(study: _Study) -> dict[str, Any]:
 
 
 def _step_compare(study: _Study) -> dict[str, Any]:
-    from dlas.evaluation import compare, write_comparison
+    from dlas.evaluation import compare, interobserver, write_comparison
 
     spec = study.config.statistics
     table = compare(
@@ -633,8 +636,22 @@ def _step_compare(study: _Study) -> dict[str, Any]:
         seed=spec.seed,
         zero_method=spec.zero_method,
     )
-    write_comparison(table, study.root / "comparison", source=study.root / "metrics.csv")
-    return {"rows": len(table)}
+    agreement = None
+    if study.config.observers:
+        agreement = interobserver(
+            study.root / "metrics.csv",
+            list(study.config.observers),
+            list(study.names),
+            alpha=spec.alpha,
+            zero_method=spec.zero_method,
+        )
+    write_comparison(
+        table,
+        study.root / "comparison",
+        source=study.root / "metrics.csv",
+        interobserver=agreement,
+    )
+    return {"rows": len(table), "interobserver_rows": 0 if agreement is None else len(agreement)}
 
 
 def _step_report(study: _Study) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """How each metric of the metrics table is named, printed and read (is higher better?).
 
-This is presentation only: the definitions themselves (95HD variant, specificity domain,
-tolerances) come from the evaluation's ``metrics.json`` and are quoted in the report.
+One owner for Table 2 (:mod:`dlas.evaluation.tables`), the inter-observer reference and every
+part of the report. This is presentation only: the definitions themselves (95HD variant,
+specificity domain, tolerances) are in the evaluation's ``metrics.json`` and are quoted in the
+report.
 """
 
 from __future__ import annotations
