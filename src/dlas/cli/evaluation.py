@@ -45,6 +45,13 @@ def evaluate(
         "--contour-set",
         help="With --dicom: NAME=COND[,COND...] rules as for `dlas import` (repeatable).",
     ),
+    labels: list[str] | None = typer.Option(
+        None,
+        "--labels",
+        help="NAME=TABLE: prediction NAME is a folder of label maps DIR/<case_id>.nii.gz "
+        "(nnU-Net, TotalSegmentator, MONAI) with this label table (classes.json, dataset.json "
+        "or CSV label,name); names are matched to the structure set like ROI names.",
+    ),
     observer: list[str] | None = typer.Option(
         None,
         "--observer",
@@ -144,7 +151,9 @@ def evaluate(
         )
     dataset = CaseDataset.open(reference)
     specs = list(prediction or _all_sets(dataset, reference_set, observer or []))
-    sources = [parse_prediction(p, dataset) for p in [*specs, *(observer or [])]]
+    sources = _with_labels(
+        [parse_prediction(p, dataset) for p in [*specs, *(observer or [])]], labels or []
+    )
     with progress_callback("evaluate") as progress:
         result = run_evaluation(
             dataset,
@@ -192,6 +201,30 @@ def _import_for_evaluation(
                 else ""
             )
         )
+
+
+def _with_labels(sources: list[Any], specs: list[str]) -> list[Any]:
+    """The predictions with ``--labels NAME=TABLE`` applied to the folders they name."""
+    import dataclasses
+
+    from dlas.errors import EvaluationError
+
+    tables: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, table = spec.partition("=")
+        if not sep or not table.strip() or name.strip() not in {s.name for s in sources}:
+            raise EvaluationError(
+                "cannot read the label-table option",
+                where=f"--labels {spec}",
+                expected="NAME=TABLE with NAME one of the predictions: "
+                + ", ".join(s.name for s in sources),
+                found=repr(spec),
+                fix="write e.g. --prediction TS=ts-out --labels TS=ts-out/classes.json",
+            )
+        tables[name.strip()] = Path(table.strip())
+    return [
+        dataclasses.replace(s, labels=tables[s.name]) if s.name in tables else s for s in sources
+    ]
 
 
 def _all_sets(dataset: Any, reference_set: str | None, observers: list[str]) -> list[str]:

@@ -8,7 +8,11 @@ Inputs
 * One or more predictions: ``NAME=DIR``, where ``DIR/<case_id>/structures/<Name>.nii.gz`` holds
   the prediction of structure ``Name`` for that case (the layout ``dlas predict`` writes), or a
   bare ``NAME``: the data set's contour set of that name (a vendor model's RTSTRUCTs or SEGs
-  brought in by `dlas import --contour-set`).
+  brought in by `dlas import --contour-set`), or a folder of label maps ``DIR/<case_id>.nii.gz``
+  (one integer label per voxel, as nnU-Net, TotalSegmentator and MONAI write) with its label
+  table (``labels``: TotalSegmentator ``classes.json``, nnU-Net ``dataset.json`` or a CSV;
+  :func:`dlas.io.read_label_table`), whose names are matched to the structure set like ROI
+  names.
 
 Rules (refuse rather than guess)
 --------------------------------
@@ -46,7 +50,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +67,8 @@ from dlas.io.volume import BODY_DEFINITION, Volume, body_mask
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from dlas.io.labelmap import LabelMapData
 
 __all__ = [
     "BODY_DEFINITION",
@@ -103,12 +109,21 @@ class PredictionSource:
     name: str
     folder: Path
     contour_set: str | None = None
+    #: label table of a folder of label maps ``folder/<case_id>.nii.gz`` (None: mask folders)
+    labels: Path | None = None
 
     def case_folder(self, case_id: str) -> Path:
-        """The folder whose ``structures/`` holds the predictions of a case."""
+        """The folder whose ``structures/`` holds the predictions of a case (for label maps:
+        the folder of the label maps)."""
         if self.contour_set is not None:
             return self.folder / "cases" / case_id / "sets" / self.contour_set
+        if self.labels is not None:
+            return self.folder
         return self.folder / case_id
+
+    def label_map_path(self, case_id: str) -> Path:
+        """The label map of a case (``<case_id>.nii.gz``, or ``.nii`` when only that exists)."""
+        return _label_map_file(self.folder, case_id)
 
     def mask_path(self, case_id: str, structure: str) -> Path:
         """Where the prediction of a structure of a case must be."""
@@ -118,7 +133,14 @@ class PredictionSource:
         """How the source was given (for messages)."""
         if self.contour_set is not None:
             return f"contour set {self.contour_set} of {self.folder}"
+        if self.labels is not None:
+            return f"{self.name}={self.folder} (label maps, table {self.labels.name})"
         return f"{self.name}={self.folder}"
+
+
+def _label_map_file(folder: Path, case_id: str) -> Path:
+    plain = folder / f"{case_id}.nii"
+    return plain if plain.is_file() else folder / f"{case_id}.nii.gz"
 
 
 def parse_prediction(spec: str, dataset: CaseDataset | None = None) -> PredictionSource:
@@ -281,7 +303,12 @@ def evaluate(
         )
         for record in records
     ]
-    tasks = [t for t in tasks if t.structures]
+    tables = {s.name: _label_ids(s, dataset) for s in sources if s.labels is not None}
+    tasks = [
+        replace(t, label_maps=tuple((n, tuple(sorted(ids.items()))) for n, ids in tables.items()))
+        for t in tasks
+        if t.structures
+    ]
     if not tasks:
         raise EvaluationError(
             "nothing to evaluate",
@@ -290,7 +317,7 @@ def evaluate(
             found=f"{len(records)} case(s), structures {', '.join(wanted) or '(none)'}",
             fix="check --cohort, --case and --structure",
         )
-    _check_prediction_files(tasks, sources)
+    _check_prediction_files(tasks, sources, tables)
     results = _run(tasks, workers, progress)
     rows = [row for result in results for row in result.rows]
     table = pd.DataFrame(rows, columns=list(COLUMNS))
@@ -387,6 +414,14 @@ def _sources(
             fix="give every prediction folder its own name",
         )
     for source in sources:
+        if source.contour_set is not None and source.labels is not None:
+            raise EvaluationError(
+                "a label table for a contour set",
+                where=source.describe(),
+                expected="--labels only for a folder of label maps (NAME=DIR)",
+                found=f"--labels {source.name}={source.labels}",
+                fix="drop --labels for the contour set",
+            )
         if source.contour_set is not None:
             if source.folder.resolve() != dataset.root.resolve():
                 raise EvaluationError(
@@ -401,11 +436,40 @@ def _sources(
             raise EvaluationError(
                 "prediction folder not found",
                 where=f"{source.name}={source.folder}",
-                expected="a folder of <case_id>/structures/<Name>.nii.gz",
+                expected="a folder of <case_id>.nii.gz label maps"
+                if source.labels is not None
+                else "a folder of <case_id>/structures/<Name>.nii.gz",
                 found="no such folder",
                 fix="check the path (it is what `dlas predict --out` wrote)",
             )
     return sources
+
+
+def _label_ids(source: PredictionSource, dataset: CaseDataset) -> dict[str, int]:
+    """Canonical structure name → label id, from the source's label table (names matched like
+    ROI names; names that match no structure are left out, and logged)."""
+    from dlas.io.labelmap import read_label_table
+
+    assert source.labels is not None
+    ids: dict[str, int] = {}
+    unmatched = []
+    for label, name in read_label_table(source.labels).items():
+        canonical = dataset.structure_set.match(name)
+        if canonical is None:
+            unmatched.append(name)
+        elif canonical in ids:
+            raise EvaluationError(
+                "two labels map to one structure",
+                where=str(source.labels),
+                expected="at most one label per structure",
+                found=f"labels {ids[canonical]} and {label} both map to {canonical}",
+                fix="remove or rename one of them in the label table",
+            )
+        else:
+            ids[canonical] = label
+    if unmatched:
+        log.info("%s: labels matching no structure, not evaluated: %s", source.name, unmatched)
+    return ids
 
 
 def _reference_set(
@@ -482,10 +546,15 @@ def _select_structures(dataset: CaseDataset, structures: Sequence[str] | None) -
 
 
 def _check_prediction_files(
-    tasks: Sequence[_CaseTask], sources: Sequence[PredictionSource]
+    tasks: Sequence[_CaseTask],
+    sources: Sequence[PredictionSource],
+    tables: Mapping[str, Mapping[str, int]],
 ) -> None:
     """Refuse before any work when a prediction file is missing (a clear, complete message)."""
     for source in sources:
+        if source.labels is not None:
+            _check_label_maps(tasks, source, tables[source.name])
+            continue
         missing: list[str] = []
         missing_cases: list[str] = []
         for task in tasks:
@@ -521,6 +590,32 @@ def _check_prediction_files(
             )
 
 
+def _check_label_maps(
+    tasks: Sequence[_CaseTask], source: PredictionSource, ids: Mapping[str, int]
+) -> None:
+    absent = [t.case_id for t in tasks if not source.label_map_path(t.case_id).is_file()]
+    if absent:
+        raise EvaluationError(
+            "label map missing",
+            where=source.describe(),
+            expected="<case_id>.nii.gz for every selected case",
+            found=f"{len(absent)} missing, e.g. " + ", ".join(absent[:3]),
+            fix="predict those cases, or restrict the evaluation with --cohort / --case",
+        )
+    unlabelled = sorted({s for t in tasks for s in t.structures if s not in ids})
+    if unlabelled:
+        raise EvaluationError(
+            "label table has no label for a reference structure",
+            where=str(source.labels),
+            expected="a label whose name maps to each evaluated structure",
+            found="none for "
+            + ", ".join(unlabelled)
+            + (f"; the table maps {', '.join(ids)}" if ids else "; no name of it maps"),
+            fix="add the structure's name as a synonym to the structure set, or restrict the "
+            "evaluation with --structure",
+        )
+
+
 # ---------------------------------------------------------------------------------- workers
 @dataclass(frozen=True)
 class _CaseTask:
@@ -533,6 +628,9 @@ class _CaseTask:
     options: MetricOptions
     resample: bool
     ct_path: str
+    #: (model name, ((structure, label id), ...)) of predictions given as label maps; their
+    #: entry in ``predictions`` is the folder of the label maps
+    label_maps: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
 
 
 @dataclass
@@ -623,7 +721,12 @@ def _evaluate_case(task: _CaseTask) -> _CaseResult:
     rows_by_model: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in task.predictions}
     hashes: dict[tuple[str, str], str] = {}
     body: npt.NDArray[np.bool_] | None = None
-    qa = {name: _qa_codes(Path(folder) / "qa.json") for name, folder in task.predictions}
+    tables = dict(task.label_maps)
+    qa = {
+        name: {} if name in tables else _qa_codes(Path(folder) / "qa.json")
+        for name, folder in task.predictions
+    }
+    maps: dict[str, tuple[LabelMapData, str]] = {}
     if task.options.specificity_domain == "body":
         body = body_mask(read_nifti(task.ct_path))
     for structure in task.structures:
@@ -640,8 +743,19 @@ def _evaluate_case(task: _CaseTask) -> _CaseResult:
                 fix="re-import the case",
             )
         for name, folder in task.predictions:
-            path = Path(folder) / "structures" / f"{structure}.nii.gz"
-            prediction, resampled, sha256 = _read_prediction(path, reference, task.resample)
+            if name in tables:
+                if name not in maps:  # one read of the case's label map, on the first structure
+                    maps[name] = _read_label_map(
+                        _label_map_file(Path(folder), task.case_id),
+                        tables[name],
+                        reference,
+                        task.resample,
+                    )
+                label_map, sha256 = maps[name]
+                prediction, resampled = label_map.mask(structure), label_map.resampled
+            else:
+                path = Path(folder) / "structures" / f"{structure}.nii.gz"
+                prediction, resampled, sha256 = _read_prediction(path, reference, task.resample)
             hashes[(name, structure)] = sha256
             metrics = compute_metrics(
                 reference.array,
@@ -716,6 +830,16 @@ def _qa_codes(path: Path) -> dict[str, list[str]]:
     out = {str(k): [str(c) for c in v] for k, v in codes["structures"].items()}
     out[""] = [str(c) for c in codes["input"]]
     return out
+
+
+def _read_label_map(
+    path: Path, ids: tuple[tuple[str, int], ...], reference: Volume, resample: bool
+) -> tuple[LabelMapData, str]:
+    """A case's label map on the reference grid, and the SHA-256 of its file."""
+    from dlas.io.labelmap import read_label_map
+
+    data = read_label_map(path, {label: name for name, label in ids}, reference, resample=resample)
+    return data, _sha256(path)
 
 
 def _read_prediction(path: Path, reference: Volume, resample: bool) -> tuple[Volume, bool, str]:
@@ -811,6 +935,7 @@ def _metadata(
             s.name: {
                 "folder": s.folder.name,
                 **({"contour_set": s.contour_set} if s.contour_set else {}),
+                **({"label_table": s.labels.name} if s.labels is not None else {}),
                 "masks_sha256": _combined_hash(results, s.name),
             }
             for s in sources
