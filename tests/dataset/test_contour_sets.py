@@ -332,3 +332,30 @@ def test_cli_import_with_rules_and_its_one_line_errors(
     assert "contour sets (cases): VPM (2), clinical (2)" in out
     assert main(["inspect", str(tmp_path / "ds")]) == 0
     assert "reference contour set: clinical; other sets (cases): VPM (2)" in capsys.readouterr().out
+
+
+def test_a_set_on_another_frame_of_reference_refuses_the_case(export: Path, tmp_path: Path) -> None:
+    """A vendor SEG that claims another frame of reference than its CT is not placed by guess:
+    the case is refused with the reader's reason, the other case imports."""
+    from dlas.io.seg import write_seg
+
+    for name in ("a", "b"):
+        ct = read_ct_series(export / name / "ct")
+        path = export / name / "SEG_observer2.dcm"
+        write_seg(
+            {"CTV": _ctv(ct.volume.shape, -1)},
+            ct,
+            path,
+            generation="MANUAL",
+            algorithm=None,
+            structure_set=RECTAL,
+            uid_seed=f"{name}-observer2",
+        )
+        if name == "a":
+            ds = pydicom.dcmread(path)
+            ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.1"
+            ds.save_as(path)
+    report = _import(export, tmp_path / "ds", [*RULES, "observer2=kind:seg"])
+    (refused,) = report.skipped  # type: ignore[attr-defined]
+    assert "frame of reference" in refused.reason.lower()
+    assert len(report.imported) == 1  # type: ignore[attr-defined]

@@ -198,6 +198,25 @@ def test_dicom_export_to_metrics_in_one_command(
     key = ["model", "structure", "dsc", "hd95_mm", "volume_cm3"]
     ordered = [direct[key].sort_values(key).to_numpy(), from_study[key].sort_values(key).to_numpy()]
     assert (ordered[0] == ordered[1]).all()
+    # the same vendor masks as NIfTI prediction folders give the same numbers as its RTSTRUCTs
+    from dlas.dataset import CaseDataset
+    from dlas.evaluation import evaluate
+    from dlas.io import write_mask
+
+    dataset = CaseDataset.open(tmp_path / "ds")
+    folder = tmp_path / "vpm-nifti"
+    for case_id in dataset.case_ids():
+        case = dataset.load_case(case_id)
+        n = int(case.structures["CTV"].array.any(axis=(0, 2)).sum()) - 8  # the patient's index
+        for name, mask in (
+            ("CTV", _ctv(case.ct.shape, 2, n)),
+            ("Bladder", _bladder(case.ct.shape, n)),
+        ):
+            write_mask(case.ct.with_array(mask), folder / case_id / "structures" / f"{name}.nii.gz")
+    nifti = evaluate(dataset, {"VPM": folder}).table
+    from_set = direct[direct["model"] == "VPM"].reset_index(drop=True)
+    columns = ["case_id", "structure", "dsc", "hd95_mm", "sensitivity", "volume_cm3"]
+    assert nifti[columns].equals(from_set[columns])
 
 
 def test_evaluate_dicom_errors_are_one_line(
