@@ -212,24 +212,17 @@ def scan_dicom(root: str | os.PathLike[str]) -> DicomScan:
             continue
         sop_class = sop_class_of(header)
         modality = str(header.get("Modality", "")).upper()
-        if sop_class == RTSTRUCT_STORAGE or modality == "RTSTRUCT":
+        is_seg = sop_class in (SEG_STORAGE, LABEL_MAP_SEG_STORAGE) or modality == "SEG"
+        if is_seg or sop_class == RTSTRUCT_STORAGE or modality == "RTSTRUCT":
+            kind = "SEG" if is_seg else "RTSTRUCT"
             try:
-                full = pydicom.dcmread(path)
+                full = pydicom.dcmread(path)  # contours or segment frames: the whole file
             except Exception as exc:
                 scan.skipped.append(
-                    SkippedFile(path, f"RTSTRUCT unreadable (truncated or corrupt): {exc}")
+                    SkippedFile(path, f"{kind} unreadable (truncated or corrupt): {exc}")
                 )
                 continue
-            scan.rtstructs.append(ScannedFile(path, full))
-        elif sop_class in (SEG_STORAGE, LABEL_MAP_SEG_STORAGE) or modality == "SEG":
-            try:
-                full = pydicom.dcmread(path)
-            except Exception as exc:
-                scan.skipped.append(
-                    SkippedFile(path, f"SEG unreadable (truncated or corrupt): {exc}")
-                )
-                continue
-            scan.segs.append(ScannedFile(path, full))
+            (scan.segs if is_seg else scan.rtstructs).append(ScannedFile(path, full))
         elif sop_class == ENHANCED_CT_IMAGE_STORAGE:
             scan.skipped.append(
                 SkippedFile(
