@@ -214,3 +214,40 @@ def test_scan_reports_every_unused_file(synthetic_ct, tmp_path: Path) -> None:
     assert reasons[0].startswith("DICOMDIR")
     assert "not a DICOM file" in reasons
     assert scan.n_files == 12
+
+
+def test_rle_compressed_series_decodes_like_the_uncompressed_one(synthetic_ct) -> None:
+    from pydicom.uid import RLELossless
+
+    folder, files, volume = synthetic_ct()
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.compress(RLELossless)
+        ds.save_as(path)
+    np.testing.assert_allclose(read_ct_series(folder).volume.array, volume.array, atol=0.5)
+
+
+def test_series_without_an_installed_decoder_names_the_extra(
+    synthetic_ct, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JPEG Lossless series (the usual CT compression) whose decoder, the GPL-licensed
+    pylibjpeg-libjpeg of the dlas[jpeg] extra, is not installed."""
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEGLosslessSV1
+
+    folder, files, _ = synthetic_ct()
+    ds = pydicom.dcmread(files[3])
+    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    ds.PixelData = encapsulate([b"\xff\xd8 not really a JPEG \xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(files[3], enforce_file_format=True)
+    monkeypatch.setattr(get_decoder(JPEGLosslessSV1), "_available", {})
+    with pytest.raises(DicomSeriesError) as info:
+        read_ct_series(folder)
+    assert info.value.what == "no decoder installed for the image compression"
+    assert "JPEG Lossless" in str(info.value.expected)
+    assert "pip install 'dlas[jpeg]'" in str(info.value.fix)
+    monkeypatch.undo()
+    with pytest.raises(DicomSeriesError, match="cannot decode pixel data"):
+        read_ct_series(folder)  # with the decoder: these bytes are no JPEG

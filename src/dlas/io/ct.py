@@ -217,6 +217,42 @@ def _files_of_series(
     return [ScannedFile(Path(p), read_header(p)) for p in source]
 
 
+#: Where a decoder of a compressed transfer syntax comes from, when none is installed.
+_DECODER_FIX = (
+    "install a decoder: pip install 'dlas[jpeg]' (pylibjpeg-libjpeg, GPL-3.0: JPEG baseline, "
+    "extended, lossless and JPEG-LS) or python-gdcm; or export the series uncompressed"
+)
+
+
+def _check_decoder(ds: Dataset, where: str) -> None:
+    """Refuse a compressed image whose decoder is not installed, naming what to install
+    (pydicom's own error would only list plugin names).
+
+    The GPL-licensed JPEG decoder is an optional extra (``dlas[jpeg]``) so that the core
+    package stays permissively licensed; JPEG 2000 and RLE decode without it.
+    """
+    from pydicom.pixels.decoders.base import get_decoder
+
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is None or not syntax.is_compressed:
+        return
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        available = False
+    else:
+        available = decoder.is_available
+    if not available:
+        raise DicomSeriesError(
+            "no decoder installed for the image compression",
+            where=where,
+            expected=f"a decoder for {syntax.name} ({syntax})",
+            found="none installed",
+            fix=_DECODER_FIX,
+        )
+
+
 def read_ct_series(
     source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Sequence[ScannedFile],
     *,
@@ -435,6 +471,7 @@ def read_ct_series(
     full_paths = [f.path for f in files]
     for f in files:
         ds = read_header(f.path, pixels=True)
+        _check_decoder(ds, str(f.path))
         try:
             pixels = ds.pixel_array
         except Exception as exc:
