@@ -222,20 +222,44 @@ def test_unknown_preset_is_refused() -> None:
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def test_contour_set_example_is_valid() -> None:
-    config = load_study_config(EXAMPLES / "study-contours.yaml")
+def _example(name: str, tmp_path: Path) -> Path:
+    """The packaged example, written where a user would put it."""
+    from dlas.study import example_config
+
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(example_config(name))
+    return path
+
+
+def test_example_config_command_prints_the_packaged_examples(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["example-config", "hospital"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("# A study on a department's own data")
+    (tmp_path / "mine.yaml").write_text(text)
+    assert load_study_config(tmp_path / "mine.yaml").name == "rectal-lft-2024"
+    assert main(["example-config", "nnunet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown example configuration" in err
+    assert "hospital, contours" in err
+
+
+def test_contour_set_example_is_valid(tmp_path: Path) -> None:
+    config = load_study_config(_example("contours", tmp_path))
     assert config.models.from_contours == ("VPM", "LFT") and not config.models.trains
     rules = config.data.contour_set_rules()  # type: ignore[union-attr]
     assert rules.reference == "clinical"
     assert [r.name for r in rules.rules] == ["clinical", "VPM", "LFT"]
 
 
-@pytest.mark.parametrize("name", ["study-hospital.yaml", "openkbp-hn/study.yaml"])
-def test_example_configurations_are_valid(name: str) -> None:
+@pytest.mark.parametrize("name", ["hospital", "openkbp-hn/study.yaml"])
+def test_example_configurations_are_valid(name: str, tmp_path: Path) -> None:
     from dlas.structures import load_structure_set
     from dlas.training.config import load_recipe
 
-    config = load_study_config(EXAMPLES / name)
+    path = EXAMPLES / name if name.endswith(".yaml") else _example(name, tmp_path)
+    config = load_study_config(path)
     assert config.cohorts.finetune == "training"
     assert config.cohorts.evaluate == ("ExVal", "GenEva")
     # The recipe sections must be valid recipes for the example's structure set, not only YAML.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -111,6 +112,20 @@ def study(
     console.print(f"report: {result.report}")
 
 
+def example_config(
+    name: str = typer.Argument(
+        ...,
+        help="hospital (fine-tune and compare on your DICOM export) or contours "
+        "(commission exported contours, no training).",
+    ),
+) -> None:
+    """Print a commented example study configuration: dlas example-config hospital > study.yaml"""
+    from dlas.study import example_config as text_of
+
+    sys.stdout.write(text_of(name))
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``study`` to the application."""
+    """Add ``study`` and ``example-config`` to the application."""
     app.command("study")(study)
+    app.command("example-config")(example_config)

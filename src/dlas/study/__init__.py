@@ -2,6 +2,7 @@
 evaluation, statistics and report — on the embedded replica or a department's own data."""
 
 from dlas.study.config import (
+    EXAMPLES,
     PRESETS,
     CohortRoles,
     DatasetSource,
@@ -13,12 +14,14 @@ from dlas.study.config import (
     ReportSpec,
     StatisticsSpec,
     StudyConfig,
+    example_config,
     load_study_config,
     preset_config,
 )
 from dlas.study.runner import STEPS, StudyProgress, StudyResult, check_study_folder, run_study
 
 __all__ = [
+    "EXAMPLES",
     "PRESETS",
     "STEPS",
     "CohortRoles",
@@ -34,6 +37,7 @@ __all__ = [
     "StudyProgress",
     "StudyResult",
     "check_study_folder",
+    "example_config",
     "load_study_config",
     "preset_config",
     "run_study",

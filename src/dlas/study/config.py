@@ -6,7 +6,7 @@ cohort with the study's recipe and cross-validation (LFT), and both are compared
 cohorts (same scanner, other scanner) with declared metrics and paired statistics.
 
 The configuration is YAML (data, never code), with a schema version; ``dlas study`` writes the
-resolved configuration and its hash to ``STUDY_DIR/study.yaml``. ``examples/study-hospital.yaml``
+resolved configuration and its hash to ``STUDY_DIR/study.yaml``. ``dlas example-config hospital``
 is a commented example for a department's own DICOM export; the built-in presets (``tiny``,
 ``demo``, ``paper``) run on the embedded synthetic replica. Every field has a default, so a
 hospital's file only names what differs::
@@ -33,7 +33,7 @@ hospital's file only names what differs::
 A model may also be *given as contours* instead of trained here: the vendor's exported RTSTRUCTs
 or SEGs, brought in as a contour set of the data set (``data.contour_sets``, the rules of
 ``dlas import --contour-set``) and named in ``models.from_contours``. With both models from
-contours the study only evaluates and compares (no training; ``examples/study-contours.yaml``);
+contours the study only evaluates and compares (no training; ``dlas example-config contours``);
 with only the vendor's, LFT is still fine-tuned here from ``pretrained_model``::
 
     data:
@@ -61,6 +61,7 @@ from dlas.config_files import canonical_sha256, read_yaml_mapping, validation_er
 from dlas.errors import StudyError
 
 __all__ = [
+    "EXAMPLES",
     "PRESETS",
     "CohortRoles",
     "DatasetSource",
@@ -72,6 +73,7 @@ __all__ = [
     "ReportSpec",
     "StatisticsSpec",
     "StudyConfig",
+    "example_config",
     "load_study_config",
     "preset_config",
 ]
@@ -298,7 +300,7 @@ def _error(exc: ValidationError, source: str) -> StudyError:
         what="invalid study configuration",
         source=source,
         expected="the schema in the dlas.study.config documentation "
-        "(see examples/study-hospital.yaml)",
+        "(`dlas example-config hospital` prints a commented example)",
         fix="correct the configuration",
     )
 
@@ -315,7 +317,7 @@ def load_study_config(path: str | os.PathLike[str]) -> StudyConfig:
         what="study configuration",
         expected_keys="name, data, cohorts",
         missing_fix="check the path, or leave CONFIG out to run the embedded demo study",
-        schema_fix="see examples/study-hospital.yaml",
+        schema_fix="see `dlas example-config hospital`",
     )
     base = p.resolve().parent
     data = _absolute_paths(data, base)
@@ -416,6 +418,35 @@ PRESETS: dict[str, dict[str, Any]] = {
         "finetune": {},
     },
 }
+
+
+#: The commented example configurations shipped with the package (``dlas example-config``).
+EXAMPLES: dict[str, str] = {
+    "hospital": "a study on a department's DICOM export: fine-tune the vendor's model, compare",
+    "contours": "commissioning from exported contours: evaluate and compare, no training",
+}
+
+
+def example_config(name: str) -> str:
+    """The text of a commented example configuration (package data, so it is there after
+    ``pip install``).
+
+    Raises
+    ------
+    StudyError
+        No example of that name.
+    """
+    from importlib.resources import files
+
+    if name not in EXAMPLES:
+        raise StudyError(
+            "unknown example configuration",
+            where=f"dlas example-config {name}",
+            expected=", ".join(EXAMPLES),
+            found=repr(name),
+            fix="use one of the listed names",
+        )
+    return (files("dlas.study") / "examples" / f"{name}.yaml").read_text(encoding="utf-8")
 
 
 def preset_config(name: str) -> StudyConfig:

@@ -1,0 +1,77 @@
+"""The wheel: it carries its package data, and the command runs from it (not from the checkout)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel built from a copy of the project's source (the checkout stays untouched)."""
+    src = tmp_path_factory.mktemp("project")
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, src / name)
+    shutil.copytree(ROOT / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path_factory.mktemp("wheel")
+    build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+    result = subprocess.run(
+        [*build, "-w", str(out), str(src)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0 and "No module named" in result.stderr:
+        pytest.skip(f"cannot build a wheel here: {result.stderr.strip().splitlines()[-1]}")
+    assert result.returncode == 0, result.stderr
+    (path,) = out.glob("dlas-*.whl")
+    return path
+
+
+def test_wheel_carries_the_package_data(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for needed in (
+        "dlas/py.typed",
+        "dlas/structures/rectal.yaml",
+        "dlas/study/examples/hospital.yaml",
+        "dlas/study/examples/contours.yaml",
+        "dlas/report/templates/report.html.j2",
+    ):
+        assert needed in names, needed
+    assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
+
+
+def test_dlas_runs_from_the_wheel(wheel: Path, tmp_path: Path) -> None:
+    """`dlas --help` and `dlas example-config` from the unpacked wheel, ahead of the editable
+    checkout on the path (its dependencies are this environment's)."""
+    unpacked = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(unpacked)
+    env = {**os.environ, "PYTHONPATH": str(unpacked)}
+    where = subprocess.run(
+        [sys.executable, "-c", "import dlas; print(dlas.__file__)"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=True,
+    )
+    assert Path(where.stdout.strip()).is_relative_to(unpacked)
+    run = [sys.executable, "-m", "dlas"]
+    help_text = subprocess.run(
+        [*run, "--help"], capture_output=True, text=True, env=env, cwd=tmp_path, check=True
+    ).stdout
+    assert "example-config" in help_text and "evaluate" in help_text
+    example = subprocess.run(
+        [*run, "example-config", "contours"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=True,
+    ).stdout
+    assert "contour_sets:" in example
