@@ -328,3 +328,25 @@ def _write(tmp_path: Path, data: dict[str, Any]) -> Path:
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def test_report_reads_a_study_on_a_data_set_in_place(study: Path, tmp_path: Path) -> None:
+    """A study with data.kind dataset reads its data set where it is (no data/ folder): the
+    report finds it through the study layout, as the runner does."""
+    import shutil
+
+    from dlas.report import load_study
+    from dlas.study_layout import StudyLayout
+
+    copy = tmp_path / "study"
+    shutil.copytree(study, copy)
+    elsewhere = tmp_path / "shared-dataset"
+    shutil.move(copy / "data", elsewhere)
+    config = yaml.safe_load((copy / "study.yaml").read_text())
+    config["data"] = {"kind": "dataset", "path": str(elsewhere)}
+    (copy / "study.yaml").write_text(yaml.safe_dump(config))
+    layout = StudyLayout.of(copy)
+    assert layout.data == elsewhere and layout.metrics == copy / "metrics.csv"
+    inputs = load_study(copy)
+    assert inputs.dataset.root == elsewhere
+    assert {m["name"] for m in inputs.models} == {"VPM", "LFT", "observer2"}

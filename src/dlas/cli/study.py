@@ -12,6 +12,7 @@ from typing import Any
 import typer
 
 from dlas.cli._common import SETTINGS, stderr, stdout
+from dlas.study_layout import StudyLayout
 
 __all__ = ["register"]
 
@@ -97,7 +98,7 @@ def study(
 
     resolved = load_study_config(config) if config is not None else preset_config(preset)
     check_study_folder(out, resolved, resume=resume)  # before the log file appears in it
-    with _study_log(out / "study.log"), _progress_display() as progress:
+    with _study_log(StudyLayout(out).log), _progress_display() as progress:
         result = run_study(resolved, out, device=device, resume=resume, progress=progress)
     if SETTINGS.quiet:
         return

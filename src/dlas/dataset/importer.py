@@ -43,7 +43,14 @@ from dlas.dataset.contour_sets import (
     pair_contour_objects,
 )
 from dlas.dataset.deid import KEY_FILE, Pseudonymizer, Redactor, age_in_years
-from dlas.dataset.layout import LOCK_FILE, REPORT_FILE, CaseDataset, writer_lock
+from dlas.dataset.layout import (
+    LOCK_FILE,
+    MASK_FOLDER,
+    REPORT_FILE,
+    CaseDataset,
+    mask_file,
+    writer_lock,
+)
 from dlas.errors import DatasetError, DlasError
 from dlas.io.atomic import write_json
 from dlas.io.ct import CTSeries, read_ct_series, scanner_tags
@@ -476,7 +483,7 @@ def _patient_characteristics(first: Dataset) -> dict[str, Any]:
 
 
 def _map_rois(
-    rs: RTStructData, structure_set: StructureSet, grid: Volume, *, folder: str = "structures"
+    rs: RTStructData, structure_set: StructureSet, grid: Volume, *, folder: str = ""
 ) -> tuple[
     dict[str, Volume],
     dict[str, dict[str, Any]],
@@ -521,7 +528,7 @@ def _map_rois(
             "roi_number": roi.number,
             "voxels": int(roi.mask.sum()),
             "volume_cm3": round(float(roi.mask.sum()) * voxel_cm3, 3),
-            "file": f"{folder}/{canonical}.nii.gz",
+            "file": mask_file(Path(folder), canonical).as_posix(),
         }
     return masks, records, unmatched, empty, warnings
 
@@ -707,7 +714,7 @@ def _import_dicom_case(
                 continue
             data = _read_contours(obj, ct)
             named, named_records, named_unmatched, named_empty, named_warnings = _map_rois(
-                data, options.structure_set, ct.volume, folder=f"sets/{name}/structures"
+                data, options.structure_set, ct.volume, folder=f"sets/{name}"
             )
             for warning in [*(w.to_data() for w in data.warnings), *named_warnings]:
                 warnings.append({**warning, "contour_set": name})
@@ -844,7 +851,7 @@ def _extra_masks(
             "roi_number": number,
             "voxels": int(roi.mask.sum()),
             "volume_cm3": round(float(roi.mask.sum()) * ct.volume.voxel_volume_mm3 / 1000, 3),
-            "file": f"structures/{name}.nii.gz",
+            "file": mask_file(Path(), name).as_posix(),
         }
     return extra, records
 
@@ -926,7 +933,7 @@ def _import_nifti_case(
         ct = ct.with_array(ct.array.astype(np.float32))
         files = sorted(
             p
-            for p in (case_dir / "structures").iterdir()
+            for p in (case_dir / MASK_FOLDER).iterdir()
             if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith(".")
         )
         claims: dict[str, list[Path]] = {}
@@ -948,7 +955,7 @@ def _import_nifti_case(
                             "volume_cm3": round(
                                 float(mask.array.sum()) * ct.voxel_volume_mm3 / 1000, 3
                             ),
-                            "file": f"structures/{safe}.nii.gz",
+                            "file": mask_file(Path(), safe).as_posix(),
                         }
                 continue
             claims.setdefault(canonical, []).append(path)
@@ -982,7 +989,7 @@ def _import_nifti_case(
                 "roi_number": None,
                 "voxels": int(mask.array.sum()),
                 "volume_cm3": round(float(mask.array.sum()) * ct.voxel_volume_mm3 / 1000, 3),
-                "file": f"structures/{canonical}.nii.gz",
+                "file": mask_file(Path(), canonical).as_posix(),
             }
         info = {
             "case_id": case_id,
@@ -1007,7 +1014,7 @@ def _import_nifti_case(
             case_id, cohort, ct, masks, info, extra_masks=extra, overwrite=options.overwrite
         )
     except DlasError as exc:
-        structure_files = sorted((case_dir / "structures").glob("*.nii*"))
+        structure_files = sorted((case_dir / MASK_FOLDER).glob("*.nii*"))
         item.reason = _reason(
             exc, options, case_id, source, [case_dir], [], [ct_path, *structure_files]
         )

@@ -56,16 +56,27 @@ from dlas.structures import StructureSet
 __all__ = [
     "DATASET_SCHEMA_VERSION",
     "LOCK_FILE",
+    "MASK_FOLDER",
     "Case",
     "CaseDataset",
     "CaseRecord",
     "label_map",
+    "mask_file",
     "writer_lock",
 ]
 
 DATASET_SCHEMA_VERSION = 1
+#: The folder of one mask file per structure, in a case, a contour set or a prediction of a case
+#: (``dlas predict`` writes the same layout, so that a prediction folder reads like a data set).
+MASK_FOLDER = "structures"
 REPORT_FILE = "import-report.json"
 LOCK_FILE = ".dlas-lock"
+
+
+def mask_file(folder: Path, structure: str) -> Path:
+    """Where the mask of ``structure`` lies under ``folder`` (a case, a contour set of a case,
+    or a case of a prediction folder): ``folder/structures/<structure>.nii.gz``."""
+    return folder / MASK_FOLDER / f"{structure}.nii.gz"
 
 
 @contextlib.contextmanager
@@ -354,12 +365,12 @@ class CaseDataset:
         record = self.record(case_id)
         ct = read_nifti(self.case_dir(case_id) / "ct.nii.gz")
         present = self.set_structures(case_id, contour_set)
-        folder = self.set_dir(case_id, contour_set) / "structures"
+        folder = self.set_dir(case_id, contour_set)
         wanted = present if structures is None else structures
         masks = {}
         for name in wanted:
             if name in present:
-                masks[name] = read_mask(folder / f"{name}.nii.gz", reference=ct)
+                masks[name] = read_mask(mask_file(folder, name), reference=ct)
         return Case(case_id, record.cohort, ct, masks, self.case_info(case_id))
 
     # ------------------------------------------------------------------ writing
@@ -414,14 +425,11 @@ class CaseDataset:
         with atomic_dir(final, replace=overwrite) as tmp:
             write_nifti(ct, tmp / "ct.nii.gz")
             folders = [
-                (tmp / "structures", "", {**masks, **(extra_masks or {})}),
-                *(
-                    (tmp / "sets" / k / "structures", f"contour set {k}, ", v)
-                    for k, v in sets.items()
-                ),
+                (tmp, "", {**masks, **(extra_masks or {})}),
+                *((tmp / "sets" / k, f"contour set {k}, ", v) for k, v in sets.items()),
             ]
             for folder, where, named in folders:
-                folder.mkdir(parents=True)
+                (folder / MASK_FOLDER).mkdir(parents=True)
                 for name, mask in named.items():
                     if not mask.same_grid(ct):
                         raise DatasetError(
@@ -431,7 +439,7 @@ class CaseDataset:
                             found=mask.grid_description(),
                             fix="resample the mask onto the CT before import",
                         )
-                    write_mask(mask, folder / f"{name}.nii.gz")
+                    write_mask(mask, mask_file(folder, name))
             write_json(tmp / "case.json", {"schema_version": DATASET_SCHEMA_VERSION, **info})
 
         def listed(named: Mapping[str, Volume]) -> tuple[str, ...]:

@@ -59,6 +59,7 @@ import numpy.typing as npt
 
 from dlas import __version__
 from dlas.dataset import CaseDataset, CaseRecord
+from dlas.dataset.layout import mask_file
 from dlas.errors import DlasError, EvaluationError
 from dlas.evaluation.metrics import METRIC_COLUMNS, MetricOptions, compute_metrics
 from dlas.io.atomic import atomic_path, write_json
@@ -127,7 +128,7 @@ class PredictionSource:
 
     def mask_path(self, case_id: str, structure: str) -> Path:
         """Where the prediction of a structure of a case must be."""
-        return self.case_folder(case_id) / "structures" / f"{structure}.nii.gz"
+        return mask_file(self.case_folder(case_id), structure)
 
     def describe(self) -> str:
         """How the source was given (for messages)."""
@@ -730,7 +731,7 @@ def _evaluate_case(task: _CaseTask) -> _CaseResult:
     if task.options.specificity_domain == "body":
         body = body_mask(read_nifti(task.ct_path))
     for structure in task.structures:
-        ref_path = case_dir / "structures" / f"{structure}.nii.gz"
+        ref_path = mask_file(case_dir, structure)
         digest = hashlib.sha256()  # of the bytes the mask is decoded from: one read per file
         reference = read_mask(ref_path, digest=digest)
         hashes[("", structure)] = digest.hexdigest()
@@ -754,7 +755,7 @@ def _evaluate_case(task: _CaseTask) -> _CaseResult:
                 label_map, sha256 = maps[name]
                 prediction, resampled = label_map.mask(structure), label_map.resampled
             else:
-                path = Path(folder) / "structures" / f"{structure}.nii.gz"
+                path = mask_file(Path(folder), structure)
                 prediction, resampled, sha256 = _read_prediction(path, reference, task.resample)
             hashes[(name, structure)] = sha256
             metrics = compute_metrics(

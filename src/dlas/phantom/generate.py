@@ -426,6 +426,8 @@ def write_dicom_case(case: PhantomCase, folder: Path) -> dict[str, Any]:
 
 
 def _case_info(case: PhantomCase, structure_names: dict[str, str]) -> dict[str, Any]:
+    from dlas.dataset.layout import mask_file
+
     p = case.patient
     voxel = case.ct.voxel_volume_mm3 / 1000.0
     return {
@@ -460,7 +462,7 @@ def _case_info(case: PhantomCase, structure_names: dict[str, str]) -> dict[str, 
                 "roi_number": None,
                 "voxels": int(mask.sum()),
                 "volume_cm3": round(float(mask.sum()) * voxel, 3),
-                "file": f"structures/{name}.nii.gz",
+                "file": mask_file(Path(), name).as_posix(),
             }
             for name, mask in case.masks.items()
             if mask.any()

@@ -49,6 +49,7 @@ import numpy as np
 
 from dlas import __version__
 from dlas.dataset import CaseDataset
+from dlas.dataset.layout import MASK_FOLDER, mask_file
 from dlas.errors import DlasError
 from dlas.io.atomic import atomic_dir, check_output, write_json
 from dlas.io.ct import CTSeries, read_ct_series
@@ -319,10 +320,10 @@ def _write_item(
     files: list[str] = []
     with atomic_dir(folder, replace=overwrite) as tmp:
         if "nifti" in formats:
-            (tmp / "structures").mkdir()
+            (tmp / MASK_FOLDER).mkdir()
             for name, mask in masks.items():
-                write_mask(mask, tmp / "structures" / f"{name}.nii.gz")
-                files.append(f"structures/{name}.nii.gz")
+                write_mask(mask, mask_file(tmp, name))
+                files.append(mask_file(tmp, name).relative_to(tmp).as_posix())
         if series is not None:
             files += _write_dicom(tmp, masks, series, formats, info, qa)
         qa_data = qa.to_data()

@@ -6,18 +6,10 @@ with the data set and prediction folders named explicitly. Both routes end in on
 drawn or written: a report that silently dropped a model or a cohort would misrepresent the
 study.
 
-Study folder layout read here::
-
-    STUDY/
-      study.yaml                     resolved configuration (its hash goes into the provenance)
-      data/                          the data set (dataset.json, cases/...)
-      predictions/<MODEL>/<case_id>/structures/<Name>.nii.gz
-                                     (a model evaluated from a contour set of the data set,
-                                     e.g. a vendor's exported RTSTRUCTs, has no folder here:
-                                     the metrics sidecar names its set)
-      metrics.csv, metrics.json      from `dlas evaluate`
-      comparison/comparison.csv      from `dlas compare` (optional: computed when absent)
-      models/*.json                  checkpoint metadata (model name and hash)
+A study folder is read through :class:`dlas.study_layout.StudyLayout`, the layout `dlas study`
+writes (its data set in place when the study used one, the given vendor model's provenance from
+its own folder). A model evaluated from a contour set of the data set (e.g. a vendor's exported
+RTSTRUCTs) has no prediction folder: the metrics sidecar names its set.
 """
 
 from __future__ import annotations
@@ -34,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from dlas.dataset import CaseDataset
 from dlas.errors import ReportError
 from dlas.evaluation.evaluate import PredictionSource
+from dlas.study_layout import StudyLayout
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -530,7 +523,8 @@ def load_study(study_dir: str | Path) -> ReportInputs:
         If the folder is not a study or lacks the metrics table, the data set or predictions.
     """
     root = Path(study_dir)
-    config_path = root / "study.yaml"
+    layout = StudyLayout.of(root)
+    config_path = layout.config
     if not config_path.is_file():
         raise ReportError(
             "not a study folder",
@@ -539,7 +533,7 @@ def load_study(study_dir: str | Path) -> ReportInputs:
             found="no study.yaml" if root.is_dir() else "no such folder",
             fix="give the study folder, or a metrics CSV with --dataset and --prediction",
         )
-    pred_root = root / "predictions"
+    pred_root = layout.predictions_root
     predictions = (
         {
             p.name: p
@@ -549,10 +543,13 @@ def load_study(study_dir: str | Path) -> ReportInputs:
         if pred_root.is_dir()
         else {}
     )
-    comparison = root / "comparison"
+    comparison = layout.comparison
     has_comparison = (comparison / "comparison.csv").is_file()
-    metrics_path = root / "metrics.csv"
-    models = _model_provenance(root / "models")
+    metrics_path = layout.metrics
+    models = _model_provenance(layout.models)
+    if layout.pretrained_model is not None:
+        # the vendor model given to the study: its hash from its own folder
+        models += _model_provenance(layout.pretrained_model)
     metrics = read_metrics(metrics_path)
     wanted = set(metrics["model"])
     predictions = {k: v for k, v in predictions.items() if k in wanted}
@@ -576,7 +573,7 @@ def load_study(study_dir: str | Path) -> ReportInputs:
             models.append({"name": m, "sha256": None, "source": "not recorded"})
     inputs = load_inputs(
         metrics_path,
-        dataset=_study_dataset(root, config_path),
+        dataset=layout.data,
         predictions=predictions,
         comparison=comparison if has_comparison else None,
         models=models,
@@ -584,26 +581,11 @@ def load_study(study_dir: str | Path) -> ReportInputs:
     )
     inputs.sources[config_path.name] = _sha256_file(config_path)
     inputs.training_runs = {
-        name: root / "models" / name
+        name: layout.model(name)
         for name in dict.fromkeys(metrics["model"])
-        if (root / "models" / name / "cv.json").is_file()
+        if (layout.model(name) / "cv.json").is_file()
     }
     return inputs
-
-
-def _study_dataset(root: Path, config_path: Path) -> Path:
-    """The data set of a study: ``data/``, or the one named by ``data.path`` of a study on an
-    existing data set (``data.kind: dataset``, which the study reads in place)."""
-    import yaml
-
-    try:
-        config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return root / "data"
-    data = config.get("data") if isinstance(config, dict) else None
-    if isinstance(data, dict) and data.get("kind") == "dataset" and data.get("path"):
-        return Path(str(data["path"]))
-    return root / "data"
 
 
 def resolve_inputs(

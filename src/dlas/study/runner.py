@@ -43,6 +43,7 @@ from dlas.config_files import canonical_sha256
 from dlas.errors import DatasetError, StudyError
 from dlas.io.atomic import write_json, write_text
 from dlas.study.config import DatasetSource, DicomSource, PhantomSource, StudyConfig
+from dlas.study_layout import StudyLayout
 
 __all__ = ["STEPS", "StudyProgress", "StudyResult", "check_study_folder", "run_study"]
 
@@ -84,7 +85,7 @@ class StudyResult:
     @property
     def report(self) -> Path:
         """The report's main page."""
-        return self.root / "report" / "index.html"
+        return StudyLayout(self.root).report / "index.html"
 
 
 class _Study:
@@ -94,6 +95,7 @@ class _Study:
         self, root: Path, config: StudyConfig, device: str, progress: ProgressCallback | None
     ) -> None:
         self.root = root
+        self.layout = StudyLayout.of(root, config.to_data())
         self.config = config
         self.device = device
         self.progress = progress
@@ -107,17 +109,13 @@ class _Study:
 
     @property
     def data(self) -> Path:
-        if isinstance(self.config.data, DatasetSource):
-            return self.config.data.path
-        return self.root / "data"
+        return self.layout.data
 
     def model(self, name: str) -> Path:
-        if name == self.config.models.vendor and self.config.pretrained_model is not None:
-            return self.config.pretrained_model
-        return self.root / "models" / name
+        return self.layout.model(name, vendor=name == self.config.models.vendor)
 
     def marker(self, step: str) -> Path:
-        return self.root / ".steps" / f"{step}.json"
+        return self.layout.marker(step)
 
     # ------------------------------------------------------------------ progress
     def report_progress(self, within: float, message: str = "") -> None:
@@ -140,7 +138,7 @@ def _write_config(root: Path, config: StudyConfig) -> None:
         f"# config_sha256: {config.sha256()}\n"
     )
     body = yaml.safe_dump(config.to_data(), sort_keys=False, allow_unicode=True)
-    write_text(root / "study.yaml", header + body)
+    write_text(StudyLayout(root).config, header + body)
 
 
 def check_study_folder(
@@ -156,7 +154,7 @@ def check_study_folder(
         that failed, is not a study and is appended to).
     """
     root = Path(out)
-    existing = root / "study.yaml"
+    existing = StudyLayout(root).config
     if existing.exists():
         if not resume:
             raise StudyError(
@@ -178,7 +176,7 @@ def check_study_folder(
                 fix="resume with the same configuration and preset, or start a new --out folder",
             )
     elif root.exists() and any(
-        not p.name.startswith(".") and p.name != "study.log" for p in root.iterdir()
+        not p.name.startswith(".") and p.name != StudyLayout(root).log.name for p in root.iterdir()
     ):
         raise StudyError(
             "study folder is not empty",
@@ -284,7 +282,7 @@ def _step_data(study: _Study) -> dict[str, Any]:
         _check_cohorts(study, dataset)
         return {"dataset": str(source.path), "cases": len(dataset)}
     # A data step interrupted half-way is simply redone: it is cheap and leaves no trace.
-    for partial in (study.root / "source", study.root / "data"):
+    for partial in (study.layout.source, study.layout.data):
         if partial.exists() and isinstance(source, PhantomSource):
             shutil.rmtree(partial)
     if isinstance(source, PhantomSource):
@@ -316,7 +314,7 @@ def _step_data(study: _Study) -> dict[str, Any]:
                 "phantom_sha256": phantom.sha256(),
             }
         generate(
-            study.root / "source",
+            study.layout.source,
             phantom,
             fmt="dicom",
             workers=os.cpu_count() or 1,
@@ -331,10 +329,10 @@ def _step_data(study: _Study) -> dict[str, Any]:
         write_text(study.data / KEY_FILE, key + "\n")
         options = ImportOptions(
             structure_set=_structure_set(study),
-            cohort_by=f"csv:{study.root / 'source' / 'cohorts.csv'}",
+            cohort_by=f"csv:{study.layout.source / 'cohorts.csv'}",
         )
         report = import_source(
-            study.root / "source",
+            study.layout.source,
             study.data,
             options,
             progress=lambda d, t, label: study.report_progress(
@@ -510,7 +508,7 @@ def _step_predict(study: _Study) -> dict[str, Any]:
         report = predict(
             study.model(name),
             study.data,
-            study.root / "predictions" / name,
+            study.layout.predictions(name),
             formats="nifti",
             device=study.device,
             tta=config.prediction.tta,
@@ -540,14 +538,14 @@ def _rtstruct_sample(study: _Study) -> list[str]:
     per_cohort = study.config.prediction.rtstruct_sample
     if not study.config.models.trains:
         return []
-    source = study.root / "source" if isinstance(study.config.data, PhantomSource) else None
+    source = study.layout.source if isinstance(study.config.data, PhantomSource) else None
     if isinstance(study.config.data, DicomSource):
         source = study.config.data.path
     if per_cohort == 0 or source is None or not source.is_dir():
         return []
     folders = _dicom_case_folders(study, source, per_cohort)
     written = []
-    out = study.root / "predictions" / "rtstruct-sample"
+    out = study.layout.rtstruct_sample
     for folder in folders:
         report = predict(
             study.model(study.config.models.finetuned),
@@ -608,7 +606,7 @@ def _step_evaluate(study: _Study) -> dict[str, Any]:
         [
             PredictionSource(name, dataset.root, contour_set=name)
             if study.from_contours(name)
-            else PredictionSource(name, study.root / "predictions" / name)
+            else PredictionSource(name, study.layout.predictions(name))
             for name in study.names
         ]
         + [PredictionSource(o, dataset.root, contour_set=o) for o in study.config.observers],
@@ -618,7 +616,7 @@ def _step_evaluate(study: _Study) -> dict[str, Any]:
         workers=min(2, os.cpu_count() or 1),
         progress=study.counter("evaluating"),
     )
-    result.write(study.root / "metrics.csv")
+    result.write(study.layout.metrics)
     return {"rows": len(result.table)}
 
 
@@ -627,7 +625,7 @@ def _step_compare(study: _Study) -> dict[str, Any]:
 
     spec = study.config.statistics
     table = compare(
-        study.root / "metrics.csv",
+        study.layout.metrics,
         study.config.models.vendor,
         study.config.models.finetuned,
         correction=spec.correction,
@@ -639,7 +637,7 @@ def _step_compare(study: _Study) -> dict[str, Any]:
     agreement = None
     if study.config.observers:
         agreement = interobserver(
-            study.root / "metrics.csv",
+            study.layout.metrics,
             list(study.config.observers),
             list(study.names),
             alpha=spec.alpha,
@@ -647,8 +645,8 @@ def _step_compare(study: _Study) -> dict[str, Any]:
         )
     write_comparison(
         table,
-        study.root / "comparison",
-        source=study.root / "metrics.csv",
+        study.layout.comparison,
+        source=study.layout.metrics,
         interobserver=agreement,
     )
     return {"rows": len(table), "interobserver_rows": 0 if agreement is None else len(agreement)}
@@ -665,6 +663,6 @@ def _step_report(study: _Study) -> dict[str, Any]:
         title=spec.title or f"{study.config.name}: {study.names[1]} vs {study.names[0]}",
     )
     build_report(
-        inputs, study.root / "report", options, overwrite=True, progress=study.counter("report")
+        inputs, study.layout.report, options, overwrite=True, progress=study.counter("report")
     )
     return {"report": "report/index.html"}
