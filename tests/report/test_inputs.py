@@ -52,9 +52,28 @@ def test_metrics_csv_with_explicit_inputs(study: StudyFixture) -> None:
     )
     assert inputs.config is None
     assert len(inputs.metrics) == 12 * 2 * 5
-    assert list(inputs.metrics.columns) == list(METRIC_COLUMNS)
-    assert list(inputs.comparison.columns) == list(COMPARISON_COLUMNS)
+    # the required columns in order, then the optional ones the files have (qa; the counts of
+    # non-finite values and misses that Table 2's marks and footnotes need)
+    columns = list(inputs.metrics.columns)
+    assert columns[: len(METRIC_COLUMNS)] == list(METRIC_COLUMNS) and columns[-1] == "qa"
+    comparison = list(inputs.comparison.columns)
+    assert comparison[: len(COMPARISON_COLUMNS)] == list(COMPARISON_COLUMNS)
+    assert {"n_nonfinite_a", "n_nonfinite_b", "n_pairs_nonfinite", "fails_a"} <= set(comparison)
     assert inputs.comparison["significant"].dtype == bool
+
+
+def test_comparison_of_an_earlier_version_still_reads(tmp_path: Path, study: StudyFixture) -> None:
+    """A comparison.csv written before the non-finite counts existed: the required columns
+    suffice, and Table 2 renders without marks."""
+    from dlas.evaluation import render_table2
+    from dlas.report import read_comparison
+
+    table = pd.read_csv(Path(study.comparison) / "comparison.csv")
+    old = tmp_path / "comparison.csv"
+    table[list(COMPARISON_COLUMNS)].to_csv(old, index=False)
+    comparison, _ = read_comparison(old)
+    assert list(comparison.columns) == list(COMPARISON_COLUMNS)
+    assert "†" not in render_table2(comparison, "markdown")
 
 
 def test_nan_and_inf_are_read_as_floats(tmp_path: Path, study: StudyFixture) -> None:

@@ -62,8 +62,10 @@ if TYPE_CHECKING:
 __all__ = [
     "COMPARISON_COLUMNS",
     "COMPARISON_FILES",
+    "COMPARISON_TEXT_COLUMNS",
     "CORRECTIONS",
     "INTEROBSERVER_COLUMNS",
+    "LATER_COMPARISON_COLUMNS",
     "MAX_BOOTSTRAP",
     "ZERO_METHODS",
     "Correction",
@@ -115,6 +117,26 @@ COMPARISON_COLUMNS: tuple[str, ...] = (
     "correction",
     "effect_size_rb",
     "significant",
+    "test",
+    "zero_method",
+)
+
+#: Comparison columns added after the first version: readers accept tables without them.
+LATER_COMPARISON_COLUMNS: tuple[str, ...] = (
+    "n_pairs_nonfinite",
+    "n_nonfinite_a",
+    "n_nonfinite_b",
+    "fails_a",
+    "fails_b",
+)
+#: The comparison columns that hold text (the others are numbers, and ``significant`` a flag).
+COMPARISON_TEXT_COLUMNS: tuple[str, ...] = (
+    "cohort",
+    "structure",
+    "metric",
+    "model_a",
+    "model_b",
+    "correction",
     "test",
     "zero_method",
 )

@@ -25,7 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from dlas.dataset import CaseDataset
 from dlas.errors import ReportError
-from dlas.evaluation.evaluate import PredictionSource
+from dlas.evaluation.evaluate import ID_COLUMNS, PredictionSource
+from dlas.evaluation.metrics import METRIC_COLUMNS as METRICS
+from dlas.evaluation.statistics import COMPARISON_COLUMNS as ALL_COMPARISON_COLUMNS
+from dlas.evaluation.statistics import COMPARISON_TEXT_COLUMNS, LATER_COMPARISON_COLUMNS
 from dlas.study_layout import StudyLayout
 
 if TYPE_CHECKING:
@@ -45,70 +48,17 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Columns of the long-format metrics table written by ``dlas evaluate``, in order.
-METRIC_COLUMNS = (
-    "case_id",
-    "cohort",
-    "model",
-    "structure",
-    "dsc",
-    "hd95_mm",
-    "hd_mm",
-    "sensitivity",
-    "specificity",
-    "volume_cm3",
-    "volume_ref_cm3",
-    "volume_error_pct",
-    "surface_dsc",
-    "assd_mm",
-    "apl_mm",
-    "centroid_mm",
-    "flags",
-)
-_METRIC_TEXT = ("case_id", "cohort", "model", "structure", "flags")
+#: Columns a metrics table must have for a report (the schema is the evaluation's: its id
+#: columns, every metric, and the flags; the ``qa`` column is optional for older tables).
+METRIC_COLUMNS: tuple[str, ...] = (*ID_COLUMNS, *METRICS, "flags")
+_METRIC_TEXT = (*ID_COLUMNS, "flags")
 
-#: Columns of ``comparison.csv`` written by ``dlas compare`` (differences are b − a).
-COMPARISON_COLUMNS = (
-    "cohort",
-    "structure",
-    "metric",
-    "model_a",
-    "model_b",
-    "n_pairs",
-    "n_a",
-    "n_b",
-    "mean_a",
-    "sd_a",
-    "median_a",
-    "q1_a",
-    "q3_a",
-    "mean_b",
-    "sd_b",
-    "median_b",
-    "q1_b",
-    "q3_b",
-    "mean_diff",
-    "ci_low",
-    "ci_high",
-    "statistic",
-    "p_value",
-    "p_adjusted",
-    "correction",
-    "effect_size_rb",
-    "significant",
-    "test",
-    "zero_method",
+#: Columns a comparison must have for a report: the evaluation's, less those added in later
+#: versions (a comparison written before them still reads).
+COMPARISON_COLUMNS: tuple[str, ...] = tuple(
+    c for c in ALL_COMPARISON_COLUMNS if c not in LATER_COMPARISON_COLUMNS
 )
-_COMPARISON_TEXT = (
-    "cohort",
-    "structure",
-    "metric",
-    "model_a",
-    "model_b",
-    "correction",
-    "test",
-    "zero_method",
-)
+_COMPARISON_TEXT = COMPARISON_TEXT_COLUMNS
 
 
 @dataclass
@@ -215,7 +165,15 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_table(path: Path, columns: Sequence[str], text: Sequence[str], what: str) -> pd.DataFrame:
+def _read_table(
+    path: Path,
+    columns: Sequence[str],
+    text: Sequence[str],
+    what: str,
+    optional: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Read and check a CSV of dlas: every one of ``columns`` required, the ``optional`` ones
+    kept when present (columns of later versions), numbers parsed except in ``text``."""
     import pandas as pd
 
     if not path.is_file():
@@ -265,7 +223,8 @@ def _read_table(path: Path, columns: Sequence[str], text: Sequence[str], what: s
             found="a header only",
             fix="check that the evaluation ran on at least one case",
         )
-    numeric = [c for c in columns if c not in text and c != "significant"]
+    present = [*columns, *(c for c in optional if c in table.columns)]
+    numeric = [c for c in present if c not in text and c != "significant"]
     for column in numeric:
         converted = pd.to_numeric(table[column], errors="coerce")
         bad = converted.isna() & table[column].notna()
@@ -282,7 +241,7 @@ def _read_table(path: Path, columns: Sequence[str], text: Sequence[str], what: s
     for column in text:
         if column in table.columns:
             table[column] = table[column].fillna("").astype(str)
-    return table[list(columns)].copy()
+    return table[present].copy()
 
 
 def read_metrics(path: str | Path) -> pd.DataFrame:
@@ -295,7 +254,7 @@ def read_metrics(path: str | Path) -> pd.DataFrame:
         rows, holds non-numbers in a metric column, or lists a (case, model, structure) twice.
     """
     p = Path(path)
-    table = _read_table(p, METRIC_COLUMNS, _METRIC_TEXT, "metrics CSV")
+    table = _read_table(p, METRIC_COLUMNS, (*_METRIC_TEXT, "qa"), "metrics CSV", ("qa",))
     duplicated = table.duplicated(["case_id", "model", "structure"])
     if duplicated.any():
         row = table[duplicated].iloc[0]
@@ -320,7 +279,9 @@ def read_comparison(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """
     p = Path(path)
     csv = p / "comparison.csv" if p.is_dir() else p
-    table = _read_table(csv, COMPARISON_COLUMNS, _COMPARISON_TEXT, "comparison CSV")
+    table = _read_table(
+        csv, COMPARISON_COLUMNS, _COMPARISON_TEXT, "comparison CSV", LATER_COMPARISON_COLUMNS
+    )
     table["significant"] = table["significant"].map(_as_bool)
     return table, _read_json(csv.with_name("comparison.json"))
 
@@ -337,7 +298,11 @@ def read_interobserver(folder: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     table = _read_table(
-        path, (*COMPARISON_COLUMNS, "within"), (*_COMPARISON_TEXT, "within"), "inter-observer CSV"
+        path,
+        (*COMPARISON_COLUMNS, "within"),
+        (*_COMPARISON_TEXT, "within"),
+        "inter-observer CSV",
+        LATER_COMPARISON_COLUMNS,
     )
     table["significant"] = table["significant"].map(_as_bool)
     table["within"] = [{"True": True, "False": False}.get(v, float("nan")) for v in table["within"]]
