@@ -159,9 +159,18 @@ def test_a_rule_matching_nothing_is_an_error(export: Path, tmp_path: Path) -> No
 def test_objects_matching_no_rule_are_listed_as_unused(export: Path, tmp_path: Path) -> None:
     report = _import(export, tmp_path / "ds", ["clinical=approved"])
     reasons = [s.reason for s in report.skipped_files]  # type: ignore[attr-defined]
-    assert len(reasons) == 2
-    assert all(r.startswith("matches no --contour-set rule: rtstruct") for r in reasons)
+    assert (
+        reasons
+        == [
+            "matches no --contour-set rule: rtstruct, manufacturer 'RT-Mind-AI Ltd', "
+            "model 'dlas', not approved"
+        ]
+        * 2
+    )
     assert CaseDataset.open(tmp_path / "ds").contour_sets() == {}
+    # the stored report holds neither the object's free-text label nor its real date
+    saved = (tmp_path / "ds" / "import-report.json").read_text()
+    assert "20240101" not in saved and "matches no --contour-set rule" in saved
 
 
 @pytest.mark.parametrize(

@@ -300,7 +300,10 @@ class ContourSetRules:
                     if self.explicit
                     else "DICOM SEG (not read without --contour-set rules): "
                 )
-                unused.append(SkippedFile(obj.path, reason + describe_object(obj.header)))
+                # stored in import-report.json: no label text and no (unshifted) date
+                unused.append(
+                    SkippedFile(obj.path, reason + describe_object(obj.header, stored=True))
+                )
         idle = [name for name, count in hits.items() if count == 0]
         if self.explicit and idle:
             raise DatasetError(
@@ -315,13 +318,16 @@ class ContourSetRules:
         return chosen, unused
 
 
-def describe_object(header: Dataset) -> str:
-    """Kind and the attributes rules look at, in one line (no patient data, no UIDs)."""
+def describe_object(header: Dataset, *, stored: bool = False) -> str:
+    """Kind and the attributes rules look at, in one line (no patient data, no UIDs); for text
+    that is ``stored`` in a de-identified data set, without the free-text label and the real
+    date."""
     summary = object_summary(header)
+    keys = ("manufacturer", "model") if stored else ("manufacturer", "model", "label")
     parts = [summary["kind"]]
-    parts += [f"{k} {summary[k]!r}" for k in ("manufacturer", "model", "label") if summary[k]]
+    parts += [f"{k} {summary[k]!r}" for k in keys if summary[k]]
     parts.append("approved" if summary["approved"] else "not approved")
-    if summary["date"]:
+    if summary["date"] and not stored:
         parts.append(f"date {summary['date']}")
     return ", ".join(parts)
 
