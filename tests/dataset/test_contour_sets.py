@@ -368,3 +368,33 @@ def test_a_set_on_another_frame_of_reference_refuses_the_case(export: Path, tmp_
     (refused,) = report.skipped  # type: ignore[attr-defined]
     assert "frame of reference" in refused.reason.lower()
     assert len(report.imported) == 1  # type: ignore[attr-defined]
+
+
+def test_evaluate_refuses_sets_it_cannot_use(
+    export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dlas.cli import main
+    from dlas.evaluation import PredictionSource
+
+    _import(export, tmp_path / "ds")
+    _import(export, tmp_path / "other")
+    dataset = CaseDataset.open(tmp_path / "ds")
+    foreign = PredictionSource("VPM", tmp_path / "other", contour_set="VPM")
+    with pytest.raises(EvaluationError, match="contour set of another data set"):
+        evaluate(dataset, [foreign])
+    # a set that some selected cases lack
+    lacking = tmp_path / "lacking"
+    import shutil
+
+    shutil.copytree(tmp_path / "ds", lacking)
+    case_id = dataset.case_ids()[0]
+    shutil.rmtree(lacking / "cases" / case_id / "sets" / "VPM")
+    with pytest.raises(EvaluationError) as info:
+        evaluate(lacking, [PredictionSource("VPM", lacking, contour_set="VPM")])
+    assert info.value.what == "contour set missing for some cases"
+    # no --prediction and no set besides the reference
+    plain = tmp_path / "plain"
+    import_source(export, plain, ImportOptions(structure_set=RECTAL))
+    code = main(["evaluate", "--reference", str(plain), "--out", str(tmp_path / "m.csv")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no prediction given" in err and err.count("\n") == 1

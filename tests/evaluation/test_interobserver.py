@@ -118,3 +118,12 @@ def test_evaluate_records_observers_and_refuses_unknown_ones(study: Any) -> None
     assert result.metadata["observers"] == ["observer2"]
     with pytest.raises(EvaluationError, match="observer is not among the predictions"):
         evaluate(study.dataset, {"VPM": study.predictions["VPM"]}, observers=["observer2"])
+
+
+def test_interobserver_needs_observers_and_models() -> None:
+    from dlas.errors import EvaluationError
+
+    with pytest.raises(EvaluationError, match="nothing to compare with the observers"):
+        interobserver(_metrics(), [], ["VPM"])
+    with pytest.raises(EvaluationError, match="model not in the metrics table"):
+        interobserver(_metrics(), ["observer9"], ["VPM"])

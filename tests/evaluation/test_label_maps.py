@@ -122,3 +122,16 @@ def test_totalsegmentator_label_map_evaluates_against_its_organs_placed_independ
     voxel_cm3 = ct.voxel_volume_mm3 / 1000
     for structure, count in voxels.items():
         assert table.loc[structure, "volume_cm3"] == pytest.approx(count * voxel_cm3, rel=1e-9)
+
+
+def test_label_table_errors(study: Any, tmp_path: Path) -> None:
+    folder = _label_maps(study, "LFT", tmp_path / "ts")
+    doubled = folder / "doubled.json"
+    doubled.write_text(json.dumps({"1": "urinary_bladder", "2": "Bladder"}))
+    with pytest.raises(EvaluationError) as info:
+        evaluate(study.dataset, [PredictionSource("LFT", folder, labels=doubled)])
+    assert info.value.what == "two labels map to one structure"
+    assert "labels 1 and 2 both map to Bladder" in str(info.value.found)
+    on_a_set = PredictionSource("VPM", study.dataset, contour_set="VPM", labels=doubled)
+    with pytest.raises(EvaluationError, match="a label table for a contour set"):
+        evaluate(study.dataset, [on_a_set])

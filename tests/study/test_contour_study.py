@@ -242,6 +242,10 @@ def test_from_contours_needs_contour_sets_and_known_models(export: Path, tmp_pat
     with pytest.raises(StudyError, match=r"models\.from_contours and observers need contour sets"):
         load_study_config(_write(tmp_path, data))
     data = _config(export, from_contours=["VPM", "LFT"])
+    data["observers"] = ["VPM"]
+    with pytest.raises(StudyError, match="must be distinct and differ from the models' names"):
+        load_study_config(_write(tmp_path, data))
+    data = _config(export, from_contours=["VPM", "LFT"])
     data["data"]["contour_sets"]["VPM"] = "colour:red"
     with pytest.raises(StudyError, match="cannot read the contour-set rule"):
         load_study_config(_write(tmp_path, data))

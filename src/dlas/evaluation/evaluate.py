@@ -839,8 +839,11 @@ def _read_label_map(
     """A case's label map on the reference grid, and the SHA-256 of its file."""
     from dlas.io.labelmap import read_label_map
 
-    data = read_label_map(path, {label: name for name, label in ids}, reference, resample=resample)
-    return data, _sha256(path)
+    digest = hashlib.sha256()  # of the bytes the map is decoded from: one read of the file
+    data = read_label_map(
+        path, {label: name for name, label in ids}, reference, resample=resample, digest=digest
+    )
+    return data, digest.hexdigest()
 
 
 def _read_prediction(path: Path, reference: Volume, resample: bool) -> tuple[Volume, bool, str]:

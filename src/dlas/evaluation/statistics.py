@@ -354,35 +354,49 @@ def interobserver(
     Raises
     ------
     EvaluationError
-        As :func:`compare` (e.g. an observer absent from the table).
+        No observer or no model given; else as :func:`compare` (e.g. an observer absent from
+        the table).
     """
     import pandas as pd
 
     from dlas.evaluation.metric_info import metric_info
 
+    if not observers or not models:
+        raise EvaluationError(
+            "nothing to compare with the observers",
+            where="interobserver",
+            expected="at least one observer and one model",
+            found=f"observers {list(observers)}, models {list(models)}",
+            fix="name the clinician sets and the models",
+        )
     table = metrics if isinstance(metrics, pd.DataFrame) else read_metrics(metrics)
-    frames = [
-        compare(table, obs, model, alpha=alpha, bootstrap=0, zero_method=zero_method)
-        for obs in observers
-        for model in models
-    ]
-    result = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    within: list[float | bool] = []
-    for metric, a, b in zip(
-        result.get("metric", []), result.get("mean_a", []), result.get("mean_b", []), strict=True
-    ):
-        better = metric_info(str(metric)).better
-        if better == "none" or not (math.isfinite(float(a)) and math.isfinite(float(b))):
-            within.append(math.nan)
-        elif better == "higher":
-            within.append(bool(b >= a))
-        elif better == "lower":
-            within.append(bool(b <= a))
-        else:
-            within.append(bool(abs(b) <= abs(a)))
-    result = result.reindex(columns=list(COMPARISON_COLUMNS))
-    result["within"] = pd.Series(within, dtype=object)
+    result = pd.concat(
+        [
+            compare(table, obs, model, alpha=alpha, bootstrap=0, zero_method=zero_method)
+            for obs in observers
+            for model in models
+        ],
+        ignore_index=True,
+    )[list(COMPARISON_COLUMNS)]
+    result["within"] = pd.Series(
+        [
+            _within(metric_info(str(m)).better, float(a), float(b))
+            for m, a, b in zip(result["metric"], result["mean_a"], result["mean_b"], strict=True)
+        ],
+        dtype=object,
+    )
     return result
+
+
+def _within(better: str, a: float, b: float) -> bool | float:
+    """Whether ``b`` is at least as good as ``a`` (NaN: no better direction, or undefined)."""
+    if better == "none" or not (math.isfinite(a) and math.isfinite(b)):
+        return math.nan
+    if better == "higher":
+        return b >= a
+    if better == "lower":
+        return b <= a
+    return abs(b) <= abs(a)
 
 
 def _check_models(table: pd.DataFrame, a: str, b: str) -> None:

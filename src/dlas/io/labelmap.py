@@ -42,7 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dlas.errors import NiftiError, StructureSetError
-from dlas.io.nifti import read_nifti
+from dlas.io.nifti import Digest, read_nifti
 from dlas.io.rtstruct import RTStructWarning
 from dlas.io.volume import Volume
 
@@ -437,6 +437,7 @@ def read_label_map(
     *,
     resample: bool = False,
     tolerance: float = 0.1,
+    digest: Digest | None = None,
 ) -> LabelMapData:
     """Read a NIfTI label map onto the grid of ``reference``, one structure per labelled name.
 
@@ -456,6 +457,9 @@ def read_label_map(
     tolerance
         How far, as a fraction of the voxel size along each axis, the map's voxel centres may lie
         from the reference's and still count as the same grid (default 1/10).
+    digest
+        A :mod:`hashlib` object fed the file's bytes from the same read (one read to decode and
+        hash a map).
 
     Returns
     -------
@@ -485,7 +489,7 @@ def read_label_map(
         names = _checked_table(
             [(_label_id(k, "label table", "key"), v) for k, v in table.items()], "label table"
         )
-    image = read_nifti(path)
+    image = read_nifti(path, digest=digest)
     labels = _integer_labels(image, where)
     source_counts = _counts(labels)
     warnings: list[RTStructWarning] = []

@@ -38,7 +38,7 @@ from dlas.errors import NiftiError
 from dlas.io.atomic import atomic_path
 from dlas.io.volume import Volume
 
-__all__ = ["read_mask", "read_nifti", "write_mask", "write_nifti"]
+__all__ = ["Digest", "read_mask", "read_nifti", "write_mask", "write_nifti"]
 
 _INT16 = np.iinfo(np.int16)
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -49,7 +49,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-class _Digest(Protocol):
+class Digest(Protocol):
     """What ``digest`` needs of a :mod:`hashlib` object."""
 
     def update(self, data: bytes | memoryview, /) -> None: ...
@@ -127,7 +127,7 @@ def _header_size(head: bytes) -> tuple[int, int | None]:
     return 0, None
 
 
-def _load(p: Path, digest: _Digest | None) -> tuple[Any, npt.NDArray[Any]]:
+def _load(p: Path, digest: Digest | None) -> tuple[Any, npt.NDArray[Any]]:
     """The nibabel image of ``p`` (for its header and affine) and its voxel array, from one
     read of the file (``digest`` is fed its bytes).
 
@@ -169,7 +169,7 @@ def _load(p: Path, digest: _Digest | None) -> tuple[Any, npt.NDArray[Any]]:
     return image, np.asanyarray(kind.from_bytes(raw.tobytes()).dataobj)
 
 
-def read_nifti(path: str | os.PathLike[str], *, digest: _Digest | None = None) -> Volume:
+def read_nifti(path: str | os.PathLike[str], *, digest: Digest | None = None) -> Volume:
     """Read a 3-D NIfTI image.
 
     Parameters
@@ -188,7 +188,7 @@ def read_nifti(path: str | os.PathLike[str], *, digest: _Digest | None = None) -
     return _read(Path(path), digest, binary=False)
 
 
-def _read(p: Path, digest: _Digest | None, *, binary: bool) -> Volume:
+def _read(p: Path, digest: Digest | None, *, binary: bool) -> Volume:
     """:func:`read_nifti`; with ``binary``, the array is ``voxels != 0`` (made without an
     intermediate copy of the voxels)."""
     if not p.is_file():
@@ -266,7 +266,7 @@ def read_mask(
     path: str | os.PathLike[str],
     reference: Volume | None = None,
     *,
-    digest: _Digest | None = None,
+    digest: Digest | None = None,
 ) -> Volume:
     """Read a binary mask (any non-zero voxel is inside) as a boolean Volume.
 
