@@ -319,8 +319,51 @@ def _print_inspection(data: dict[str, Any]) -> None:
         out.print("files not used: " + ", ".join(f"{n}x {r}" for r, n in data["skipped"].items()))
 
 
+def export_nnunet(
+    dataset: Path = typer.Argument(..., help="dlas data set to export."),
+    out: Path = typer.Argument(..., help="nnU-Net raw folder to write DatasetNNN_NAME into."),
+    dataset_id: int = typer.Option(..., "--dataset-id", help="nnU-Net data set id (1-999)."),
+    name: str | None = typer.Option(
+        None, "--name", help="NAME part of DatasetNNN_NAME (default: the data set's folder name)."
+    ),
+    cohort: list[str] = typer.Option([], "--cohort", help="Export this cohort only (repeatable)."),
+    missing: str = typer.Option(
+        "skip",
+        "--missing",
+        help="Cases lacking a structure: skip (leave out, listed), error, or background "
+        "(nnU-Net then learns the structure as absent there).",
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Export a data set in nnU-Net v2's raw format (imagesTr, labelsTr, dataset.json); label
+    maps nnU-Net predicts come back with `dlas evaluate --labels NAME=dataset.json`."""
+    from dlas.engines.nnunet import export_nnunet as run_export
+
+    with progress_callback("export") as progress:
+        result = run_export(
+            dataset,
+            out,
+            dataset_id=dataset_id,
+            name=name,
+            cohorts=cohort or None,
+            missing=missing.strip().lower(),
+            progress=progress,
+        )
+    if json_out:
+        print_json({"folder": str(result.folder), **result.to_data()})
+    elif not SETTINGS.quiet:
+        console = stdout()
+        overlapping = sum(1 for v in result.overlaps.values() if v)
+        console.print(
+            f"{len(result.cases)} case(s) written to {result.folder}"
+            + (f"; {len(result.skipped)} left out (see dlas-export.json)" if result.skipped else "")
+            + (f"; overlaps resolved in {overlapping} case(s)" if overlapping else "")
+        )
+
+
 def register(app: typer.Typer) -> None:
     """Add the data commands to the application."""
+    app.command("export-nnunet")(export_nnunet)
     app.command("info")(info)
     app.command("import")(import_)
     app.command("inspect")(inspect)

@@ -60,7 +60,9 @@ __all__ = [
     "file_sha256",
     "load_model",
     "load_weights",
+    "model_format",
     "read_model_info",
+    "read_model_json",
     "save_model",
     "save_weights",
 ]
@@ -232,13 +234,14 @@ def _model_json(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
-    """Read and validate ``model.json`` (``path``: the model folder or the file itself).
+def read_model_json(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """The ``model.json`` of a model folder (or the file itself) and its content, checked to be
+    a dlas model description of this schema version (of any engine: see ``format``).
 
     Raises
     ------
     ModelFileError
-        Missing, pickled, malformed, or of another schema version.
+        Missing, pickled, not JSON, not a dlas model, or of another schema version.
     """
     index = _model_json(path)
     try:
@@ -273,6 +276,39 @@ def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
                 if data.get("schema_version") == 1
                 else "use the dlas version that wrote the model, or retrain"
             ),
+        )
+    return index, data
+
+
+def model_format(path: str | os.PathLike[str]) -> str:
+    """The engine format of a dlas model folder: ``dlas-dpnunet`` or ``dlas-nnunet``.
+
+    Raises
+    ------
+    ModelFileError
+        See :func:`read_model_json`.
+    """
+    return str(read_model_json(path)[1].get("format", _FORMAT))
+
+
+def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
+    """Read and validate ``model.json`` of a DpnUNet model (``path``: the model folder or the
+    file itself).
+
+    Raises
+    ------
+    ModelFileError
+        Missing, pickled, malformed, of another schema version, or a model of another engine.
+    """
+    index, data = read_model_json(path)
+    if data.get("format", _FORMAT) != _FORMAT:
+        raise ModelFileError(
+            "a model of another engine",
+            where=str(index),
+            expected=f"a DpnUNet model (format {_FORMAT})",
+            found=f"format {data.get('format')!r}",
+            fix="fine-tune an nnU-Net model with `engine: nnunet` in the recipe; `dlas predict` "
+            "and `dlas study` take either",
         )
     from pydantic import ValidationError
 

@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -59,8 +59,11 @@ from dlas.io.rtstruct import AlgorithmIdentification, ROIGenerationAlgorithm, wr
 from dlas.io.seg import write_seg
 from dlas.io.volume import Volume
 from dlas.model.checkpoint import ModelInfo
-from dlas.prediction.engine import MemberAgreement, Predictor
+from dlas.prediction.engine import MemberAgreement, Predictor, open_predictor
 from dlas.prediction.qa import QAReport, check_prediction
+
+if TYPE_CHECKING:
+    from dlas.engines.nnunet.model import NnUNetModelInfo, NnUNetPredictor
 
 __all__ = [
     "FORMATS",
@@ -257,7 +260,7 @@ def _write_dicom(
     masks: dict[str, Volume],
     series: CTSeries,
     formats: Sequence[str],
-    info: ModelInfo,
+    info: ModelInfo | NnUNetModelInfo,
     qa: QAReport,
 ) -> list[str]:
     algorithm = AlgorithmIdentification(
@@ -294,7 +297,7 @@ def _write_dicom(
 
 
 def _write_item(
-    predictor: Predictor,
+    predictor: Predictor | NnUNetPredictor,
     folder: Path,
     item: PredictionItem,
     masks: dict[str, Volume],
@@ -362,7 +365,11 @@ def _write_item(
 
 
 def _predict_checked(
-    predictor: Predictor, ct: Volume, item_id: str, qa_fail: str, with_agreement: bool
+    predictor: Predictor | NnUNetPredictor,
+    ct: Volume,
+    item_id: str,
+    qa_fail: str,
+    with_agreement: bool,
 ) -> tuple[dict[str, Volume], QAReport, MemberAgreement | None]:
     """Masks of ``ct`` and their QA; raises :class:`PredictionQAError` for a flagged
     prediction when ``qa_fail`` is ``error``."""
@@ -379,7 +386,7 @@ def _predict_checked(
         info.structure_set,
         info.qa,
         agreement=agreement,
-        body_threshold_hu=info.preprocessing.body_threshold_hu,
+        body_threshold_hu=predictor.body_threshold_hu,
     )
     log.debug("%s: prediction QA took %.2f s", item_id, time.perf_counter() - started)
     if qa.flags and qa_fail == "error":
@@ -475,7 +482,7 @@ def predict(
     # Before the model is loaded and anything computed: an --out that is a file, or a folder
     # that cannot be written, used to fail only after the first prediction.
     check_output(out_dir, folder=True, option="--out")
-    predictor = Predictor(model, device=device, batch_size=batch_size, tta=tta)
+    predictor = open_predictor(model, device=device, batch_size=batch_size, tta=tta)
     info = predictor.model.info
     report = PredictionReport(out_dir, info.name, info.model_sha256, chosen, qa_fail=qa_fail)
     # Member agreement only when there are members to disagree: a single model runs as before.

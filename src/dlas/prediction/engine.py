@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,7 +45,10 @@ from dlas.prediction.postprocess import postprocess_mask
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["MemberAgreement", "Predictor"]
+    from dlas.engines.nnunet.model import NnUNetPredictor
+    from dlas.structures import StructureSet
+
+__all__ = ["MemberAgreement", "Predictor", "back_to_grid", "open_predictor", "structure_masks"]
 
 log = logging.getLogger(__name__)
 
@@ -289,20 +292,49 @@ class Predictor:
         agreement = MemberAgreement.empty(self.members, len(self.model.info.classes))
         ct_c, labels = self._labels(ct, progress, agreement)
         if agreement.disagreement is not None:
-            agreement.disagreement = _back_to_grid(agreement.disagreement, ct)
+            agreement.disagreement = back_to_grid(agreement.disagreement, ct)
         return self._masks(ct, ct_c, labels), agreement
 
     def _masks(self, ct: Volume, ct_c: Volume, labels: npt.NDArray[np.uint8]) -> dict[str, Volume]:
         info = self.model.info
-        masks: dict[str, Volume] = {}
-        for i, name in enumerate(info.structures, start=1):
-            rule = info.structure_set[name].postprocess
-            mask = postprocess_mask(labels == i, rule)
-            masks[name] = _back_to_grid(ct_c.with_array(mask), ct)
-        return masks
+        return structure_masks(info.structure_set, info.structures, ct, ct_c, labels)
+
+    @property
+    def body_threshold_hu(self) -> float:
+        """The HU threshold of the model's body region (prediction QA's body mask too)."""
+        return self.model.info.preprocessing.body_threshold_hu
 
 
-def _back_to_grid(mask: Volume, reference: Volume) -> Volume:
+def structure_masks(
+    structure_set: StructureSet,
+    structures: Sequence[str],
+    ct: Volume,
+    ct_c: Volume,
+    labels: npt.NDArray[np.uint8],
+) -> dict[str, Volume]:
+    """Post-processed boolean masks per structure (label ``i`` is ``structures[i - 1]``) from
+    labels on ``ct_c``, the canonical grid of ``ct``, on exactly the grid of ``ct``."""
+    masks: dict[str, Volume] = {}
+    for i, name in enumerate(structures, start=1):
+        mask = postprocess_mask(labels == i, structure_set[name].postprocess)
+        masks[name] = back_to_grid(ct_c.with_array(mask), ct)
+    return masks
+
+
+def open_predictor(
+    model: str | os.PathLike[str], *, device: str = "auto", batch_size: int = 8, tta: bool = False
+) -> Predictor | NnUNetPredictor:
+    """A predictor for a model folder of either engine (DpnUNet or nnU-Net)."""
+    from dlas.model.checkpoint import model_format
+
+    if model_format(model) == "dlas-nnunet":
+        from dlas.engines.nnunet.model import NnUNetPredictor
+
+        return NnUNetPredictor(model, device=device, tta=tta)
+    return Predictor(model, device=device, batch_size=batch_size, tta=tta)
+
+
+def back_to_grid(mask: Volume, reference: Volume) -> Volume:
     """``mask`` (canonical grid) on the grid of ``reference`` (the same voxels, maybe permuted);
     a boolean mask stays boolean, a count map keeps its values and type."""
     boolean = mask.array.dtype == bool

@@ -440,10 +440,15 @@ def _step_pretrain(study: _Study) -> dict[str, Any]:
     if not config.models.trains:
         return {"skipped": "both models are given as contour sets; nothing is trained"}
     if config.pretrained_model is not None:
-        from dlas.model import read_model_info
+        from dlas.model.checkpoint import model_format, read_model_info
 
-        info = read_model_info(config.pretrained_model)
-        return {"pretrained_model": str(config.pretrained_model), "model_sha256": info.model_sha256}
+        if model_format(config.pretrained_model) == "dlas-nnunet":
+            from dlas.engines.nnunet.model import read_nnunet_model
+
+            sha = read_nnunet_model(config.pretrained_model).model_sha256
+        else:
+            sha = read_model_info(config.pretrained_model).model_sha256
+        return {"pretrained_model": str(config.pretrained_model), "model_sha256": sha}
     assert config.cohorts.pretrain is not None
     target = study.model(config.models.vendor)
     result = train(

@@ -268,9 +268,7 @@ def _run_description(
         cohort = dataset.record(case_id).cohort
         cohorts[cohort] = cohorts.get(cohort, 0) + 1
     parts = {
-        "recipe": config_sha256(
-            {k: v for k, v in recipe.model_dump(mode="json").items() if k != "ensemble"}
-        ),
+        "recipe": config_sha256({k: v for k, v in recipe.to_data().items() if k != "ensemble"}),
         "architecture": config_sha256(architecture),
         "preprocessing": config_sha256(pre),
         "structure_set": dataset.structure_set.sha256(),
@@ -284,7 +282,7 @@ def _run_description(
         "software": {"name": "dlas", "version": __version__},
         "run_sha256": config_sha256(parts),
         "hashes": parts,
-        "recipe": recipe.model_dump(mode="json"),
+        "recipe": recipe.to_data(),
         "architecture": architecture.model_dump(mode="json"),
         "preprocessing": pre.model_dump(mode="json"),
         "dataset": {
@@ -465,7 +463,8 @@ def train(
     progress: EventCallback | None = None,
     time_budget: str | float | None = None,
 ) -> TrainResult:
-    """Train a DpnUNet on a data set with k-fold cross-validation (``dlas train``).
+    """Train a DpnUNet (or, with ``engine: nnunet`` in the recipe, an nnU-Net:
+    :mod:`dlas.engines.nnunet.train`) on a data set with k-fold cross-validation (``dlas train``).
 
     Parameters
     ----------
@@ -517,6 +516,20 @@ def train(
     ds = dataset if isinstance(dataset, CaseDataset) else CaseDataset.open(dataset)
     out_dir = Path(out)
     emit: EventCallback = progress or (lambda event: None)
+    if recipe.engine == "nnunet":
+        from dlas.engines.nnunet.train import train_nnunet
+
+        return train_nnunet(
+            ds,
+            out_dir.absolute(),
+            recipe,
+            pretrained=pretrained,
+            device=device,
+            resume=resume,
+            cohorts=cohorts,
+            name=name,
+            emit=emit,
+        )
     dist = init_distributed(_device_type(device))
     try:
         if not dist.is_main:

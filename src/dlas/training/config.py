@@ -55,6 +55,23 @@ A recipe is YAML (or JSON) data, never code::
     channels_last: auto           # auto (on CUDA) | off
     compile: false                # torch.compile the network (CUDA)
     deterministic: auto           # auto (on CPU) | on | off
+    engine: dpnunet               # dpnunet | nnunet (nnU-Net v2 drives the training)
+    nnunet: {configuration: 2d}   # nnU-Net settings (engine: nnunet only), see below
+
+``engine: nnunet`` trains with nnU-Net v2 (:mod:`dlas.engines.nnunet`; ``pip install
+'dlas[nnunet]'``): nnU-Net plans the network, patch, spacing and normalisation, and trains with
+its own loss, optimiser and augmentation. Of this recipe it uses ``seed``, ``epochs``,
+``steps_per_epoch`` (nnU-Net's iterations per epoch; null: nnU-Net's 250), ``folds``,
+``stratify_by_cohort``, ``selection`` (``val_dsc``: nnU-Net's pseudo Dice; ``val_loss``;
+``last``), ``ensemble``, ``freeze_encoder_epochs`` and ``missing_structures`` (nnU-Net has no
+partial labels: ``partial`` and ``skip-case`` both leave cases that lack a structure out, with a
+warning); setting any field that only the DpnUNet engine uses (``base: fast``, the optimiser,
+loss, augmentation, ``model``, ``preprocessing`` ...) is refused. ``nnunet:`` holds
+``configuration`` (``2d`` by default, which trains on a CPU; ``3d_fullres`` or ``3d_lowres`` on a
+GPU), ``initial_lr`` (null: nnU-Net's 0.01), ``val_steps_per_epoch`` (null: nnU-Net's 50) and
+``pretrained_fold`` (which fold of a pretrained nnU-Net result folder to fine-tune; null: the
+first) and ``keep_work`` (keep nnU-Net's own raw, preprocessed and results folders in
+``OUT/nnunet-work``, to use the model with nnU-Net's tools; by default they are removed).
 
 ``missing_structures``: a clinical export rarely has every structure for every patient.
 ``partial`` (the default) trains on such cases: a structure a case lacks is *unknown* there, not
@@ -100,7 +117,9 @@ from dlas.model.config import ArchitectureSpec, Preprocessing, config_sha256
 
 __all__ = [
     "BASES",
+    "NNUNET_FIELDS",
     "Augmentation",
+    "NnUNetSettings",
     "Recipe",
     "TrainingConfigError",
     "load_recipe",
@@ -229,6 +248,38 @@ def parse_duration(value: str | float) -> float:
     return seconds
 
 
+class NnUNetSettings(BaseModel):
+    """The ``nnunet:`` section of a recipe (``engine: nnunet``); see the module docstring."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    configuration: Literal["2d", "3d_fullres", "3d_lowres"] = "2d"
+    initial_lr: float | None = Field(None, gt=0.0, le=1.0)
+    val_steps_per_epoch: int | None = Field(None, ge=1, le=100_000)
+    pretrained_fold: int | None = Field(None, ge=0, le=99)
+    keep_work: bool = False
+
+
+#: Recipe fields that the nnU-Net engine uses; setting any other field with ``engine: nnunet``
+#: is refused (nnU-Net plans and trains those itself).
+NNUNET_FIELDS = frozenset(
+    {
+        "schema_version",
+        "seed",
+        "epochs",
+        "steps_per_epoch",
+        "folds",
+        "stratify_by_cohort",
+        "selection",
+        "ensemble",
+        "freeze_encoder_epochs",
+        "missing_structures",
+        "engine",
+        "nnunet",
+        "deterministic",
+    }
+)
+
+
 class Recipe(BaseModel):
     """A training recipe (see the module docstring for the YAML form and defaults)."""
 
@@ -267,11 +318,24 @@ class Recipe(BaseModel):
     channels_last: Literal["auto", "off"] = "auto"
     compile: bool = False
     deterministic: Literal["auto", "on", "off"] = "auto"
+    engine: Literal["dpnunet", "nnunet"] = "dpnunet"
+    nnunet: NnUNetSettings = NnUNetSettings()
 
     @model_validator(mode="before")
     @classmethod
     def _fill_from_base(cls, data: Any) -> Any:
         if not isinstance(data, dict):
+            return data
+        if data.get("engine") == "nnunet":
+            other = sorted(k for k in data if k not in NNUNET_FIELDS and k != "base")
+            if data.get("base", "paper") != "paper":
+                other.insert(0, f"base: {data['base']}")
+            if other:
+                raise ValueError(
+                    "engine nnunet plans and trains these itself; remove "
+                    + ", ".join(other)
+                    + " (nnU-Net settings go under nnunet:)"
+                )
             return data
         defaults = BASES.get(str(data.get("base", "paper")))
         if not defaults:
@@ -305,14 +369,23 @@ class Recipe(BaseModel):
             raise ValueError("explicit class weights must be a non-empty list of numbers >= 0")
         return value
 
+    def to_data(self) -> dict[str, Any]:
+        """The canonical JSON form; a DpnUNet recipe leaves out the engine fields, so that its
+        hash is the one recipes had before there was a second engine."""
+        data = self.model_dump(mode="json")
+        if self.engine == "dpnunet" and self.nnunet == NnUNetSettings():
+            data.pop("engine")
+            data.pop("nnunet")
+        return data
+
     def sha256(self) -> str:
         """Hash of the canonical JSON form."""
-        return config_sha256(self)
+        return config_sha256(self.to_data())
 
     def training_sha256(self) -> str:
         """Hash of the fields that determine the trained weights (not ``ensemble``, which only
         chooses how the fold models are packaged); ``--resume`` compares this."""
-        data = self.model_dump(mode="json")
+        data = self.to_data()
         data.pop("ensemble")
         return config_sha256(data)
 

@@ -1,0 +1,143 @@
+"""The nnU-Net engine end to end on a tiny synthetic data set (CPU, a few minutes): `dlas train`
+with `engine: nnunet` (nnU-Net plans, preprocesses and trains the study's folds), prediction
+through `dlas predict`, and fine-tuning an nnU-Net result folder written by nnunetv2 itself with
+another class list (one class added, one dropped)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from dlas.cli import main
+from dlas.dataset import CaseDataset
+from dlas.structures import StructureSet
+
+pytest.importorskip("nnunetv2")
+
+TINY = {
+    "engine": "nnunet",
+    "epochs": 1,
+    "steps_per_epoch": 2,
+    "folds": 2,
+    "nnunet": {"val_steps_per_epoch": 1, "keep_work": True},
+}
+
+
+def _other_classes(synthetic: ModuleType) -> StructureSet:
+    """The tiny set without FemoralHead_R, with a Rod."""
+    data = synthetic.structure_set(with_rod=True, name="tiny-rod").to_data()
+    data["structures"] = [s for s in data["structures"] if s["name"] != "FemoralHead_R"]
+    return StructureSet.from_data(data)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from dlas.training import train
+    from helpers import synthetic_data
+
+    root = tmp_path_factory.mktemp("nnunet")
+    ds = synthetic_data.make_dataset(root / "ds", 4, cohorts=("A", "B"))
+    train(ds, root / "model", config=TINY, device="cpu")
+    return root / "ds", root / "model"
+
+
+def test_train_writes_a_dlas_model_and_predicts(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dlas.engines.nnunet.model import read_nnunet_model
+
+    ds_dir, model = trained
+    info = read_nnunet_model(model)
+    assert info.classes == ["background", "Bladder", "FemoralHead_L", "FemoralHead_R"]
+    assert info.configuration == "2d" and len(info.weights) == 1
+    assert info.qa  # the QA reference, measured on the training cases
+    cv = json.loads((model / "cv.json").read_text())
+    ds = CaseDataset.open(ds_dir)
+    split = json.loads((model / "run.json").read_text())["split"]["folds"]
+    # nnU-Net trained the study's folds: its splits_final.json is the dlas split.
+    work = model / "nnunet-work" / "preprocessed" / "Dataset001_dlas" / "splits_final.json"
+    nn_split = json.loads(work.read_text())
+    assert [sorted(f["val"]) for f in nn_split] == [sorted(f["validation"]) for f in split]
+    assert {c for f in split for c in f["validation"]} == set(ds.case_ids())
+    assert [f["fold"] for f in cv["folds"]] == [1, 2]
+    assert all(len(f["history"]) == 1 for f in cv["folds"])
+    assert not list(model.glob("*.pth")) and (model / "folds" / "fold-1").is_dir()
+
+    code = main(["predict", str(model), str(ds_dir), "--out", str(tmp_path / "p"),
+                 "--format", "nifti", "--device", "cpu", "--cohort", "A"])  # fmt: skip
+    assert code == 0, capsys.readouterr()
+    report = json.loads((tmp_path / "p" / "predictions.json").read_text())
+    assert report["model"]["model_sha256"] == info.model_sha256
+    assert [i["status"] for i in report["items"]] == ["written", "written"]
+    masks = sorted(p.name for p in (tmp_path / "p" / "case00" / "structures").iterdir())
+    assert masks == ["Bladder.nii.gz", "FemoralHead_L.nii.gz", "FemoralHead_R.nii.gz"]
+
+
+def test_finetune_an_nnunet_result_folder_with_other_classes(
+    trained: tuple[Path, Path], tmp_path: Path, synthetic: ModuleType
+) -> None:
+    import torch
+
+    from dlas.engines.nnunet.model import build_network, read_nnunet_model
+    from dlas.engines.nnunet.train import read_pretrained, transfer_weights
+    from dlas.training import train
+
+    _, model = trained
+    results = model / "nnunet-work" / "results" / "Dataset001_dlas"
+    (folder,) = list(results.iterdir())  # written by nnU-Net: plans.json, fold_N/*.pth
+    assert (folder / "fold_0" / "checkpoint_final.pth").is_file()
+    pretrained = read_pretrained(folder)
+    assert pretrained.classes == ["background", "Bladder", "FemoralHead_L", "FemoralHead_R"]
+
+    local = _other_classes(synthetic)
+    labels = {"background": 0, **{n: i for i, n in enumerate(local.names, start=1)}}
+    torch.manual_seed(0)
+    network = build_network(
+        pretrained.plans, "2d", {"labels": labels, "channel_names": {"0": "CT"}},
+        deep_supervision=True, where="test",
+    )  # fmt: skip
+    fresh = {k: v.clone() for k, v in network.state_dict().items()}
+    state, note = transfer_weights(network, pretrained, local)
+    assert note["kept"] == ["background", "Bladder", "FemoralHead_L"]
+    assert note["new"] == ["Rod"] and note["dropped"] == ["FemoralHead_R"]
+    heads = [k for k in state if ".seg_layers." in k]
+    assert heads
+    for key in state:
+        if key in heads:
+            old = pretrained.weights[key]
+            assert torch.equal(state[key][:3], old[:3])  # kept classes: unchanged
+            assert torch.equal(state[key][3], fresh[key][3])  # Rod: fresh
+        else:
+            assert torch.equal(state[key], pretrained.weights[key])
+
+    ds = CaseDataset.open_or_create(tmp_path / "local", local)
+    for i in range(3):
+        ct, masks = synthetic.make_case(500 + i, with_rod=True)
+        del masks["FemoralHead_R"]
+        ds.write_case(f"loc{i}", "L", ct, masks, {"case_id": f"loc{i}", "cohort": "L"})
+    recipe = {**TINY, "folds": 1, "freeze_encoder_epochs": 1, "nnunet": {"val_steps_per_epoch": 1}}
+    result = train(ds, tmp_path / "lft", config=recipe, pretrained=folder, device="cpu")
+    info = read_nnunet_model(result.model_dir)
+    assert info.classes == ["background", "Bladder", "FemoralHead_L", "Rod"]
+    assert info.training["pretrained"]["classes"]["new"] == ["Rod"]
+    assert not (tmp_path / "lft" / "nnunet-work").exists()
+    # the pretrained plans were transferred: same network, same patch
+    assert (
+        info.plans["configurations"]["2d"]["patch_size"]
+        == (pretrained.plans["configurations"]["2d"]["patch_size"])
+    )
+
+
+def test_export_cli_errors_are_one_line(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ds_dir, _ = trained
+    code = main(["export-nnunet", str(ds_dir), str(tmp_path), "--dataset-id", "1000"])
+    _, err = capsys.readouterr()
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "1 to 999" in err
+    code = main(["export-nnunet", str(ds_dir), str(tmp_path), "--dataset-id", "5", "--json"])
+    out, _ = capsys.readouterr()
+    assert code == 0 and json.loads(out)["dataset_name"] == "Dataset005_ds"
