@@ -623,6 +623,54 @@ def _existing_source(dataset: CaseDataset | None, case_id: str, field: str) -> s
     return str(source.get(field, "")) if isinstance(source, dict) else ""
 
 
+@dataclass
+class _CaseStructures:
+    """What the contours of a case gave: canonical masks and their records, the masks kept
+    under their own names (``--keep-unmapped``), unmatched names, empty structures, warnings,
+    and (DICOM, with contour-set rules) the other contour sets' masks and records."""
+
+    masks: dict[str, Volume] = field(default_factory=dict)
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unmatched: list[str] = field(default_factory=list)
+    empty: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Volume] = field(default_factory=dict)
+    extra_records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    set_masks: dict[str, dict[str, Volume]] = field(default_factory=dict)
+    set_info: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _case_warning(code: str, message: str) -> dict[str, Any]:
+    """A warning of a whole case (no ROI)."""
+    return {"code": code, "message": message, "roi_number": None, "roi_name": None}
+
+
+def _admit(
+    item: ImportItem, rule: CohortRule, keys: CaseKeys, dataset: CaseDataset, options: ImportOptions
+) -> str | None:
+    """The case's cohort, or None when the case is not imported: not in the cohort rule, or
+    already in the data set (``item`` then says why)."""
+    cohort = rule.assign(keys)
+    if cohort is None:
+        item.reason = f"not listed in the cohort file {rule.describe()} (by {rule.key_column})"
+        return None
+    item.cohort = cohort
+    if item.case_id in dataset and not options.overwrite:
+        item.status = "exists"
+        item.reason = "already in the data set (use --overwrite to replace it)"
+        return None
+    return cohort
+
+
+def _imported(item: ImportItem, found: _CaseStructures) -> ImportItem:
+    """Mark ``item`` imported with the structures, unmatched names and warnings ``found``."""
+    item.status = "imported"
+    item.structures = list(found.records)
+    item.unmatched = found.unmatched
+    item.warnings = found.warnings
+    return item
+
+
 def _import_dicom_case(
     source: Path,
     uid: str,
@@ -637,11 +685,11 @@ def _import_dicom_case(
     case_id: str,
     id_notes: list[str],
 ) -> ImportItem:
+    """Import one CT series with the contour objects paired with it (``objects``, by set)."""
     first = files[0].header
-    patient_id = str(first.get("PatientID", "") or "")
     keys = CaseKeys(
         folder=folder,
-        patient_id=patient_id,
+        patient_id=str(first.get("PatientID", "") or ""),
         series_uid=uid,
         study_uid=str(first.get("StudyInstanceUID", "")),
         study_date=str(first.get("StudyDate", "") or ""),
@@ -650,99 +698,143 @@ def _import_dicom_case(
         station=str(first.get("StationName", "") or ""),
     )
     item = ImportItem(status="skipped", source=folder, case_id=case_id)
-    cohort = rule.assign(keys)
+    cohort = _admit(item, rule, keys, dataset, options)
     if cohort is None:
-        item.reason = f"not listed in the cohort file {rule.describe()} (by {rule.key_column})"
         return item
-    item.cohort = cohort
-    if case_id in dataset and not options.overwrite:
-        item.status = "exists"
-        item.reason = "already in the data set (use --overwrite to replace it)"
-        return item
+    paths = [f.path for f in files]
+    rules = options.contour_sets
+    rtstruct = objects.get(rules.reference)
+    warnings = [_case_warning("pairing", n) for n in notes]
+    warnings.extend(_case_warning("case-id-collision", n) for n in id_notes)
     try:
         ct = read_ct_series(files)
-        masks: dict[str, Volume] = {}
-        records: dict[str, dict[str, Any]] = {}
-        unmatched: list[str] = []
-        empty: list[dict[str, Any]] = []
-        extra: dict[str, Volume] = {}
-        extra_records: dict[str, dict[str, Any]] = {}
-        warnings: list[dict[str, Any]] = [
-            {"code": "pairing", "message": n, "roi_number": None, "roi_name": None} for n in notes
-        ]
-        warnings.extend(
-            {"code": "case-id-collision", "message": n, "roi_number": None, "roi_name": None}
-            for n in id_notes
-        )
-        if uid.startswith(UNIDENTIFIED_SERIES):
-            warnings.append(
-                {
-                    "code": "series-without-uid",
-                    "message": "the images carry no SeriesInstanceUID; they were grouped by "
-                    "frame of reference, series number and geometry",
-                    "roi_number": None,
-                    "roi_name": None,
-                }
-            )
-        rules = options.contour_sets
-        rtstruct = objects.get(rules.reference)
-        if rtstruct is None:
-            warnings.append(
-                {
-                    "code": "no-rtstruct",
-                    "message": "no RTSTRUCT found for this series; imported without structures"
-                    if not rules.explicit
-                    else f"no object of the reference contour set {rules.reference} for this "
-                    "series; imported without reference structures",
-                    "roi_number": None,
-                    "roi_name": None,
-                }
-            )
-        else:
-            rs = _read_contours(rtstruct, ct)
-            warnings.extend(w.to_data() for w in rs.warnings)
-            masks, records, unmatched, empty, map_warnings = _map_rois(
-                rs, options.structure_set, ct.volume
-            )
-            warnings.extend(map_warnings)
-            if options.keep_unmapped:
-                extra, extra_records = _extra_masks(rs, unmatched, ct, masks, warnings)
-        set_masks: dict[str, dict[str, Volume]] = {}
-        set_info: dict[str, dict[str, Any]] = {}
-        for name, obj in sorted(objects.items()):
-            if name == rules.reference:
-                continue
-            data = _read_contours(obj, ct)
-            named, named_records, named_unmatched, named_empty, named_warnings = _map_rois(
-                data, options.structure_set, ct.volume, folder=f"sets/{name}"
-            )
-            for warning in [*(w.to_data() for w in data.warnings), *named_warnings]:
-                warnings.append({**warning, "contour_set": name})
-            set_masks[name] = named
-            set_info[name] = {
-                "structures": named_records,
-                "unmatched": named_unmatched,
-                "empty": named_empty,
-            }
-        if rules.explicit and rtstruct is not None:
-            set_info[rules.reference] = {
-                "structures": records,
-                "unmatched": unmatched,
-                "empty": empty,
-            }
+        found = _read_dicom_structures(ct, uid, rtstruct, objects, options, warnings)
     except (DlasError, ValueError, TypeError, KeyError, AttributeError) as exc:
         # Anything else from a malformed file refuses this case, not the whole import.
-        item.reason = _reason(
-            _as_dlas_error(exc), options, case_id, source, [f.path for f in files], [first]
-        )
+        item.reason = _reason(_as_dlas_error(exc), options, case_id, source, paths, [first])
         log.info("case %s skipped: %s", case_id, item.reason)
         return item
-    if warnings and not options.keep_ids:
-        redactor = Redactor.for_source(source, [f.path for f in files], [first])
-        for warning in warnings:
+    if found.warnings and not options.keep_ids:
+        redactor = Redactor.for_source(source, paths, [first])
+        for warning in found.warnings:
             warning["message"] = redactor.text(str(warning["message"]))
+    info = _dicom_case_info(case_id, cohort, uid, keys, rtstruct, ct, first, found, options, pseudo)
+    if rules.explicit:
+        redactor = Redactor.for_source(source, paths, [first])
+        for name, entry in found.set_info.items():
+            entry["object"] = _object_record(objects[name], options, pseudo, redactor)
+            entry["rule"] = rules.describe()[name]
+        info["reference_set"] = rules.reference
+        info["contour_sets"] = dict(sorted(found.set_info.items()))
+    try:
+        dataset.write_case(
+            case_id,
+            cohort,
+            ct.volume,
+            found.masks,
+            info,
+            extra_masks=found.extra,
+            contour_sets=found.set_masks,
+            overwrite=options.overwrite,
+        )
+    except DlasError as exc:
+        item.reason = _reason(exc, options, case_id, source, paths, [first])
+        return item
+    _imported(item, found)
+    item.contour_sets = {
+        name: {
+            "object": entry["object"],
+            "structures": list(entry["structures"]),
+            "unmatched": entry["unmatched"],
+        }
+        for name, entry in info.get("contour_sets", {}).items()
+    }
+    log.info("imported case %s (%s): %d structures", case_id, cohort, len(found.records))
+    return item
 
-    info: dict[str, Any] = {
+
+def _read_dicom_structures(
+    ct: CTSeries,
+    uid: str,
+    rtstruct: ScannedFile | None,
+    objects: dict[str, ScannedFile],
+    options: ImportOptions,
+    warnings: list[dict[str, Any]],
+) -> _CaseStructures:
+    """The structures of the reference object (``rtstruct``: an RTSTRUCT or SEG, or None)
+    mapped onto the structure set, then those of every other contour set; the warnings are
+    added to ``warnings``."""
+    found = _CaseStructures(warnings=warnings)
+    if uid.startswith(UNIDENTIFIED_SERIES):
+        warnings.append(
+            _case_warning(
+                "series-without-uid",
+                "the images carry no SeriesInstanceUID; they were grouped by "
+                "frame of reference, series number and geometry",
+            )
+        )
+    rules = options.contour_sets
+    if rtstruct is None:
+        warnings.append(
+            _case_warning(
+                "no-rtstruct",
+                "no RTSTRUCT found for this series; imported without structures"
+                if not rules.explicit
+                else f"no object of the reference contour set {rules.reference} for this "
+                "series; imported without reference structures",
+            )
+        )
+    else:
+        rs = _read_contours(rtstruct, ct)
+        warnings.extend(w.to_data() for w in rs.warnings)
+        found.masks, found.records, found.unmatched, found.empty, map_warnings = _map_rois(
+            rs, options.structure_set, ct.volume
+        )
+        warnings.extend(map_warnings)
+        if options.keep_unmapped:
+            found.extra, found.extra_records = _extra_masks(
+                rs, found.unmatched, ct, found.masks, warnings
+            )
+    for name, obj in sorted(objects.items()):
+        if name == rules.reference:
+            continue
+        data = _read_contours(obj, ct)
+        named, named_records, named_unmatched, named_empty, named_warnings = _map_rois(
+            data, options.structure_set, ct.volume, folder=f"sets/{name}"
+        )
+        for warning in [*(w.to_data() for w in data.warnings), *named_warnings]:
+            warnings.append({**warning, "contour_set": name})
+        found.set_masks[name] = named
+        found.set_info[name] = {
+            "structures": named_records,
+            "unmatched": named_unmatched,
+            "empty": named_empty,
+        }
+    if rules.explicit and rtstruct is not None:
+        found.set_info[rules.reference] = {
+            "structures": found.records,
+            "unmatched": found.unmatched,
+            "empty": found.empty,
+        }
+    return found
+
+
+def _dicom_case_info(
+    case_id: str,
+    cohort: str,
+    uid: str,
+    keys: CaseKeys,
+    rtstruct: ScannedFile | None,
+    ct: CTSeries,
+    first: Dataset,
+    found: _CaseStructures,
+    options: ImportOptions,
+    pseudo: Pseudonymizer,
+) -> dict[str, Any]:
+    """The ``case.json`` of a DICOM case: source (pseudonymised unless ``--keep-ids``),
+    patient characteristics, scanner, geometry and structures."""
+    sop = None if rtstruct is None else str(rtstruct.header.get("SOPInstanceUID", ""))
+    return {
         "case_id": case_id,
         "cohort": cohort,
         "source": {
@@ -750,12 +842,8 @@ def _import_dicom_case(
             "series": uid if options.keep_ids else pseudo.fingerprint("series", uid),
             "rtstruct": (
                 None
-                if rtstruct is None
-                else (
-                    str(rtstruct.header.get("SOPInstanceUID", ""))
-                    if options.keep_ids
-                    else pseudo.fingerprint("sop", str(rtstruct.header.get("SOPInstanceUID", "")))
-                )
+                if sop is None
+                else (sop if options.keep_ids else pseudo.fingerprint("sop", sop))
             ),
             "n_slices": ct.volume.shape[0],
             "study_date": (
@@ -766,48 +854,13 @@ def _import_dicom_case(
         "scanner": scanner_tags(first),
         "geometry": ct.volume.geometry(),
         "original_orientation": list(ct.original_orientation),
-        "structures": records,
-        "extra_structures": extra_records,
-        "unmatched": unmatched,
-        "empty": empty,
-        "warnings": warnings,
+        "structures": found.records,
+        "extra_structures": found.extra_records,
+        "unmatched": found.unmatched,
+        "empty": found.empty,
+        "warnings": found.warnings,
         "deidentification": _deid_record(options),
     }
-    if rules.explicit:
-        redactor = Redactor.for_source(source, [f.path for f in files], [first])
-        for name, entry in set_info.items():
-            entry["object"] = _object_record(objects[name], options, pseudo, redactor)
-            entry["rule"] = rules.describe()[name]
-        info["reference_set"] = rules.reference
-        info["contour_sets"] = dict(sorted(set_info.items()))
-    try:
-        dataset.write_case(
-            case_id,
-            cohort,
-            ct.volume,
-            masks,
-            info,
-            extra_masks=extra,
-            contour_sets=set_masks,
-            overwrite=options.overwrite,
-        )
-    except DlasError as exc:
-        item.reason = _reason(exc, options, case_id, source, [f.path for f in files], [first])
-        return item
-    item.status = "imported"
-    item.structures = list(records)
-    item.unmatched = unmatched
-    item.warnings = warnings
-    item.contour_sets = {
-        name: {
-            "object": entry["object"],
-            "structures": list(entry["structures"]),
-            "unmatched": entry["unmatched"],
-        }
-        for name, entry in info.get("contour_sets", {}).items()
-    }
-    log.info("imported case %s (%s): %d structures", case_id, cohort, len(records))
-    return item
 
 
 def _read_contours(obj: ScannedFile, ct: CTSeries) -> RTStructData:
@@ -907,90 +960,18 @@ def _import_nifti_case(
     options: ImportOptions,
     case_id: str,
 ) -> ImportItem:
-    source_name = case_dir.name
+    """Import one NIfTI case folder: ``ct.nii.gz`` and ``structures/<Name>.nii.gz``."""
     item = ImportItem(status="skipped", source=folder, case_id=case_id)
-    cohort = rule.assign(CaseKeys(folder=folder, patient_id=source_name))
+    cohort = _admit(item, rule, CaseKeys(folder=folder, patient_id=case_dir.name), dataset, options)
     if cohort is None:
-        item.reason = f"not listed in the cohort file {rule.describe()} (by {rule.key_column})"
-        return item
-    item.cohort = cohort
-    if case_id in dataset and not options.overwrite:
-        item.status = "exists"
-        item.reason = "already in the data set (use --overwrite to replace it)"
         return item
     ct_path = case_dir / "ct.nii.gz"
     if not ct_path.exists():
         ct_path = case_dir / "ct.nii"
-    masks: dict[str, Volume] = {}
-    records: dict[str, dict[str, Any]] = {}
-    unmatched: list[str] = []
-    empty: list[dict[str, Any]] = []
-    extra: dict[str, Volume] = {}
-    extra_records: dict[str, dict[str, Any]] = {}
-    warnings: list[dict[str, Any]] = []
     try:
         ct = read_nifti(ct_path)
         ct = ct.with_array(ct.array.astype(np.float32))
-        files = sorted(
-            p
-            for p in (case_dir / MASK_FOLDER).iterdir()
-            if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith(".")
-        )
-        claims: dict[str, list[Path]] = {}
-        names: dict[Path, str] = {}
-        for path in files:
-            name = path.name[: -len(".nii.gz")] if path.name.endswith(".gz") else path.stem
-            names[path] = name
-            canonical = options.structure_set.match(name)
-            if canonical is None:
-                unmatched.append(name)
-                if options.keep_unmapped:
-                    mask = read_mask(path, reference=ct)
-                    if mask.array.any():
-                        safe = _extra_name(name, {*extra, *claims}, warnings, None)
-                        extra[safe] = mask
-                        extra_records[safe] = {
-                            "original_name": name,
-                            "voxels": int(mask.array.sum()),
-                            "volume_cm3": round(
-                                float(mask.array.sum()) * ct.voxel_volume_mm3 / 1000, 3
-                            ),
-                            "file": mask_file(Path(), safe).as_posix(),
-                        }
-                continue
-            claims.setdefault(canonical, []).append(path)
-        for canonical, paths in claims.items():
-            if len(paths) > 1:
-                warnings.append(
-                    {
-                        "code": "duplicate-structure",
-                        "message": f"files {', '.join(p.name for p in paths)} all map to "
-                        f"{canonical}; none of them was imported",
-                        "roi_number": None,
-                        "roi_name": canonical,
-                    }
-                )
-                continue
-            mask = read_mask(paths[0], reference=ct)
-            if not mask.array.any():
-                empty.append({"roi_number": None, "name": names[paths[0]], "canonical": canonical})
-                warnings.append(
-                    {
-                        "code": "empty-roi",
-                        "message": f"{paths[0].name} is empty",
-                        "roi_number": None,
-                        "roi_name": names[paths[0]],
-                    }
-                )
-                continue
-            masks[canonical] = mask
-            records[canonical] = {
-                "original_name": names[paths[0]],
-                "roi_number": None,
-                "voxels": int(mask.array.sum()),
-                "volume_cm3": round(float(mask.array.sum()) * ct.voxel_volume_mm3 / 1000, 3),
-                "file": mask_file(Path(), canonical).as_posix(),
-            }
+        found = _read_nifti_structures(case_dir, ct, options)
         info = {
             "case_id": case_id,
             "cohort": cohort,
@@ -1003,15 +984,21 @@ def _import_nifti_case(
             "patient": {"sex": None, "age_years": None},
             "scanner": {},
             "geometry": ct.geometry(),
-            "structures": records,
-            "extra_structures": extra_records,
-            "unmatched": unmatched,
-            "empty": empty,
-            "warnings": warnings,
+            "structures": found.records,
+            "extra_structures": found.extra_records,
+            "unmatched": found.unmatched,
+            "empty": found.empty,
+            "warnings": found.warnings,
             "deidentification": _deid_record(options),
         }
         dataset.write_case(
-            case_id, cohort, ct, masks, info, extra_masks=extra, overwrite=options.overwrite
+            case_id,
+            cohort,
+            ct,
+            found.masks,
+            info,
+            extra_masks=found.extra,
+            overwrite=options.overwrite,
         )
     except DlasError as exc:
         structure_files = sorted((case_dir / MASK_FOLDER).glob("*.nii*"))
@@ -1019,8 +1006,78 @@ def _import_nifti_case(
             exc, options, case_id, source, [case_dir], [], [ct_path, *structure_files]
         )
         return item
-    item.status = "imported"
-    item.structures = list(records)
-    item.unmatched = unmatched
-    item.warnings = warnings
-    return item
+    return _imported(item, found)
+
+
+def _read_nifti_structures(case_dir: Path, ct: Volume, options: ImportOptions) -> _CaseStructures:
+    """The mask files of a NIfTI case mapped onto the structure set by their names (files
+    that map to no structure are kept under their own names with ``--keep-unmapped``)."""
+    found = _CaseStructures()
+    files = sorted(
+        p
+        for p in (case_dir / MASK_FOLDER).iterdir()
+        if p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith(".")
+    )
+    claims: dict[str, list[Path]] = {}
+    names: dict[Path, str] = {}
+    for path in files:
+        name = path.name[: -len(".nii.gz")] if path.name.endswith(".gz") else path.stem
+        names[path] = name
+        canonical = options.structure_set.match(name)
+        if canonical is None:
+            found.unmatched.append(name)
+            if options.keep_unmapped:
+                _keep_unmapped_file(path, name, ct, found, {*found.extra, *claims})
+            continue
+        claims.setdefault(canonical, []).append(path)
+    for canonical, paths in claims.items():
+        if len(paths) > 1:
+            found.warnings.append(
+                {
+                    "code": "duplicate-structure",
+                    "message": f"files {', '.join(p.name for p in paths)} all map to "
+                    f"{canonical}; none of them was imported",
+                    "roi_number": None,
+                    "roi_name": canonical,
+                }
+            )
+            continue
+        mask = read_mask(paths[0], reference=ct)
+        if not mask.array.any():
+            found.empty.append(
+                {"roi_number": None, "name": names[paths[0]], "canonical": canonical}
+            )
+            found.warnings.append(
+                {
+                    "code": "empty-roi",
+                    "message": f"{paths[0].name} is empty",
+                    "roi_number": None,
+                    "roi_name": names[paths[0]],
+                }
+            )
+            continue
+        found.masks[canonical] = mask
+        found.records[canonical] = {
+            "original_name": names[paths[0]],
+            "roi_number": None,
+            "voxels": int(mask.array.sum()),
+            "volume_cm3": round(float(mask.array.sum()) * ct.voxel_volume_mm3 / 1000, 3),
+            "file": mask_file(Path(), canonical).as_posix(),
+        }
+    return found
+
+
+def _keep_unmapped_file(
+    path: Path, name: str, ct: Volume, found: _CaseStructures, taken: set[str]
+) -> None:
+    """Keep a mask file that maps to no structure under its own (safe) name, unless empty."""
+    mask = read_mask(path, reference=ct)
+    if mask.array.any():
+        safe = _extra_name(name, taken, found.warnings, None)
+        found.extra[safe] = mask
+        found.extra_records[safe] = {
+            "original_name": name,
+            "voxels": int(mask.array.sum()),
+            "volume_cm3": round(float(mask.array.sum()) * ct.voxel_volume_mm3 / 1000, 3),
+            "file": mask_file(Path(), safe).as_posix(),
+        }

@@ -270,15 +270,7 @@ def evaluate(
     dataset = reference if isinstance(reference, CaseDataset) else CaseDataset.open(reference)
     sources = _sources(predictions, dataset)
     ref_set = _reference_set(dataset, reference_set, sources)
-    unknown = [o for o in observers if o not in {s.name for s in sources}]
-    if unknown:
-        raise EvaluationError(
-            "observer is not among the predictions",
-            where="--observer " + ", ".join(unknown),
-            expected="names of given predictions: " + ", ".join(s.name for s in sources),
-            found=", ".join(unknown),
-            fix="give the observer's contours as a prediction too (a contour set NAME or NAME=DIR)",
-        )
+    _check_observers(observers, sources)
     if workers < 1:
         raise EvaluationError(
             "invalid number of workers",
@@ -289,21 +281,7 @@ def evaluate(
         )
     records = _select_cases(dataset, cohorts, cases)
     wanted = _select_structures(dataset, structures)
-    tasks = [
-        _CaseTask(
-            case_id=record.case_id,
-            cohort=record.cohort,
-            case_dir=str(dataset.set_dir(record.case_id, ref_set)),
-            structures=tuple(
-                s for s in wanted if s in dataset.set_structures(record.case_id, ref_set)
-            ),
-            predictions=tuple((s.name, str(s.case_folder(record.case_id))) for s in sources),
-            options=opts,
-            resample=resample,
-            ct_path=str(dataset.case_dir(record.case_id) / "ct.nii.gz"),
-        )
-        for record in records
-    ]
+    tasks = _case_tasks(dataset, records, wanted, sources, ref_set, opts, resample)
     tables = {s.name: _label_ids(s, dataset) for s in sources if s.labels is not None}
     tasks = [
         replace(t, label_maps=tuple((n, tuple(sorted(ids.items()))) for n, ids in tables.items()))
@@ -325,6 +303,47 @@ def evaluate(
     metadata = _metadata(dataset, sources, tasks, results, opts, resample, table, ref_set)
     metadata["observers"] = list(dict.fromkeys(observers))
     return EvaluationResult(table=table, metadata=metadata)
+
+
+def _check_observers(observers: Sequence[str], sources: Sequence[PredictionSource]) -> None:
+    """Refuse an observer that is not among the predictions."""
+    unknown = [o for o in observers if o not in {s.name for s in sources}]
+    if unknown:
+        raise EvaluationError(
+            "observer is not among the predictions",
+            where="--observer " + ", ".join(unknown),
+            expected="names of given predictions: " + ", ".join(s.name for s in sources),
+            found=", ".join(unknown),
+            fix="give the observer's contours as a prediction too (a contour set NAME or NAME=DIR)",
+        )
+
+
+def _case_tasks(
+    dataset: CaseDataset,
+    records: Sequence[CaseRecord],
+    wanted: Sequence[str],
+    sources: Sequence[PredictionSource],
+    ref_set: str | None,
+    opts: MetricOptions,
+    resample: bool,
+) -> list[_CaseTask]:
+    """One task per selected case: its reference folder and the selected structures it has
+    (possibly none), and the prediction folders."""
+    return [
+        _CaseTask(
+            case_id=record.case_id,
+            cohort=record.cohort,
+            case_dir=str(dataset.set_dir(record.case_id, ref_set)),
+            structures=tuple(
+                s for s in wanted if s in dataset.set_structures(record.case_id, ref_set)
+            ),
+            predictions=tuple((s.name, str(s.case_folder(record.case_id))) for s in sources),
+            options=opts,
+            resample=resample,
+            ct_path=str(dataset.case_dir(record.case_id) / "ct.nii.gz"),
+        )
+        for record in records
+    ]
 
 
 def read_metrics(path: str | os.PathLike[str]) -> pd.DataFrame:

@@ -336,25 +336,7 @@ def compute_metrics(
         tolerance_mm=tolerance_mm,
     )
     ref, pred, sp = _validate(reference_mask, prediction_mask, spacing)
-    body: npt.NDArray[Any] | None = None
-    if opts.specificity_domain == "body":
-        if body_mask is None:
-            raise EvaluationError(
-                "specificity domain 'body' needs a body mask",
-                where="compute_metrics",
-                expected="body_mask on the grid of the masks",
-                found="no body mask",
-                fix="pass body_mask, or choose another specificity domain",
-            )
-        body = np.asarray(body_mask)
-        if body.shape != ref.shape:
-            raise EvaluationError(
-                "body mask shape differs from the masks",
-                where="compute_metrics",
-                expected=f"shape {ref.shape} (z, y, x)",
-                found=f"shape {body.shape}",
-                fix="resample the body mask onto the grid of the structure masks",
-            )
+    body = _body_domain(body_mask, ref.shape) if opts.specificity_domain == "body" else None
     voxel_mm3 = float(np.prod(sp))
     ref_box = _bbox(ref)
     pred_box = _bbox(pred)
@@ -374,21 +356,7 @@ def compute_metrics(
     volume_ref = n_ref * voxel_mm3 / 1000.0
     apl = frame.added_path_length(opts.tolerance_mm)
     if ref_box is None or pred_box is None:
-        return SegmentationMetrics(
-            dsc=0.0,
-            hd95_mm=math.inf,
-            hd_mm=math.inf,
-            sensitivity=0.0 if n_ref else math.nan,
-            specificity=specificity,
-            volume_cm3=volume,
-            volume_ref_cm3=volume_ref,
-            volume_error_pct=-100.0 if n_ref else math.inf,
-            surface_dsc=0.0,
-            assd_mm=math.inf,
-            apl_mm=apl,
-            centroid_mm=math.inf,
-            flags=tuple(flags),
-        )
+        return _one_empty(n_ref, specificity, volume, volume_ref, apl, flags)
     d_rp, d_pr = frame.directed_distances()
     return SegmentationMetrics(
         dsc=2.0 * n_tp / (n_ref + n_pred),
@@ -403,6 +371,55 @@ def compute_metrics(
         assd_mm=float((d_rp.sum() + d_pr.sum()) / (d_rp.size + d_pr.size)),
         apl_mm=apl,
         centroid_mm=frame.centroid_distance(),
+        flags=tuple(flags),
+    )
+
+
+def _body_domain(body_mask: npt.ArrayLike | None, shape: tuple[int, ...]) -> npt.NDArray[Any]:
+    """The body mask of specificity domain ``body``: required, and on the grid of the masks."""
+    if body_mask is None:
+        raise EvaluationError(
+            "specificity domain 'body' needs a body mask",
+            where="compute_metrics",
+            expected="body_mask on the grid of the masks",
+            found="no body mask",
+            fix="pass body_mask, or choose another specificity domain",
+        )
+    body = np.asarray(body_mask)
+    if body.shape != shape:
+        raise EvaluationError(
+            "body mask shape differs from the masks",
+            where="compute_metrics",
+            expected=f"shape {shape} (z, y, x)",
+            found=f"shape {body.shape}",
+            fix="resample the body mask onto the grid of the structure masks",
+        )
+    return body
+
+
+def _one_empty(
+    n_ref: int,
+    specificity: float,
+    volume: float,
+    volume_ref: float,
+    apl: float,
+    flags: list[str],
+) -> SegmentationMetrics:
+    """The metrics when exactly one mask is empty: DSC and surface DSC 0, distances inf,
+    sensitivity 0 (NaN without a reference), volume error −100 % (inf without a reference)."""
+    return SegmentationMetrics(
+        dsc=0.0,
+        hd95_mm=math.inf,
+        hd_mm=math.inf,
+        sensitivity=0.0 if n_ref else math.nan,
+        specificity=specificity,
+        volume_cm3=volume,
+        volume_ref_cm3=volume_ref,
+        volume_error_pct=-100.0 if n_ref else math.inf,
+        surface_dsc=0.0,
+        assd_mm=math.inf,
+        apl_mm=apl,
+        centroid_mm=math.inf,
         flags=tuple(flags),
     )
 

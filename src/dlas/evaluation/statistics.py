@@ -205,22 +205,48 @@ def compare(
     _check_models(table, a, b)
     metric_columns = [m for m in METRIC_COLUMNS if m in table.columns]
     subset = table[table["model"].isin([a, b])]
-    keys = ["case_id", "model", "structure"]
-    doubled = subset[subset.duplicated(keys, keep=False)]
-    if len(doubled):
-        first = doubled.iloc[0]
+    _refuse_duplicates(subset)
+    rows, unpaired, nonfinite = _compare_rows(
+        subset, a, b, metric_columns, bootstrap, seed, zero_method
+    )
+    if not rows:
         raise EvaluationError(
-            "a case appears twice for the same model and structure",
-            where=f"case {first['case_id']}, model {first['model']}, "
-            f"structure {first['structure']}",
-            expected="one row per case, model and structure",
-            found=f"{len(doubled)} duplicated rows",
-            fix="evaluate each model once, or remove the duplicates",
+            "nothing to compare",
+            where="metrics table",
+            expected=f"rows of models {a} and {b}",
+            found="no rows",
+            fix="check the model names",
         )
-    structures = list(dict.fromkeys(subset["structure"]))
+    result = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
+    result["p_adjusted"] = _adjust(result["p_value"].to_numpy(dtype=float), correction)
+    result["correction"] = correction
+    result["significant"] = (result["p_adjusted"] < alpha).fillna(False).astype(bool)
+    _warn_unpaired(unpaired, a, b)
+    result.attrs["dlas"] = {
+        "settings": _settings(a, b, correction, alpha, bootstrap, seed, zero_method),
+        "unpaired_cases": unpaired,
+        "nonfinite_excluded": nonfinite,
+    }
+    if out is not None:
+        write_comparison(result, out, source=None if isinstance(metrics, pd.DataFrame) else metrics)
+    return result
+
+
+def _compare_rows(
+    subset: pd.DataFrame,
+    a: str,
+    b: str,
+    metric_columns: list[str],
+    bootstrap: int,
+    seed: int,
+    zero_method: str,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The comparison rows of every cohort × structure × metric, the cases of one model only
+    (per cohort and structure) and the non-finite values left out of the test (per row)."""
     rows: list[dict[str, Any]] = []
     unpaired: list[dict[str, Any]] = []
     nonfinite: list[dict[str, Any]] = []
+    structures = list(dict.fromkeys(subset["structure"]))
     for cohort in sorted(set(subset["cohort"])):
         in_cohort = subset[subset["cohort"] == cohort]
         for structure in structures:
@@ -228,17 +254,9 @@ def compare(
             if group.empty:
                 continue
             wide = {m: g.set_index("case_id") for m, g in group.groupby("model")}
-            cases_a = set(wide[a].index) if a in wide else set()
-            cases_b = set(wide[b].index) if b in wide else set()
-            if cases_a != cases_b:
-                unpaired.append(
-                    {
-                        "cohort": cohort,
-                        "structure": structure,
-                        "only_a": sorted(str(c) for c in cases_a - cases_b),
-                        "only_b": sorted(str(c) for c in cases_b - cases_a),
-                    }
-                )
+            only = _one_model_only(wide, a, b)
+            if only is not None:
+                unpaired.append({"cohort": cohort, "structure": structure, **only})
             fails = (_missed(wide.get(a)), _missed(wide.get(b)))
             for metric in metric_columns:
                 va = _values(wide.get(a), metric)
@@ -252,18 +270,11 @@ def compare(
                     nonfinite.append(
                         {"cohort": cohort, "structure": structure, "metric": metric, **excluded}
                     )
-    if not rows:
-        raise EvaluationError(
-            "nothing to compare",
-            where="metrics table",
-            expected=f"rows of models {a} and {b}",
-            found="no rows",
-            fix="check the model names",
-        )
-    result = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
-    result["p_adjusted"] = _adjust(result["p_value"].to_numpy(dtype=float), correction)
-    result["correction"] = correction
-    result["significant"] = (result["p_adjusted"] < alpha).fillna(False).astype(bool)
+    return rows, unpaired, nonfinite
+
+
+def _warn_unpaired(unpaired: list[dict[str, Any]], a: str, b: str) -> None:
+    """Log the cases excluded from pairing because only one model has them."""
     for side in unpaired:
         log.warning(
             "%s / %s: cases of one model only, excluded from the paired test: %s only %s; "
@@ -275,39 +286,73 @@ def compare(
             b,
             side["only_b"] or "none",
         )
-    result.attrs["dlas"] = {
-        "settings": {
-            "model_a": a,
-            "model_b": b,
-            "difference": f"{b} − {a}",
-            "correction": correction,
-            "correction_family": "all rows with a p-value in this comparison",
-            "alpha": alpha,
-            "bootstrap": bootstrap,
-            "seed": seed,
-            "zero_method": zero_method,
-            "test": "two-sided Wilcoxon signed-rank test (scipy.stats.wilcoxon), paired by "
-            "case; exact when n ≤ 50 without ties or zero differences, exact permutation over "
-            "all sign patterns when n ≤ 13 with ties or zeros, normal approximation with tie "
-            "correction otherwise",
-            "effect_size": "matched-pairs rank-biserial correlation (T+ − T−) / sum of ranks; "
-            "positive when model_b is larger",
-            "ci": f"percentile bootstrap 95 % CI of the mean difference, {bootstrap} resamples"
-            if bootstrap
-            else "none",
-            "descriptives": "mean, SD (ddof=1), median and quartiles (linear interpolation) "
-            "over each model's finite values; NaN and inf values are counted "
-            "(n_nonfinite_a/_b) and marked in Table 2",
-            "nonfinite_in_test": "pairs with an infinite value stay in the signed-rank test, "
-            "ranked as the largest difference of their sign (n_pairs_nonfinite); pairs with a "
-            "NaN are left out",
-        },
-        "unpaired_cases": unpaired,
-        "nonfinite_excluded": nonfinite,
+
+
+def _refuse_duplicates(subset: pd.DataFrame) -> None:
+    """Refuse a (case, model, structure) that appears twice."""
+    keys = ["case_id", "model", "structure"]
+    doubled = subset[subset.duplicated(keys, keep=False)]
+    if len(doubled):
+        first = doubled.iloc[0]
+        raise EvaluationError(
+            "a case appears twice for the same model and structure",
+            where=f"case {first['case_id']}, model {first['model']}, "
+            f"structure {first['structure']}",
+            expected="one row per case, model and structure",
+            found=f"{len(doubled)} duplicated rows",
+            fix="evaluate each model once, or remove the duplicates",
+        )
+
+
+def _one_model_only(wide: dict[Any, pd.DataFrame], a: str, b: str) -> dict[str, list[str]] | None:
+    """The cases of one structure and cohort that only model ``a`` or only ``b`` has (excluded
+    from pairing), or None when both have the same cases."""
+    cases_a = set(wide[a].index) if a in wide else set()
+    cases_b = set(wide[b].index) if b in wide else set()
+    if cases_a == cases_b:
+        return None
+    return {
+        "only_a": sorted(str(c) for c in cases_a - cases_b),
+        "only_b": sorted(str(c) for c in cases_b - cases_a),
     }
-    if out is not None:
-        write_comparison(result, out, source=None if isinstance(metrics, pd.DataFrame) else metrics)
-    return result
+
+
+def _settings(
+    a: str,
+    b: str,
+    correction: str,
+    alpha: float,
+    bootstrap: int,
+    seed: int,
+    zero_method: str,
+) -> dict[str, Any]:
+    """The settings of a comparison and what its test, effect size and CI are."""
+    return {
+        "model_a": a,
+        "model_b": b,
+        "difference": f"{b} − {a}",
+        "correction": correction,
+        "correction_family": "all rows with a p-value in this comparison",
+        "alpha": alpha,
+        "bootstrap": bootstrap,
+        "seed": seed,
+        "zero_method": zero_method,
+        "test": "two-sided Wilcoxon signed-rank test (scipy.stats.wilcoxon), paired by "
+        "case; exact when n ≤ 50 without ties or zero differences, exact permutation over "
+        "all sign patterns when n ≤ 13 with ties or zeros, normal approximation with tie "
+        "correction otherwise",
+        "effect_size": "matched-pairs rank-biserial correlation (T+ − T−) / sum of ranks; "
+        "positive when model_b is larger",
+        "ci": f"percentile bootstrap 95 % CI of the mean difference, {bootstrap} resamples"
+        if bootstrap
+        else "none",
+        "descriptives": "mean, SD (ddof=1), median and quartiles (linear interpolation) "
+        "over each model's finite values; NaN and inf values are counted "
+        "(n_nonfinite_a/_b) and marked in Table 2",
+        "nonfinite_in_test": "pairs with an infinite value stay in the signed-rank test, "
+        "ranked as the largest difference of their sign (n_pairs_nonfinite); pairs with a "
+        "NaN are left out",
+    }
 
 
 #: The columns of ``interobserver.csv``: a comparison of each model (``model_b``) against each
@@ -741,20 +786,7 @@ def write_comparison(
     for key, fmt in formats:
         text = render_table2(comparison, fmt, metrics=metrics, interobserver=interobserver)
         write_text(paths[key], text)
-    input_info: dict[str, Any] = {}
-    if source is not None:
-        src = Path(source)
-        input_info = {
-            "metrics_csv": src.name,
-            "metrics_csv_sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
-        }
-        sidecar = src.with_suffix(".json")
-        if sidecar.is_file():
-            import json
-
-            data = json.loads(sidecar.read_text(encoding="utf-8"))
-            input_info["metric_options"] = data.get("options")
-            input_info["metric_definitions"] = data.get("definitions")
+    input_info = _input_info(source)
     if interobserver is None:
         # a rewrite without observers must not leave an earlier run's file behind
         (folder / "interobserver.csv").unlink(missing_ok=True)
@@ -769,24 +801,47 @@ def write_comparison(
             "columns": list(COMPARISON_COLUMNS),
             "csv_conventions": "'nan' = not available (e.g. no pair, no test); p_adjusted "
             "equals p_value when correction is none",
-            **(
-                {
-                    "interobserver": {
-                        "observers": list(dict.fromkeys(interobserver["model_a"])),
-                        "file": "interobserver.csv",
-                        "within": "the model's mean is at least as good as the observer's "
-                        "(higher DSC, sensitivity, specificity, surface DSC; lower distances; "
-                        "volume error closer to zero); p: paired Wilcoxon signed-rank test of "
-                        "the model against the observer, uncorrected",
-                    }
-                }
-                if interobserver is not None
-                else {}
-            ),
+            **_interobserver_info(interobserver),
             **_json_safe(info),
         },
     )
     return paths
+
+
+def _input_info(source: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """The metrics CSV compared: name, SHA-256 and its sidecar's metric options and
+    definitions (empty when no source is given)."""
+    if source is None:
+        return {}
+    src = Path(source)
+    info: dict[str, Any] = {
+        "metrics_csv": src.name,
+        "metrics_csv_sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
+    }
+    sidecar = src.with_suffix(".json")
+    if sidecar.is_file():
+        import json
+
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+        info["metric_options"] = data.get("options")
+        info["metric_definitions"] = data.get("definitions")
+    return info
+
+
+def _interobserver_info(interobserver: pd.DataFrame | None) -> dict[str, Any]:
+    """The ``interobserver`` entry of ``comparison.json`` (none without observers)."""
+    if interobserver is None:
+        return {}
+    return {
+        "interobserver": {
+            "observers": list(dict.fromkeys(interobserver["model_a"])),
+            "file": "interobserver.csv",
+            "within": "the model's mean is at least as good as the observer's "
+            "(higher DSC, sensitivity, specificity, surface DSC; lower distances; "
+            "volume error closer to zero); p: paired Wilcoxon signed-rank test of "
+            "the model against the observer, uncorrected",
+        }
+    }
 
 
 def _versions() -> dict[str, str]:

@@ -278,6 +278,50 @@ def read_ct_series(
         For any of the defects listed in the module docstring.
     """
     tol = tolerances or SeriesTolerances()
+    files = _source_files(source, series_uid)
+    where = _where([f.path for f in files])
+    _check_one_series(files, where)
+    orientation = _axial_orientation(files, where, tol)
+    stack = _slice_stack(files, where, tol)
+    row_spacing, col_spacing = _pixel_spacing(stack.headers, where)
+    array = _hounsfield(stack.files)
+    # Canonical orientation: columns along +x, rows along +y (lossless flips).
+    row_dir, col_dir = orientation[:3], orientation[3:]
+    if row_dir[0] < 0:
+        array = array[:, :, ::-1]
+    if col_dir[1] < 0:
+        array = array[:, ::-1, :]
+    headers = stack.headers
+    ncols, nrows = int(headers[0].Columns), int(headers[0].Rows)
+    origin = stack.positions[0].copy()
+    if row_dir[0] < 0:
+        origin[0] -= (ncols - 1) * col_spacing
+    if col_dir[1] < 0:
+        origin[1] -= (nrows - 1) * row_spacing
+    volume = Volume(
+        np.ascontiguousarray(array, dtype=np.float32),
+        spacing=np.array([stack.step, row_spacing, col_spacing]),
+        origin=origin,
+        direction=AXIAL_DIRECTION.copy(),
+    )
+    first = headers[0]
+    return CTSeries(
+        volume=volume,
+        headers=headers,
+        sop_instance_uids=[sop_instance_of(h) for h in headers],
+        series_instance_uid=str(first.get("SeriesInstanceUID", "") or ""),
+        study_instance_uid=str(first.get("StudyInstanceUID", "")),
+        frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
+        files=[f.path for f in stack.files],
+        original_orientation=tuple(float(v) for v in orientation),
+    )
+
+
+def _source_files(
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Sequence[ScannedFile],
+    series_uid: str | None,
+) -> list[ScannedFile]:
+    """The files of the series: scanned files as given, or those of a folder or path list."""
     if (
         isinstance(source, Sequence)
         and not isinstance(source, str)
@@ -294,11 +338,11 @@ def read_ct_series(
             found="no files",
             fix="point at the folder that holds the planning CT",
         )
-    paths = [f.path for f in files]
-    where = _where(paths)
-    headers = [f.header for f in files]
+    return files
 
-    # ---- one series, one modality, one frame of reference, one image geometry
+
+def _check_one_series(files: Sequence[ScannedFile], where: str) -> None:
+    """Refuse other modalities, localizers, several series, frames of reference or sizes."""
     for f in files:
         modality = str(f.header.get("Modality", ""))
         if modality != "CT" or sop_class_of(f.header) != CT_IMAGE_STORAGE:
@@ -343,6 +387,12 @@ def read_ct_series(
             "export the series again; all slices must share one matrix size",
         )
 
+
+def _axial_orientation(
+    files: Sequence[ScannedFile], where: str, tol: SeriesTolerances
+) -> npt.NDArray[np.float64]:
+    """The series' one ImageOrientationPatient (row, column direction cosines), axial and
+    untilted, or an error."""
     orientations = np.array(
         [_floats(f.header, "ImageOrientationPatient", 6, f.path) for f in files]
     )
@@ -380,12 +430,27 @@ def read_ct_series(
             found=f"GantryDetectorTilt {sorted(tilts)} degrees",
             fix="reconstruct the acquisition without tilt (or resample it to axial slices)",
         )
+    orientation: npt.NDArray[np.float64] = orientations[0]
+    return orientation
 
+
+@dataclass(frozen=True)
+class _Stack:
+    """The slices sorted inferior → superior, their positions (mm) and the slice spacing."""
+
+    files: list[ScannedFile]
+    headers: Sequence[Dataset]
+    positions: npt.NDArray[np.float64]  # ImagePositionPatient of each slice, (n, 3)
+    step: float  # slice spacing (mm)
+
+
+def _slice_stack(files: Sequence[ScannedFile], where: str, tol: SeriesTolerances) -> _Stack:
+    """Sort the slices along z; refuse a tilted stack, duplicate or missing slices and
+    irregular spacing."""
     positions = np.array([_floats(f.header, "ImagePositionPatient", 3, f.path) for f in files])
     order = np.argsort(positions[:, 2], kind="stable")
     positions = positions[order]
     files = [files[int(i)] for i in order]
-    headers = [headers[int(i)] for i in order]
     z = positions[:, 2]
     lateral = positions[:, :2] - positions[0, :2]
     if len(files) > 1 and np.abs(np.diff(lateral, axis=0)).max() > tol.tilt_mm:
@@ -408,29 +473,9 @@ def read_ct_series(
             found=f"{files[d].path.name} and {files[d + 1].path.name} both at z = {z[d]:.2f} mm",
             fix="remove the duplicate file (two exports of one series mixed in one folder?)",
         )
+    headers = [f.header for f in files]
     if len(files) > 1:
-        step = float(np.median(gaps))
-        allowed = max(tol.spacing_mm, tol.spacing_fraction * step)
-        bad = np.flatnonzero(np.abs(gaps - step) > allowed)
-        if bad.size:
-            b = int(bad[0])
-            ratio = gaps[b] / step
-            if abs(ratio - round(ratio)) * step <= allowed and round(ratio) >= 2:
-                raise DicomSeriesError(
-                    "missing slice",
-                    where=where,
-                    expected=f"slices every {step:.3g} mm",
-                    found=f"a gap of {gaps[b]:.3g} mm between z = {z[b]:.2f} and "
-                    f"z = {z[b + 1]:.2f} mm ({round(ratio) - 1} slice(s) missing)",
-                    fix="export the complete series",
-                )
-            raise DicomSeriesError(
-                "irregular slice spacing",
-                where=where,
-                expected=f"slices every {step:.3g} mm (± {allowed:.3g} mm)",
-                found=f"a gap of {gaps[b]:.3g} mm between z = {z[b]:.2f} and z = {z[b + 1]:.2f} mm",
-                fix="resample the series to a regular spacing in the planning system",
-            )
+        step = _regular_spacing(z, where, tol)
     else:
         thickness = headers[0].get("SliceThickness")
         if thickness is None or float(thickness) <= 0:
@@ -442,7 +487,40 @@ def read_ct_series(
                 fix="export the whole series",
             )
         step = float(thickness)
+    return _Stack(files, headers, positions, step)
 
+
+def _regular_spacing(z: npt.NDArray[np.float64], where: str, tol: SeriesTolerances) -> float:
+    """The median gap (mm) between the sorted slice positions ``z``, when every gap matches it
+    (within the tolerances); else a missing slice or irregular spacing is refused."""
+    gaps = np.diff(z)
+    step = float(np.median(gaps))
+    allowed = max(tol.spacing_mm, tol.spacing_fraction * step)
+    bad = np.flatnonzero(np.abs(gaps - step) > allowed)
+    if bad.size:
+        b = int(bad[0])
+        ratio = gaps[b] / step
+        if abs(ratio - round(ratio)) * step <= allowed and round(ratio) >= 2:
+            raise DicomSeriesError(
+                "missing slice",
+                where=where,
+                expected=f"slices every {step:.3g} mm",
+                found=f"a gap of {gaps[b]:.3g} mm between z = {z[b]:.2f} and "
+                f"z = {z[b + 1]:.2f} mm ({round(ratio) - 1} slice(s) missing)",
+                fix="export the complete series",
+            )
+        raise DicomSeriesError(
+            "irregular slice spacing",
+            where=where,
+            expected=f"slices every {step:.3g} mm (± {allowed:.3g} mm)",
+            found=f"a gap of {gaps[b]:.3g} mm between z = {z[b]:.2f} and z = {z[b + 1]:.2f} mm",
+            fix="resample the series to a regular spacing in the planning system",
+        )
+    return step
+
+
+def _pixel_spacing(headers: Sequence[Dataset], where: str) -> tuple[float, float]:
+    """The series' one PixelSpacing (row, column; mm), positive and finite, or an error."""
     spacings = {tuple(float(v) for v in h.get("PixelSpacing", [])) for h in headers}
     if len(spacings) != 1 or len(next(iter(spacings))) != 2:
         raise DicomSeriesError(
@@ -465,10 +543,13 @@ def read_ct_series(
             fix="export the series again from the scanner or planning system; the images "
             "cannot be placed in space without it",
         )
+    return row_spacing, col_spacing
 
-    # ---- pixel data → HU
+
+def _hounsfield(files: Sequence[ScannedFile]) -> npt.NDArray[np.float32]:
+    """The slices' pixel data in HU (RescaleSlope and RescaleIntercept applied), stacked
+    in the given order as stored (z, rows, columns)."""
     slices = []
-    full_paths = [f.path for f in files]
     for f in files:
         ds = read_header(f.path, pixels=True)
         _check_decoder(ds, str(f.path))
@@ -485,36 +566,7 @@ def read_ct_series(
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
         slices.append(pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept))
-    array = np.stack(slices)
-
-    # Canonical orientation: columns along +x, rows along +y (lossless flips).
-    if row_dir[0] < 0:
-        array = array[:, :, ::-1]
-    if col_dir[1] < 0:
-        array = array[:, ::-1, :]
-    ncols, nrows = int(headers[0].Columns), int(headers[0].Rows)
-    origin = positions[0].copy()
-    if row_dir[0] < 0:
-        origin[0] -= (ncols - 1) * col_spacing
-    if col_dir[1] < 0:
-        origin[1] -= (nrows - 1) * row_spacing
-    volume = Volume(
-        np.ascontiguousarray(array, dtype=np.float32),
-        spacing=np.array([step, row_spacing, col_spacing]),
-        origin=origin,
-        direction=AXIAL_DIRECTION.copy(),
-    )
-    first = headers[0]
-    return CTSeries(
-        volume=volume,
-        headers=headers,
-        sop_instance_uids=[sop_instance_of(h) for h in headers],
-        series_instance_uid=str(first.get("SeriesInstanceUID", "") or ""),
-        study_instance_uid=str(first.get("StudyInstanceUID", "")),
-        frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
-        files=full_paths,
-        original_orientation=tuple(float(v) for v in orientations[0]),
-    )
+    return np.stack(slices)
 
 
 def _require_single(

@@ -498,17 +498,7 @@ def read_label_map(
     if matched is not None:
         array, reoriented = matched
     elif resample:
-        import SimpleITK as sitk
-
-        grid = reference.with_array(np.zeros(reference.shape, dtype=np.uint8)).to_sitk()
-        moved = sitk.Resample(
-            image.with_array(labels).to_sitk(),
-            grid,
-            sitk.Transform(),
-            sitk.sitkNearestNeighbor,
-            0,
-        )
-        array = sitk.GetArrayFromImage(moved).astype(labels.dtype, copy=False)
+        array = _resample_labels(image, labels, reference)
         resampled = True
         warnings.append(
             RTStructWarning(
@@ -528,6 +518,44 @@ def read_label_map(
             "flagged as resampled), or export the label map on the CT's grid",
         )
     counts = _counts(array) if resampled else source_counts
+    warnings += _label_warnings(names, source_counts, counts if resampled else None)
+    return LabelMapData(
+        label_map=reference.with_array(array),
+        labels={name: label for label, name in names.items()},
+        voxel_counts={name: counts.get(label, 0) for label, name in names.items()},
+        warnings=warnings,
+        reoriented=reoriented,
+        resampled=resampled,
+    )
+
+
+def _resample_labels(
+    image: Volume, labels: npt.NDArray[np.unsignedinteger[Any]], reference: Volume
+) -> npt.NDArray[np.unsignedinteger[Any]]:
+    """The labels of ``image`` resampled onto the grid of ``reference`` (nearest neighbour,
+    SimpleITK; voxels outside the map become background)."""
+    import SimpleITK as sitk
+
+    grid = reference.with_array(np.zeros(reference.shape, dtype=np.uint8)).to_sitk()
+    moved = sitk.Resample(
+        image.with_array(labels).to_sitk(),
+        grid,
+        sitk.Transform(),
+        sitk.sitkNearestNeighbor,
+        0,
+    )
+    array: npt.NDArray[np.unsignedinteger[Any]] = sitk.GetArrayFromImage(moved).astype(
+        labels.dtype, copy=False
+    )
+    return array
+
+
+def _label_warnings(
+    names: Mapping[int, str], source_counts: dict[int, int], resampled: dict[int, int] | None
+) -> list[RTStructWarning]:
+    """Labels of the map that the table does not name, and (``resampled``: the voxel counts
+    after resampling) named labels that vanished in resampling."""
+    warnings: list[RTStructWarning] = []
     for label, count in source_counts.items():
         if label == 0:
             continue
@@ -539,7 +567,7 @@ def read_label_map(
                     roi_number=label,
                 )
             )
-        elif resampled and label not in counts:
+        elif resampled is not None and label not in resampled:
             warnings.append(
                 RTStructWarning(
                     "label-lost-in-resampling",
@@ -549,11 +577,4 @@ def read_label_map(
                     roi_name=names[label],
                 )
             )
-    return LabelMapData(
-        label_map=reference.with_array(array),
-        labels={name: label for label, name in names.items()},
-        voxel_counts={name: counts.get(label, 0) for label, name in names.items()},
-        warnings=warnings,
-        reoriented=reoriented,
-        resampled=resampled,
-    )
+    return warnings

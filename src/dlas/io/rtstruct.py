@@ -33,7 +33,7 @@ import enum
 import logging
 import os
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ from dlas.io.ct import CTSeries
 from dlas.io.ct_writer import make_uid
 from dlas.io.dicom_scan import CT_IMAGE_STORAGE, RTSTRUCT_STORAGE
 from dlas.io.volume import Volume
-from dlas.structures import Code, RTROIInterpretedType, StructureSet
+from dlas.structures import Code, RTROIInterpretedType, StructureDef, StructureSet
 
 __all__ = [
     "AlgorithmIdentification",
@@ -314,12 +314,60 @@ def read_rtstruct(
     ds, where = _load(source)
     _require_rtstruct(ds, where)
     volume = ct.volume
-    nz, ny, nx = volume.shape
     sz = float(volume.spacing[0])
     z_tol = 0.25 * sz if z_tolerance_mm is None else float(z_tolerance_mm)
-    ct_for = ct.frame_of_reference_uid
-
     roi_items = list(ds.get("StructureSetROISequence", []))
+    _require_frame_of_reference(ds, roi_items, ct, where)
+    slices = _Slices(volume, ct.sop_instance_uids, z_tol)
+    _require_referenced_images(ds, slices, ct, where)
+
+    types = {
+        int(obs.ReferencedROINumber): str(obs.get("RTROIInterpretedType", "") or "")
+        for obs in ds.get("RTROIObservationsSequence", [])
+    }
+    contour_items = {
+        int(item.ReferencedROINumber): item for item in ds.get("ROIContourSequence", [])
+    }
+    warnings: list[RTStructWarning] = []
+    rois: dict[int, RTStructROI] = {}
+    names_seen: dict[str, list[int]] = defaultdict(list)
+    for roi_item in roi_items:
+        number = int(roi_item.ROINumber)
+        roi = _read_roi(
+            slices,
+            roi_item,
+            contour_items.get(number),
+            types.get(number, ""),
+            ct.frame_of_reference_uid,
+        )
+        names_seen[roi.name.strip().lower()].append(number)
+        rois[number] = roi
+        warnings.extend(roi.warnings)
+
+    for numbers in names_seen.values():
+        if len(numbers) > 1:
+            names = ", ".join(f"{n} '{rois[n].name}'" for n in numbers if n in rois)
+            warnings.append(
+                RTStructWarning(
+                    "duplicate-name",
+                    f"ROIs {names} share one name; they are kept apart by ROI number, not merged",
+                )
+            )
+    return RTStructData(
+        rois=rois,
+        warnings=warnings,
+        frame_of_reference_uid=ct.frame_of_reference_uid,
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+        label=str(ds.get("StructureSetLabel", "")),
+        structure_set_date=str(ds.get("StructureSetDate", "")),
+    )
+
+
+def _require_frame_of_reference(
+    ds: Dataset, roi_items: list[Dataset], ct: CTSeries, where: str
+) -> None:
+    """Refuse an RTSTRUCT whose declared frames of reference do not include the CT's."""
+    ct_for = ct.frame_of_reference_uid
     set_fors = {
         str(item.get("FrameOfReferenceUID", ""))
         for item in ds.get("ReferencedFrameOfReferenceSequence", [])
@@ -335,173 +383,176 @@ def read_rtstruct(
             fix="pair the RTSTRUCT with the CT it was drawn on (or register and re-export it)",
         )
 
-    slice_of_uid = {uid: k for k, uid in enumerate(ct.sop_instance_uids)}
+
+def _require_referenced_images(ds: Dataset, slices: _Slices, ct: CTSeries, where: str) -> None:
+    """Refuse contours that reference CT images the series does not hold."""
     missing: set[str] = set()
     for item in ds.get("ROIContourSequence", []):
         for contour in item.get("ContourSequence", []):
             for ref in contour.get("ContourImageSequence", []):
                 uid = str(ref.get("ReferencedSOPInstanceUID", ""))
-                if uid and uid not in slice_of_uid:
+                if uid and uid not in slices.slice_of_uid:
                     missing.add(uid)
     if missing:
         raise RTStructError(
             "RTSTRUCT references CT images that are not in the series",
             where=where,
-            expected=f"contours on the {nz} images of CT series {ct.series_instance_uid}",
+            expected=f"contours on the {slices.volume.shape[0]} images of CT series "
+            f"{ct.series_instance_uid}",
             found=f"{len(missing)} referenced image(s) absent, e.g. {sorted(missing)[0]}",
             fix="export the RTSTRUCT together with the complete CT series it was drawn on",
         )
 
-    types = {
-        int(obs.ReferencedROINumber): str(obs.get("RTROIInterpretedType", "") or "")
-        for obs in ds.get("RTROIObservationsSequence", [])
-    }
-    contour_items = {
-        int(item.ReferencedROINumber): item for item in ds.get("ROIContourSequence", [])
-    }
-    warnings: list[RTStructWarning] = []
-    rois: dict[int, RTStructROI] = {}
-    names_seen: dict[str, list[int]] = defaultdict(list)
-    z_centres = volume.origin[2] + sz * np.arange(nz) * volume.direction[0, 2]
 
-    for roi_item in roi_items:
-        number = int(roi_item.ROINumber)
-        name = str(roi_item.get("ROIName", ""))
-        names_seen[name.strip().lower()].append(number)
-        roi_warnings: list[RTStructWarning] = []
+#: Records a warning of one ROI: ``warn(code, message)``.
+_Warn = Callable[[str, str], None]
 
-        def warn(
-            code: str,
-            message: str,
-            *,
-            _n: int = number,
-            _name: str = name,
-            _list: list[RTStructWarning] = roi_warnings,
-        ) -> None:
-            _list.append(RTStructWarning(code, message, _n, _name))
 
-        roi_for = str(roi_item.get("ReferencedFrameOfReferenceUID", "") or ct_for)
-        item = contour_items.get(number)
-        colour: tuple[int, int, int] | None = None
-        rgb = item.get("ROIDisplayColor") if item is not None else None
-        if rgb is not None and len(rgb) == 3:
-            colour = (int(rgb[0]), int(rgb[1]), int(rgb[2]))
-        mask = np.zeros((nz, ny, nx), dtype=bool)
-        if roi_for != ct_for:
-            warn(
-                "other-frame-of-reference",
-                f"ROI {number} '{name}' lies in frame of reference {roi_for}, not the CT's; "
-                "it is not rasterised",
-            )
-            rois[number] = RTStructROI(
-                number, name, types.get(number, ""), colour, mask, 0, roi_warnings
-            )
-            warnings.extend(roi_warnings)
-            continue
-        per_slice: dict[int, list[npt.NDArray[np.float64]]] = defaultdict(list)
-        used = 0
-        for c_index, contour in enumerate(item.get("ContourSequence", []) if item else []):
-            label = f"ROI {number} '{name}', contour {c_index + 1}"
-            kind = str(contour.get("ContourGeometricType", "")).upper()
-            data = contour.get("ContourData")
-            points = (
-                np.asarray([float(v) for v in data], dtype=np.float64).reshape(-1, 3)
-                if data is not None and len(data) % 3 == 0
-                else np.zeros((0, 3))
-            )
-            if kind not in ("CLOSED_PLANAR", "CLOSEDPLANAR_XOR"):
-                warn(
-                    "non-closed-contour",
-                    f"{label}: {kind or 'untyped'} contour ignored "
-                    "(only CLOSED_PLANAR contours enclose a volume)",
-                )
-                continue
-            if len(points) < 3:
-                warn(
-                    "too-few-points", f"{label}: {len(points)} point(s), at least 3 needed; ignored"
-                )
-                continue
-            idx = volume.physical_to_index(points)
-            k_float = idx[:, 0]
-            spread_mm = float(np.ptp(points @ volume.direction[0]))
-            if spread_mm > z_tol:
-                warn(
-                    "non-axial-contour",
-                    f"{label}: points span {spread_mm:.2f} mm across "
-                    "the slice direction (not an axial contour); ignored",
-                )
-                continue
-            k_mean = float(k_float.mean())
-            z_mean = float(points[:, 2].mean())
-            slice_k: int | None = None
-            refs = contour.get("ContourImageSequence", [])
-            if refs:
-                k_ref = slice_of_uid[str(refs[0].ReferencedSOPInstanceUID)]
-                if abs(z_mean - z_centres[k_ref]) <= max(z_tol, 0.5 * sz - 1e-6):
-                    slice_k = k_ref
-                else:
-                    warn(
-                        "reference-mismatch",
-                        f"{label}: at z = {z_mean:.2f} mm but references "
-                        f"the image at z = {z_centres[k_ref]:.2f} mm; placed by its z instead",
-                    )
-            if slice_k is None:
-                nearest = int(np.rint(k_mean))
-                if nearest < 0 or nearest >= nz:
-                    if abs(k_mean - np.clip(nearest, 0, nz - 1)) * sz > z_tol:
-                        warn(
-                            "contour-off-image",
-                            f"{label}: at z = {z_mean:.2f} mm, outside "
-                            f"the CT (z {z_centres[0]:.2f} to {z_centres[-1]:.2f} mm); ignored",
-                        )
-                        continue
-                    nearest = int(np.clip(nearest, 0, nz - 1))
-                if abs(k_mean - nearest) * sz > z_tol:
-                    warn(
-                        "contour-between-slices",
-                        f"{label}: at z = {z_mean:.2f} mm, "
-                        f"{abs(k_mean - nearest) * sz:.2f} mm from the nearest slice "
-                        f"(tolerance {z_tol:.2f} mm); ignored",
-                    )
-                    continue
-                slice_k = nearest
-            xy = idx[:, [2, 1]]
-            lo, hi = xy.min(axis=0), xy.max(axis=0)
-            if hi[0] < -0.5 or hi[1] < -0.5 or lo[0] > nx - 0.5 or lo[1] > ny - 0.5:
-                warn("contour-off-image", f"{label}: lies entirely outside the image; ignored")
-                continue
-            if lo[0] < -0.5 or lo[1] < -0.5 or hi[0] > nx - 0.5 or hi[1] > ny - 0.5:
-                warn("contour-partly-off-image", f"{label}: extends beyond the image; clipped")
-            per_slice[slice_k].append(xy)
-            used += 1
-        for k, polygons in per_slice.items():
-            mask[k] = rasterize_polygons(polygons, (ny, nx))
-        if not mask.any():
-            warn(
-                "empty-roi", f"ROI {number} '{name}' has no voxel inside ({used} usable contour(s))"
-            )
-        rois[number] = RTStructROI(
-            number, name, types.get(number, ""), colour, mask, used, roi_warnings
+def _read_roi(
+    slices: _Slices,
+    roi_item: Dataset,
+    item: Dataset | None,
+    interpreted_type: str,
+    ct_for: str,
+) -> RTStructROI:
+    """Rasterise one ROI: its usable contours filled slice by slice (even-odd rule), each
+    doubtful contour warned about; an ROI in another frame of reference stays empty."""
+    number = int(roi_item.ROINumber)
+    name = str(roi_item.get("ROIName", ""))
+    roi_warnings: list[RTStructWarning] = []
+
+    def warn(code: str, message: str) -> None:
+        roi_warnings.append(RTStructWarning(code, message, number, name))
+
+    roi_for = str(roi_item.get("ReferencedFrameOfReferenceUID", "") or ct_for)
+    colour: tuple[int, int, int] | None = None
+    rgb = item.get("ROIDisplayColor") if item is not None else None
+    if rgb is not None and len(rgb) == 3:
+        colour = (int(rgb[0]), int(rgb[1]), int(rgb[2]))
+    nz, ny, nx = slices.volume.shape
+    mask = np.zeros((nz, ny, nx), dtype=bool)
+    if roi_for != ct_for:
+        warn(
+            "other-frame-of-reference",
+            f"ROI {number} '{name}' lies in frame of reference {roi_for}, not the CT's; "
+            "it is not rasterised",
         )
-        warnings.extend(roi_warnings)
+        return RTStructROI(number, name, interpreted_type, colour, mask, 0, roi_warnings)
+    per_slice: dict[int, list[npt.NDArray[np.float64]]] = defaultdict(list)
+    used = 0
+    for c_index, contour in enumerate(item.get("ContourSequence", []) if item else []):
+        placed = slices.place(contour, f"ROI {number} '{name}', contour {c_index + 1}", warn)
+        if placed is not None:
+            k, xy = placed
+            per_slice[k].append(xy)
+            used += 1
+    for k, polygons in per_slice.items():
+        mask[k] = rasterize_polygons(polygons, (ny, nx))
+    if not mask.any():
+        warn("empty-roi", f"ROI {number} '{name}' has no voxel inside ({used} usable contour(s))")
+    return RTStructROI(number, name, interpreted_type, colour, mask, used, roi_warnings)
 
-    for numbers in names_seen.values():
-        if len(numbers) > 1:
-            names = ", ".join(f"{n} '{rois[n].name}'" for n in numbers if n in rois)
-            warnings.append(
-                RTStructWarning(
-                    "duplicate-name",
-                    f"ROIs {names} share one name; they are kept apart by ROI number, not merged",
-                )
+
+class _Slices:
+    """The CT's slices as contours are placed on them: slice centres along z (mm), the slice
+    of each referenced image, and the tolerance (mm) of a contour's distance to a slice."""
+
+    def __init__(self, volume: Volume, sop_instance_uids: list[str], z_tol: float) -> None:
+        self.volume = volume
+        self.slice_of_uid = {uid: k for k, uid in enumerate(sop_instance_uids)}
+        self.z_tol = z_tol
+        self.sz = float(volume.spacing[0])
+        nz = volume.shape[0]
+        self.z_centres = volume.origin[2] + self.sz * np.arange(nz) * volume.direction[0, 2]
+
+    def place(
+        self, contour: Dataset, label: str, warn: _Warn
+    ) -> tuple[int, npt.NDArray[np.float64]] | None:
+        """The slice of a contour and its points as (x, y) pixel indices, or None (with a
+        warning) for a contour that is not closed, has too few points, is not axial, or lies
+        off the image or between slices."""
+        volume = self.volume
+        _, ny, nx = volume.shape
+        kind = str(contour.get("ContourGeometricType", "")).upper()
+        data = contour.get("ContourData")
+        points = (
+            np.asarray([float(v) for v in data], dtype=np.float64).reshape(-1, 3)
+            if data is not None and len(data) % 3 == 0
+            else np.zeros((0, 3))
+        )
+        if kind not in ("CLOSED_PLANAR", "CLOSEDPLANAR_XOR"):
+            warn(
+                "non-closed-contour",
+                f"{label}: {kind or 'untyped'} contour ignored "
+                "(only CLOSED_PLANAR contours enclose a volume)",
             )
-    return RTStructData(
-        rois=rois,
-        warnings=warnings,
-        frame_of_reference_uid=ct_for,
-        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
-        label=str(ds.get("StructureSetLabel", "")),
-        structure_set_date=str(ds.get("StructureSetDate", "")),
-    )
+            return None
+        if len(points) < 3:
+            warn("too-few-points", f"{label}: {len(points)} point(s), at least 3 needed; ignored")
+            return None
+        idx = volume.physical_to_index(points)
+        spread_mm = float(np.ptp(points @ volume.direction[0]))
+        if spread_mm > self.z_tol:
+            warn(
+                "non-axial-contour",
+                f"{label}: points span {spread_mm:.2f} mm across "
+                "the slice direction (not an axial contour); ignored",
+            )
+            return None
+        slice_k = self._slice_of(contour, float(idx[:, 0].mean()), points, label, warn)
+        if slice_k is None:
+            return None
+        xy = idx[:, [2, 1]]
+        lo, hi = xy.min(axis=0), xy.max(axis=0)
+        if hi[0] < -0.5 or hi[1] < -0.5 or lo[0] > nx - 0.5 or lo[1] > ny - 0.5:
+            warn("contour-off-image", f"{label}: lies entirely outside the image; ignored")
+            return None
+        if lo[0] < -0.5 or lo[1] < -0.5 or hi[0] > nx - 0.5 or hi[1] > ny - 0.5:
+            warn("contour-partly-off-image", f"{label}: extends beyond the image; clipped")
+        return slice_k, xy
+
+    def _slice_of(
+        self,
+        contour: Dataset,
+        k_mean: float,
+        points: npt.NDArray[np.float64],
+        label: str,
+        warn: _Warn,
+    ) -> int | None:
+        """The slice the contour references when its z agrees, else the slice within the
+        tolerance of its mean index ``k_mean``; None (warned) when there is none."""
+        nz = self.volume.shape[0]
+        sz, z_tol, z_centres = self.sz, self.z_tol, self.z_centres
+        z_mean = float(points[:, 2].mean())
+        refs = contour.get("ContourImageSequence", [])
+        if refs:
+            k_ref = self.slice_of_uid[str(refs[0].ReferencedSOPInstanceUID)]
+            if abs(z_mean - z_centres[k_ref]) <= max(z_tol, 0.5 * sz - 1e-6):
+                return k_ref
+            warn(
+                "reference-mismatch",
+                f"{label}: at z = {z_mean:.2f} mm but references "
+                f"the image at z = {z_centres[k_ref]:.2f} mm; placed by its z instead",
+            )
+        nearest = int(np.rint(k_mean))
+        if nearest < 0 or nearest >= nz:
+            if abs(k_mean - np.clip(nearest, 0, nz - 1)) * sz > z_tol:
+                warn(
+                    "contour-off-image",
+                    f"{label}: at z = {z_mean:.2f} mm, outside "
+                    f"the CT (z {z_centres[0]:.2f} to {z_centres[-1]:.2f} mm); ignored",
+                )
+                return None
+            nearest = int(np.clip(nearest, 0, nz - 1))
+        if abs(k_mean - nearest) * sz > z_tol:
+            warn(
+                "contour-between-slices",
+                f"{label}: at z = {z_mean:.2f} mm, "
+                f"{abs(k_mean - nearest) * sz:.2f} mm from the nearest slice "
+                f"(tolerance {z_tol:.2f} mm); ignored",
+            )
+            return None
+        return nearest
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -537,6 +588,11 @@ def write_rtstruct(
 ) -> Dataset:
     """Write masks on the grid of ``ct`` as an RTSTRUCT that references that series.
 
+    Built in stages: the provenance and the masks are validated first (nothing is written
+    when one fails), then the header (patient, study, frame of reference, series and structure
+    set modules), the references to the CT images, and one ROI, contour and observation item
+    per structure.
+
     Parameters
     ----------
     masks
@@ -569,6 +625,52 @@ def write_rtstruct(
     from dlas.io.atomic import atomic_path
 
     generation = ROIGenerationAlgorithm(generation)
+    _require_provenance(generation, algorithm, ct, path)
+    checked = _checked_masks(masks, ct.volume, structure_set)
+
+    when = timestamp or dt.datetime.now()
+    seed = (uid_seed,) if uid_seed is not None else ()
+    sop_uid = make_uid(*seed, "rtstruct-sop") if seed else make_uid()
+    series_uid = make_uid(*seed, "rtstruct-series") if seed else make_uid()
+    ds = _rtstruct_header(
+        ct,
+        sop_uid,
+        series_uid,
+        when,
+        series_number=series_number,
+        series_description=series_description,
+        label=label,
+    )
+    ds.ReferencedFrameOfReferenceSequence = DicomSequence([_referenced_frame_of_reference(ct)])
+
+    roi_seq, contour_seq, obs_seq = DicomSequence(), DicomSequence(), DicomSequence()
+    for number, (name, array) in enumerate(checked.items(), start=1):
+        canonical = structure_set.match(name) if structure_set is not None else None
+        definition = structure_set[canonical] if structure_set and canonical else None
+        description = roi_descriptions.get(name) if roi_descriptions else None
+        roi_seq.append(_roi_item(number, name, ct, generation, algorithm, description))
+        colour = definition.colour if definition else _PALETTE[(number - 1) % len(_PALETTE)]
+        contour_seq.append(_roi_contour_item(number, array, ct, colour))
+        obs_seq.append(_observation_item(number, definition))
+    ds.StructureSetROISequence = roi_seq
+    ds.ROIContourSequence = contour_seq
+    ds.RTROIObservationsSequence = obs_seq
+    # Nothing dlas writes is clinically approved: the planning system's review decides that.
+    ds.ApprovalStatus = "UNAPPROVED"
+
+    with atomic_path(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+    return ds
+
+
+def _require_provenance(
+    generation: ROIGenerationAlgorithm,
+    algorithm: AlgorithmIdentification | None,
+    ct: CTSeries,
+    path: str | os.PathLike[str],
+) -> None:
+    """Refuse automatic structures without their algorithm, and a CT that cannot be
+    referenced."""
     if generation is not ROIGenerationAlgorithm.MANUAL and algorithm is None:
         raise RTStructError(
             "automatic structures without algorithm identification",
@@ -577,6 +679,11 @@ def write_rtstruct(
             found=f"ROI generation {generation.value} and no algorithm",
             fix="pass algorithm=AlgorithmIdentification(name=..., version=...)",
         )
+    _require_referenceable(ct, path)
+
+
+def _require_referenceable(ct: CTSeries, path: str | os.PathLike[str]) -> None:
+    """Refuse a CT series that lacks a UID needed to reference it (from an RTSTRUCT or SEG)."""
     if not ct.referenceable:
         raise RTStructError(
             "CT series lacks the UIDs needed to reference it",
@@ -585,7 +692,15 @@ def write_rtstruct(
             found="some of them empty (the export was anonymised by blanking UIDs)",
             fix="re-export the CT with UIDs (replaced UIDs are fine, empty ones are not)",
         )
-    volume = ct.volume
+
+
+def _checked_masks(
+    masks: Mapping[str, npt.ArrayLike | Volume],
+    volume: Volume,
+    structure_set: StructureSet | None,
+) -> dict[str, npt.NDArray[np.bool_]]:
+    """The masks as boolean arrays (z, y, x), each on the CT's grid with a valid ROI name that
+    maps onto ``structure_set`` (when given), or an error naming the structure."""
     checked: dict[str, npt.NDArray[np.bool_]] = {}
     for name, mask in masks.items():
         if isinstance(mask, Volume):
@@ -625,13 +740,22 @@ def write_rtstruct(
                 fix="shorten the name",
             )
         checked[name] = array
+    return checked
 
-    when = timestamp or dt.datetime.now()
-    seed = (uid_seed,) if uid_seed is not None else ()
-    sop_uid = make_uid(*seed, "rtstruct-sop") if seed else make_uid()
-    series_uid = make_uid(*seed, "rtstruct-series") if seed else make_uid()
+
+def _rtstruct_header(
+    ct: CTSeries,
+    sop_uid: str,
+    series_uid: str,
+    when: dt.datetime,
+    *,
+    series_number: int,
+    series_description: str,
+    label: str,
+) -> Dataset:
+    """File meta, SOP common, patient and study (the CT's), frame of reference, series and
+    structure set modules."""
     first = ct.first
-
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(RTSTRUCT_STORAGE)
     meta.MediaStorageSOPInstanceUID = UID(sop_uid)
@@ -677,13 +801,22 @@ def write_rtstruct(
     ds.StructureSetName = label[:64]
     ds.StructureSetDate = ds.InstanceCreationDate
     ds.StructureSetTime = ds.InstanceCreationTime
+    return ds
 
+
+def _image_reference(ct: CTSeries, k: int) -> Dataset:
+    """A reference to the CT image of slice ``k``."""
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = CT_IMAGE_STORAGE
+    ref.ReferencedSOPInstanceUID = ct.sop_instance_uids[k]
+    return ref
+
+
+def _referenced_frame_of_reference(ct: CTSeries) -> Dataset:
+    """The frame of reference → study → series → every CT image the structures lie on."""
     contour_images = DicomSequence()
-    for uid in ct.sop_instance_uids:
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = CT_IMAGE_STORAGE
-        ref.ReferencedSOPInstanceUID = uid
-        contour_images.append(ref)
+    for k in range(len(ct.sop_instance_uids)):
+        contour_images.append(_image_reference(ct, k))
     series_ref = Dataset()
     series_ref.SeriesInstanceUID = ct.series_instance_uid
     series_ref.ContourImageSequence = contour_images
@@ -694,68 +827,73 @@ def write_rtstruct(
     for_ref = Dataset()
     for_ref.FrameOfReferenceUID = ct.frame_of_reference_uid
     for_ref.RTReferencedStudySequence = DicomSequence([study_ref])
-    ds.ReferencedFrameOfReferenceSequence = DicomSequence([for_ref])
+    return for_ref
 
-    roi_seq, contour_seq, obs_seq = DicomSequence(), DicomSequence(), DicomSequence()
-    for number, (name, array) in enumerate(checked.items(), start=1):
-        canonical = structure_set.match(name) if structure_set is not None else None
-        definition = structure_set[canonical] if structure_set and canonical else None
-        roi = Dataset()
-        roi.ROINumber = number
-        roi.ReferencedFrameOfReferenceUID = ct.frame_of_reference_uid
-        roi.ROIName = name
-        if roi_descriptions and roi_descriptions.get(name):
-            roi.ROIDescription = roi_descriptions[name][:1024]
-        roi.ROIGenerationAlgorithm = generation.value
-        if algorithm is not None:
-            roi.ROIGenerationDescription = algorithm.description()
-            ident = Dataset()
-            ident.AlgorithmFamilyCodeSequence = DicomSequence([_code_item(algorithm.family)])
-            ident.AlgorithmName = algorithm.name[:64]
-            ident.AlgorithmVersion = algorithm.version[:64]
-            if algorithm.parameters:
-                ident.AlgorithmParameters = algorithm.parameters[:10240]
-            roi.ROIDerivationAlgorithmIdentificationSequence = DicomSequence([ident])
-        roi_seq.append(roi)
 
-        colour = definition.colour if definition else _PALETTE[(number - 1) % len(_PALETTE)]
-        item = Dataset()
-        item.ROIDisplayColor = [int(c) for c in colour]
-        item.ReferencedROINumber = number
-        contours = DicomSequence()
-        for k in np.flatnonzero(array.reshape(array.shape[0], -1).any(axis=1)):
-            for polygon in trace_mask(array[k]):
-                n = len(polygon)
-                idx = np.column_stack([np.full(n, float(k)), polygon[:, 1], polygon[:, 0]])
-                points = volume.index_to_physical(idx)
-                contour = Dataset()
-                ref = Dataset()
-                ref.ReferencedSOPClassUID = CT_IMAGE_STORAGE
-                ref.ReferencedSOPInstanceUID = ct.sop_instance_uids[int(k)]
-                contour.ContourImageSequence = DicomSequence([ref])
-                contour.ContourGeometricType = "CLOSED_PLANAR"
-                contour.NumberOfContourPoints = n
-                contour.ContourNumber = len(contours) + 1
-                contour.ContourData = [_ds_number(v) for v in points.reshape(-1)]
-                contours.append(contour)
-        if len(contours):
-            item.ContourSequence = contours
-        contour_seq.append(item)
+def _roi_item(
+    number: int,
+    name: str,
+    ct: CTSeries,
+    generation: ROIGenerationAlgorithm,
+    algorithm: AlgorithmIdentification | None,
+    description: str | None,
+) -> Dataset:
+    """The Structure Set ROI item: number, name, description and how it was generated (with
+    the algorithm's identification for automatic structures)."""
+    roi = Dataset()
+    roi.ROINumber = number
+    roi.ReferencedFrameOfReferenceUID = ct.frame_of_reference_uid
+    roi.ROIName = name
+    if description:
+        roi.ROIDescription = description[:1024]
+    roi.ROIGenerationAlgorithm = generation.value
+    if algorithm is not None:
+        roi.ROIGenerationDescription = algorithm.description()
+        ident = Dataset()
+        ident.AlgorithmFamilyCodeSequence = DicomSequence([_code_item(algorithm.family)])
+        ident.AlgorithmName = algorithm.name[:64]
+        ident.AlgorithmVersion = algorithm.version[:64]
+        if algorithm.parameters:
+            ident.AlgorithmParameters = algorithm.parameters[:10240]
+        roi.ROIDerivationAlgorithmIdentificationSequence = DicomSequence([ident])
+    return roi
 
-        obs = Dataset()
-        obs.ObservationNumber = number
-        obs.ReferencedROINumber = number
-        obs.RTROIInterpretedType = (
-            definition.interpreted_type.value if definition else RTROIInterpretedType.ORGAN.value
-        )
-        obs.ROIInterpreter = ""
-        obs_seq.append(obs)
-    ds.StructureSetROISequence = roi_seq
-    ds.ROIContourSequence = contour_seq
-    ds.RTROIObservationsSequence = obs_seq
-    # Nothing dlas writes is clinically approved: the planning system's review decides that.
-    ds.ApprovalStatus = "UNAPPROVED"
 
-    with atomic_path(path) as tmp:
-        ds.save_as(tmp, enforce_file_format=True)
-    return ds
+def _roi_contour_item(
+    number: int, array: npt.NDArray[np.bool_], ct: CTSeries, colour: Sequence[int]
+) -> Dataset:
+    """The ROI Contour item: colour and the traced contours of the mask, slice by slice (each
+    referencing its CT image; holes are inner contours)."""
+    volume = ct.volume
+    item = Dataset()
+    item.ROIDisplayColor = [int(c) for c in colour]
+    item.ReferencedROINumber = number
+    contours = DicomSequence()
+    for k in np.flatnonzero(array.reshape(array.shape[0], -1).any(axis=1)):
+        for polygon in trace_mask(array[k]):
+            n = len(polygon)
+            idx = np.column_stack([np.full(n, float(k)), polygon[:, 1], polygon[:, 0]])
+            points = volume.index_to_physical(idx)
+            contour = Dataset()
+            contour.ContourImageSequence = DicomSequence([_image_reference(ct, int(k))])
+            contour.ContourGeometricType = "CLOSED_PLANAR"
+            contour.NumberOfContourPoints = n
+            contour.ContourNumber = len(contours) + 1
+            contour.ContourData = [_ds_number(v) for v in points.reshape(-1)]
+            contours.append(contour)
+    if len(contours):
+        item.ContourSequence = contours
+    return item
+
+
+def _observation_item(number: int, definition: StructureDef | None) -> Dataset:
+    """The RT ROI Observations item: the interpreted type (ORGAN unless the structure set
+    says otherwise)."""
+    obs = Dataset()
+    obs.ObservationNumber = number
+    obs.ReferencedROINumber = number
+    obs.RTROIInterpretedType = (
+        definition.interpreted_type.value if definition else RTROIInterpretedType.ORGAN.value
+    )
+    obs.ROIInterpreter = ""
+    return obs

@@ -42,6 +42,7 @@ from dlas.io.rtstruct import (
     RTStructData,
     RTStructROI,
     RTStructWarning,
+    _require_referenceable,
 )
 from dlas.io.volume import Volume
 from dlas.structures import Code, StructureSet
@@ -80,22 +81,7 @@ def write_seg(
     import highdicom as hd
 
     generation = ROIGenerationAlgorithm(generation)
-    if generation is not ROIGenerationAlgorithm.MANUAL and algorithm is None:
-        raise RTStructError(
-            "automatic segmentation without algorithm identification",
-            where=str(path),
-            expected="the name and version of the model that produced the segments",
-            found=f"generation {generation.value} and no algorithm",
-            fix="pass algorithm=AlgorithmIdentification(name=..., version=...)",
-        )
-    if not ct.referenceable:
-        raise RTStructError(
-            "CT series lacks the UIDs needed to reference it",
-            where=str(path),
-            expected="SeriesInstanceUID, StudyInstanceUID, FrameOfReferenceUID and SOPInstanceUIDs",
-            found="some of them empty (the export was anonymised by blanking UIDs)",
-            fix="re-export the CT with UIDs (replaced UIDs are fine, empty ones are not)",
-        )
+    _require_seg_provenance(generation, algorithm, ct, path)
     volume = ct.volume
     names = list(masks)
     if not names:
@@ -118,50 +104,12 @@ def write_seg(
         else None
     )
     for s, name in enumerate(names):
-        mask = masks[name]
-        array = np.asarray(mask.array if isinstance(mask, Volume) else mask) != 0
-        if array.shape != volume.shape or (isinstance(mask, Volume) and not mask.same_grid(volume)):
-            raise RTStructError(
-                "mask grid differs from the CT grid",
-                where=f"structure {name!r}",
-                expected=volume.grid_description(),
-                found=f"shape {array.shape}",
-                fix="resample the mask onto the CT before writing",
-            )
-        stack[..., s] = array
-        definition = structure_set[name] if structure_set and name in structure_set else None
-        category = (
-            definition.category
-            if definition
-            else Code(scheme="SCT", value="91723000", meaning="Anatomical Structure")
-        )
-        prop = (definition.property_type if definition else None) or _FALLBACK_TYPE
-        descriptions.append(
-            hd.seg.SegmentDescription(
-                segment_number=s + 1,
-                segment_label=name[:64],
-                segmented_property_category=_coded(category),
-                segmented_property_type=_coded(prop),
-                algorithm_type=(
-                    hd.seg.SegmentAlgorithmTypeValues.MANUAL
-                    if generation is ROIGenerationAlgorithm.MANUAL
-                    else hd.seg.SegmentAlgorithmTypeValues(generation.value)
-                ),
-                algorithm_identification=algo,
-            )
-        )
-    # highdicom pairs frames with source images in the order given, in their stored pixel
-    # layout; undo the reader's canonical flips.
-    row_dir = ct.original_orientation[:3]
-    col_dir = ct.original_orientation[3:]
-    if row_dir[0] < 0:
-        stack = stack[:, :, ::-1, :]
-    if col_dir[1] < 0:
-        stack = stack[:, ::-1, :, :]
+        stack[..., s] = _checked_mask(name, masks[name], volume)
+        descriptions.append(_segment_description(s + 1, name, generation, algo, structure_set))
     seed = (uid_seed,) if uid_seed is not None else ()
     seg = hd.seg.Segmentation(
         source_images=ct.headers,
-        pixel_array=np.ascontiguousarray(stack),
+        pixel_array=_stored_layout(stack, ct.original_orientation),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=make_uid(*seed, "seg-series") if seed else make_uid(),
@@ -182,6 +130,88 @@ def write_seg(
             seg.SegmentSequence[s].SegmentDescription = text[:64]
     with atomic_path(path) as tmp:
         seg.save_as(tmp)
+
+
+def _require_seg_provenance(
+    generation: ROIGenerationAlgorithm,
+    algorithm: AlgorithmIdentification | None,
+    ct: CTSeries,
+    path: str | os.PathLike[str],
+) -> None:
+    """Refuse automatic segments without their algorithm, and a CT that cannot be referenced."""
+    if generation is not ROIGenerationAlgorithm.MANUAL and algorithm is None:
+        raise RTStructError(
+            "automatic segmentation without algorithm identification",
+            where=str(path),
+            expected="the name and version of the model that produced the segments",
+            found=f"generation {generation.value} and no algorithm",
+            fix="pass algorithm=AlgorithmIdentification(name=..., version=...)",
+        )
+    _require_referenceable(ct, path)
+
+
+def _checked_mask(name: str, mask: npt.ArrayLike | Volume, volume: Volume) -> npt.NDArray[np.bool_]:
+    """The mask as a boolean array (z, y, x) on the CT's grid, or an error naming it."""
+    array: npt.NDArray[np.bool_] = np.asarray(mask.array if isinstance(mask, Volume) else mask) != 0
+    if array.shape != volume.shape or (isinstance(mask, Volume) and not mask.same_grid(volume)):
+        raise RTStructError(
+            "mask grid differs from the CT grid",
+            where=f"structure {name!r}",
+            expected=volume.grid_description(),
+            found=f"shape {array.shape}",
+            fix="resample the mask onto the CT before writing",
+        )
+    return array
+
+
+def _segment_description(
+    number: int,
+    name: str,
+    generation: ROIGenerationAlgorithm,
+    algorithm_identification: Any,
+    structure_set: StructureSet | None,
+) -> Any:
+    """The highdicom segment description: label, coded category and type (the structure
+    set's, else anatomical structure / tissue) and the algorithm (a highdicom
+    AlgorithmIdentificationSequence, or None for manual segments)."""
+    import highdicom as hd
+
+    definition = structure_set[name] if structure_set and name in structure_set else None
+    category = (
+        definition.category
+        if definition
+        else Code(scheme="SCT", value="91723000", meaning="Anatomical Structure")
+    )
+    prop = (definition.property_type if definition else None) or _FALLBACK_TYPE
+    return hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=name[:64],
+        segmented_property_category=_coded(category),
+        segmented_property_type=_coded(prop),
+        algorithm_type=(
+            hd.seg.SegmentAlgorithmTypeValues.MANUAL
+            if generation is ROIGenerationAlgorithm.MANUAL
+            else hd.seg.SegmentAlgorithmTypeValues(generation.value)
+        ),
+        algorithm_identification=algorithm_identification,
+    )
+
+
+def _stored_layout(
+    stack: npt.NDArray[np.uint8], original_orientation: tuple[float, ...]
+) -> npt.NDArray[np.uint8]:
+    """The segments (z, y, x, segment) in the CT's stored pixel layout.
+
+    highdicom pairs frames with source images in the order given, in their stored pixel
+    layout; this undoes the reader's canonical flips.
+    """
+    row_dir = original_orientation[:3]
+    col_dir = original_orientation[3:]
+    if row_dir[0] < 0:
+        stack = stack[:, :, ::-1, :]
+    if col_dir[1] < 0:
+        stack = stack[:, ::-1, :, :]
+    return np.ascontiguousarray(stack)
 
 
 # ---------------------------------------------------------------------------------- reading
@@ -468,7 +498,6 @@ def read_seg(
         refers to a segment the SEG does not describe.
     """
     seg, where = _load_seg(source)
-    volume = ct.volume
     seg_for = str(seg.get("FrameOfReferenceUID", "") or "")
     if seg_for != ct.frame_of_reference_uid:
         raise RTStructError(
@@ -483,6 +512,43 @@ def read_seg(
         )
     seg_type = str(seg.get("SegmentationType", "")).upper()
     items = {int(item.SegmentNumber): item for item in seg.get("SegmentSequence", [])}
+    threshold = _threshold(seg, seg_type, where)
+    frames = _SegFrames(seg, ct.volume, seg_type, threshold, items, tolerance, where)
+    for index in range(int(seg.get("NumberOfFrames", 1) or 1)):
+        frames.place(index)
+
+    rois: dict[int, RTStructROI] = {}
+    warnings: list[RTStructWarning] = []
+    names_seen: dict[str, list[int]] = defaultdict(list)
+    for number, item in items.items():
+        roi = _segment_roi(number, item, frames.masks[number], frames.n_frames[number])
+        names_seen[roi.name.strip().lower()].append(number)
+        rois[number] = roi
+        warnings.extend(roi.warnings)
+    for numbers in names_seen.values():
+        if len(numbers) > 1:
+            listing = ", ".join(f"{n} '{rois[n].name}'" for n in numbers)
+            warnings.append(
+                RTStructWarning(
+                    "duplicate-name",
+                    f"segments {listing} share one label; they are kept apart by segment "
+                    "number, not merged",
+                )
+            )
+    return SegData(
+        rois=rois,
+        warnings=warnings,
+        frame_of_reference_uid=seg_for,
+        sop_instance_uid=str(seg.get("SOPInstanceUID", "")),
+        label=str(seg.get("ContentLabel", "") or ""),
+        structure_set_date=str(seg.get("ContentDate", "") or ""),
+        segmentation_type=seg_type,
+    )
+
+
+def _threshold(seg: Any, seg_type: str, where: str) -> float:
+    """The stored value from which a pixel is inside: half the MaximumFractionalValue of a
+    FRACTIONAL SEG, 1 otherwise; an unknown segmentation type is refused."""
     if seg_type == "FRACTIONAL":
         max_value = float(seg.get("MaximumFractionalValue", 0) or 0)
         if max_value <= 0:
@@ -493,28 +559,77 @@ def read_seg(
                 found=repr(seg.get("MaximumFractionalValue")),
                 fix="export the segmentation again",
             )
-        threshold = max_value / 2.0
-    elif seg_type in ("BINARY", "LABELMAP"):
-        threshold = 1.0
-    else:
-        raise RTStructError(
-            "unknown segmentation type",
-            where=where,
-            expected="SegmentationType BINARY, FRACTIONAL or LABELMAP",
-            found=f"SegmentationType {seg_type or '<none>'}",
-            fix="export the segmentation again",
-        )
+        return max_value / 2.0
+    if seg_type in ("BINARY", "LABELMAP"):
+        return 1.0
+    raise RTStructError(
+        "unknown segmentation type",
+        where=where,
+        expected="SegmentationType BINARY, FRACTIONAL or LABELMAP",
+        found=f"SegmentationType {seg_type or '<none>'}",
+        fix="export the segmentation again",
+    )
 
-    masks = {number: np.zeros(volume.shape, dtype=bool) for number in items}
-    n_frames: dict[int, int] = defaultdict(int)
-    placed: dict[tuple[int, int], int] = {}
-    shared_items = seg.get("SharedFunctionalGroupsSequence")
-    shared = shared_items[0] if shared_items else Dataset()
-    per_frame = list(seg.get("PerFrameFunctionalGroupsSequence", []))
-    shape = (int(seg.Rows), int(seg.Columns))
-    for index in range(int(seg.get("NumberOfFrames", 1) or 1)):
-        frame_where = f"{where}, frame {index + 1}"
-        group = per_frame[index] if index < len(per_frame) else Dataset()
+
+class _SegFrames:
+    """Places the frames of a SEG, one by one, into a mask per segment on the CT grid."""
+
+    def __init__(
+        self,
+        seg: Any,
+        volume: Volume,
+        seg_type: str,
+        threshold: float,
+        items: Mapping[int, Dataset],
+        tolerance: float,
+        where: str,
+    ) -> None:
+        self.seg = seg
+        self.volume = volume
+        self.seg_type = seg_type
+        self.threshold = threshold
+        self.tolerance = tolerance
+        self.where = where
+        self.masks = {number: np.zeros(volume.shape, dtype=bool) for number in items}
+        self.n_frames: dict[int, int] = defaultdict(int)
+        self.placed: dict[tuple[int, int], int] = {}  # (segment, slice) → frame number
+        shared_items = seg.get("SharedFunctionalGroupsSequence")
+        self.shared = shared_items[0] if shared_items else Dataset()
+        self.per_frame = list(seg.get("PerFrameFunctionalGroupsSequence", []))
+        self.shape = (int(seg.Rows), int(seg.Columns))
+
+    def place(self, index: int) -> None:
+        """Place frame ``index`` (from 0) on its CT slice, in the masks of its segments."""
+        frame_where = f"{self.where}, frame {index + 1}"
+        group = self.per_frame[index] if index < len(self.per_frame) else Dataset()
+        placement = self._placement(group, frame_where)
+        try:
+            stored = np.asarray(self.seg.get_stored_frame(index + 1))
+        except Exception as exc:
+            raise RTStructError(
+                "cannot decode SEG frame (truncated, or compressed with an unavailable codec)",
+                where=frame_where,
+                expected=f"{self.shape[0]}x{self.shape[1]} pixels",
+                found=_first_line(exc),
+                fix="export the segmentation again, uncompressed",
+            ) from exc
+        frame = placement.canonical(stored)
+        if self.seg_type == "LABELMAP":
+            numbers = [int(v) for v in np.unique(frame) if v != 0]
+        else:
+            number = _functional(
+                group, self.shared, "SegmentIdentificationSequence", "ReferencedSegmentNumber"
+            )
+            numbers = [int(number)] if number is not None else [-1]
+        for number in numbers:
+            self._check_segment(number, placement.k, index, frame_where)
+            self.n_frames[number] += 1
+            inside = frame == number if self.seg_type == "LABELMAP" else frame >= self.threshold
+            self.masks[number][placement.k] = inside
+
+    def _placement(self, group: Dataset, frame_where: str) -> _Placement:
+        """Where the frame goes, from its plane position, orientation and pixel spacing."""
+        shared = self.shared
         position = _functional(group, shared, "PlanePositionSequence", "ImagePositionPatient")
         orientation = _functional(
             group, shared, "PlaneOrientationSequence", "ImageOrientationPatient"
@@ -538,102 +653,62 @@ def read_seg(
                 ),
                 fix="only SEGs in patient coordinates (made on a CT) can be read",
             )
-        placement = _place_frame(
-            volume,
+        return _place_frame(
+            self.volume,
             np.array([float(v) for v in position]),
             np.array([float(v) for v in orientation]),
             np.array([float(v) for v in spacing]),
-            shape,
-            tolerance,
+            self.shape,
+            self.tolerance,
             frame_where,
         )
-        try:
-            stored = np.asarray(seg.get_stored_frame(index + 1))
-        except Exception as exc:
-            raise RTStructError(
-                "cannot decode SEG frame (truncated, or compressed with an unavailable codec)",
-                where=frame_where,
-                expected=f"{shape[0]}x{shape[1]} pixels",
-                found=_first_line(exc),
-                fix="export the segmentation again, uncompressed",
-            ) from exc
-        frame = placement.canonical(stored)
-        if seg_type == "LABELMAP":
-            numbers = [int(v) for v in np.unique(frame) if v != 0]
-        else:
-            number = _functional(
-                group, shared, "SegmentIdentificationSequence", "ReferencedSegmentNumber"
-            )
-            numbers = [int(number)] if number is not None else [-1]
-        for number in numbers:
-            if number not in masks:
-                raise RTStructError(
-                    "SEG frame refers to a segment it does not describe",
-                    where=frame_where,
-                    expected=f"one of the segments {sorted(masks)}",
-                    found=f"segment {number}" if number >= 0 else "no ReferencedSegmentNumber",
-                    fix="export the segmentation again",
-                )
-            earlier = placed.setdefault((number, placement.k), index + 1)
-            if earlier != index + 1:
-                raise RTStructError(
-                    "two SEG frames of one segment on one CT slice",
-                    where=where,
-                    expected="at most one frame per segment and slice",
-                    found=f"frames {earlier} and {index + 1} of segment {number} on slice "
-                    f"{placement.k}",
-                    fix="export the segmentation again (several time points or stacks in one "
-                    "SEG are not supported)",
-                )
-            n_frames[number] += 1
-            inside = frame == number if seg_type == "LABELMAP" else frame >= threshold
-            masks[number][placement.k] = inside
 
-    rois: dict[int, RTStructROI] = {}
-    warnings: list[RTStructWarning] = []
-    names_seen: dict[str, list[int]] = defaultdict(list)
-    for number, item in items.items():
-        name = str(item.get("SegmentLabel", ""))
-        names_seen[name.strip().lower()].append(number)
-        property_items = item.get("SegmentedPropertyTypeCodeSequence") or []
-        roi_warnings = []
-        if not masks[number].any():
-            roi_warnings.append(
-                RTStructWarning(
-                    "empty-roi",
-                    f"segment {number} '{name}' has no voxel inside ({n_frames[number]} frame(s))",
-                    number,
-                    name,
-                )
+    def _check_segment(self, number: int, k: int, index: int, frame_where: str) -> None:
+        """Refuse a frame of an undescribed segment, or a second frame of a segment on one
+        slice."""
+        if number not in self.masks:
+            raise RTStructError(
+                "SEG frame refers to a segment it does not describe",
+                where=frame_where,
+                expected=f"one of the segments {sorted(self.masks)}",
+                found=f"segment {number}" if number >= 0 else "no ReferencedSegmentNumber",
+                fix="export the segmentation again",
             )
-        rois[number] = SegROI(
-            number=number,
-            name=name,
-            interpreted_type="",
-            colour=_colour(item),
-            mask=masks[number],
-            n_contours=n_frames[number],
-            warnings=roi_warnings,
-            description=str(item.get("SegmentDescription", "") or ""),
-            property_type=str(property_items[0].get("CodeMeaning", "")) if property_items else "",
+        earlier = self.placed.setdefault((number, k), index + 1)
+        if earlier != index + 1:
+            raise RTStructError(
+                "two SEG frames of one segment on one CT slice",
+                where=self.where,
+                expected="at most one frame per segment and slice",
+                found=f"frames {earlier} and {index + 1} of segment {number} on slice {k}",
+                fix="export the segmentation again (several time points or stacks in one "
+                "SEG are not supported)",
+            )
+
+
+def _segment_roi(number: int, item: Dataset, mask: npt.NDArray[np.bool_], n_frames: int) -> SegROI:
+    """One segment as an ROI: label, colour, description and property type, its mask, and an
+    ``empty-roi`` warning when no voxel is inside."""
+    name = str(item.get("SegmentLabel", ""))
+    property_items = item.get("SegmentedPropertyTypeCodeSequence") or []
+    roi_warnings = []
+    if not mask.any():
+        roi_warnings.append(
+            RTStructWarning(
+                "empty-roi",
+                f"segment {number} '{name}' has no voxel inside ({n_frames} frame(s))",
+                number,
+                name,
+            )
         )
-        warnings.extend(roi_warnings)
-    for numbers in names_seen.values():
-        if len(numbers) > 1:
-            listing = ", ".join(f"{n} '{rois[n].name}'" for n in numbers)
-            warnings.append(
-                RTStructWarning(
-                    "duplicate-name",
-                    f"segments {listing} share one label; they are kept apart by segment "
-                    "number, not merged",
-                )
-            )
-    return SegData(
-        rois=rois,
-        warnings=warnings,
-        frame_of_reference_uid=seg_for,
-        sop_instance_uid=str(seg.get("SOPInstanceUID", "")),
-        label=str(seg.get("ContentLabel", "") or ""),
-        structure_set_date=str(seg.get("ContentDate", "") or ""),
-        segmentation_type=seg_type,
+    return SegROI(
+        number=number,
+        name=name,
+        interpreted_type="",
+        colour=_colour(item),
+        mask=mask,
+        n_contours=n_frames,
+        warnings=roi_warnings,
+        description=str(item.get("SegmentDescription", "") or ""),
+        property_type=str(property_items[0].get("CodeMeaning", "")) if property_items else "",
     )

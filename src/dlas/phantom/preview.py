@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from dlas.phantom.config import PhantomConfig
-from dlas.phantom.generate import _cohort_code, make_patient
+from dlas.phantom.generate import PhantomPatient, _cohort_code, make_patient
 from dlas.phantom.styles import LOCAL, STRUCTURES, VENDOR
 
 __all__ = ["render_preview"]
@@ -72,108 +74,13 @@ def render_preview(
 
     from dlas.io import atomic_path
 
-    rows = []
-    for cohort, index in cases:
-        patient = make_patient(config, cohort, index)
-        image = patient.image()
-        other = np.random.default_rng(
-            np.random.SeedSequence(config.seed, spawn_key=(_cohort_code(cohort), index, 1))
-        )
-        # Vendor first, so that where the styles agree the local (red) line is on top.
-        styles = {
-            "vendor": patient.ground_truth(
-                VENDOR, patient.observer_rng if patient.style is VENDOR else other
-            ),
-            "local": patient.ground_truth(
-                LOCAL, patient.observer_rng if patient.style is LOCAL else other
-            ),
-        }
-        rows.append((patient, image, styles))
-
+    rows = [_preview_row(config, cohort, index) for cohort, index in cases]
     n_cols = 5
     fig, axes = plt.subplots(
         len(rows), n_cols, figsize=(3.3 * n_cols, 3.2 * len(rows)), squeeze=False, facecolor="black"
     )
-    for r, (patient, image, styles) in enumerate(rows):
-        grid = patient.grid
-        zs, ys, xs = grid.axis(0), grid.axis(1), grid.axis(2)
-        a = patient.anatomy
-        levels = [
-            ("upper CTV", a.promontory_z - 15.0),
-            ("mid pelvis", 0.5 * (a.pelvic_floor_z + a.promontory_z)),
-            ("femoral heads", 0.0),
-            ("low pelvis", a.pelvic_floor_z + 12.0),
-        ]
-        body = np.argwhere(_body(image[_nearest(zs, 0.0)], grid.pixel_mm))
-        (j0, i0), (j1, i1) = body.min(axis=0), body.max(axis=0)
-        margin = max(2, int(10.0 / grid.spacing[1]))
-        j0, i0 = max(j0 - margin, 0), max(i0 - margin, 0)
-        j1, i1 = min(j1 + margin, grid.shape[1] - 1), min(i1 + margin, grid.shape[2] - 1)
-        for c, (label, z) in enumerate(levels):
-            k = _nearest(zs, z)
-            ax = axes[r, c]
-            ax.imshow(
-                image[k, j0 : j1 + 1, i0 : i1 + 1],
-                cmap="gray",
-                vmin=-160,
-                vmax=240,
-                interpolation="bilinear",
-            )
-            for style, masks in styles.items():
-                for name in STRUCTURES:
-                    sl = masks[name][k, j0 : j1 + 1, i0 : i1 + 1]
-                    if sl.any():
-                        ax.contour(
-                            sl.astype(np.float32),
-                            levels=[0.5],
-                            colors=_COLOURS[style],
-                            linewidths=0.9,
-                        )
-            ax.set_title(f"{label} (z = {z:+.0f} mm)", color="white", fontsize=8)
-            ax.axis("off")
-        # Sagittal slice through the midline, shown with its true aspect ratio.
-        i = _nearest(xs, 0.0)
-        ax = axes[r, n_cols - 1]
-        extent = (float(ys[j0]), float(ys[j1]), float(zs[0]), float(zs[-1]))
-        ax.imshow(
-            image[:, j0 : j1 + 1, i],
-            cmap="gray",
-            vmin=-160,
-            vmax=240,
-            origin="lower",
-            extent=extent,
-            aspect="equal",
-            interpolation="bilinear",
-        )
-        yy, zz = np.meshgrid(ys[j0 : j1 + 1], zs)
-        for style, masks in styles.items():
-            for name in STRUCTURES:
-                sl = masks[name][:, j0 : j1 + 1, i]
-                if sl.any():
-                    ax.contour(
-                        yy,
-                        zz,
-                        sl.astype(np.float32),
-                        levels=[0.5],
-                        colors=_COLOURS[style],
-                        linewidths=0.9,
-                    )
-        ax.set_title("sagittal, midline", color="white", fontsize=8)
-        ax.axis("off")
-        sy, sx = grid.spacing[1], grid.spacing[2]
-        axes[r, 0].text(
-            -0.08,
-            0.5,
-            f"{patient.cohort.name} #{patient.index}\nscanner {patient.scanner.key}: "
-            f"{patient.scanner.manufacturer} {patient.scanner.model}\n"
-            f"{sx:.2f}x{sy:.2f}x{grid.spacing[0]:g} mm, kernel {patient.scanner.kernel}",
-            transform=axes[r, 0].transAxes,
-            rotation=90,
-            ha="right",
-            va="center",
-            color="white",
-            fontsize=7,
-        )
+    for r, row in enumerate(rows):
+        _draw_row(axes[r], row)
     handles = [
         Line2D(
             [],
@@ -198,3 +105,124 @@ def render_preview(
         fig.savefig(tmp, dpi=dpi, facecolor="black", format=target.suffix.lstrip(".") or "png")
     plt.close(fig)
     return target
+
+
+@dataclass
+class _PreviewRow:
+    """One patient of the figure: the CT (HU, (z, y, x)) and its contours in both styles
+    (vendor first, so that where the styles agree the local line is drawn on top)."""
+
+    patient: PhantomPatient
+    image: npt.NDArray[np.float32]
+    styles: dict[str, dict[str, npt.NDArray[np.bool_]]]
+
+
+def _preview_row(config: PhantomConfig, cohort: str, index: int) -> _PreviewRow:
+    """Generate patient ``index`` of ``cohort`` and contour it in both styles (the other
+    style's observer draws from a stream of its own)."""
+    patient = make_patient(config, cohort, index)
+    image = patient.image()
+    other = np.random.default_rng(
+        np.random.SeedSequence(config.seed, spawn_key=(_cohort_code(cohort), index, 1))
+    )
+    # Vendor first, so that where the styles agree the local (red) line is on top.
+    styles = {
+        "vendor": patient.ground_truth(
+            VENDOR, patient.observer_rng if patient.style is VENDOR else other
+        ),
+        "local": patient.ground_truth(
+            LOCAL, patient.observer_rng if patient.style is LOCAL else other
+        ),
+    }
+    return _PreviewRow(patient, image, styles)
+
+
+def _draw_row(axes: Any, row: _PreviewRow) -> None:
+    """Four axial slices, the midline sagittal slice and the patient's label, cropped to the
+    body (with a 10 mm margin) at the level of the femoral heads."""
+    patient, image = row.patient, row.image
+    grid = patient.grid
+    zs = grid.axis(0)
+    a = patient.anatomy
+    levels = [
+        ("upper CTV", a.promontory_z - 15.0),
+        ("mid pelvis", 0.5 * (a.pelvic_floor_z + a.promontory_z)),
+        ("femoral heads", 0.0),
+        ("low pelvis", a.pelvic_floor_z + 12.0),
+    ]
+    body = np.argwhere(_body(image[_nearest(zs, 0.0)], grid.pixel_mm))
+    (j0, i0), (j1, i1) = body.min(axis=0), body.max(axis=0)
+    margin = max(2, int(10.0 / grid.spacing[1]))
+    j0, i0 = max(j0 - margin, 0), max(i0 - margin, 0)
+    j1, i1 = min(j1 + margin, grid.shape[1] - 1), min(i1 + margin, grid.shape[2] - 1)
+    for c, (label, z) in enumerate(levels):
+        k = _nearest(zs, z)
+        ax = axes[c]
+        ax.imshow(
+            image[k, j0 : j1 + 1, i0 : i1 + 1],
+            cmap="gray",
+            vmin=-160,
+            vmax=240,
+            interpolation="bilinear",
+        )
+        _contours(ax, row.styles, (k, slice(j0, j1 + 1), slice(i0, i1 + 1)))
+        ax.set_title(f"{label} (z = {z:+.0f} mm)", color="white", fontsize=8)
+        ax.axis("off")
+    _draw_sagittal(axes[len(levels)], row, j0, j1)
+    sy, sx = grid.spacing[1], grid.spacing[2]
+    axes[0].text(
+        -0.08,
+        0.5,
+        f"{patient.cohort.name} #{patient.index}\nscanner {patient.scanner.key}: "
+        f"{patient.scanner.manufacturer} {patient.scanner.model}\n"
+        f"{sx:.2f}x{sy:.2f}x{grid.spacing[0]:g} mm, kernel {patient.scanner.kernel}",
+        transform=axes[0].transAxes,
+        rotation=90,
+        ha="right",
+        va="center",
+        color="white",
+        fontsize=7,
+    )
+
+
+def _draw_sagittal(ax: Any, row: _PreviewRow, j0: int, j1: int) -> None:
+    """Sagittal slice through the midline, rows ``j0`` to ``j1``, with its true aspect ratio."""
+    grid = row.patient.grid
+    zs, ys, xs = grid.axis(0), grid.axis(1), grid.axis(2)
+    i = _nearest(xs, 0.0)
+    extent = (float(ys[j0]), float(ys[j1]), float(zs[0]), float(zs[-1]))
+    ax.imshow(
+        row.image[:, j0 : j1 + 1, i],
+        cmap="gray",
+        vmin=-160,
+        vmax=240,
+        origin="lower",
+        extent=extent,
+        aspect="equal",
+        interpolation="bilinear",
+    )
+    yy, zz = np.meshgrid(ys[j0 : j1 + 1], zs)
+    _contours(ax, row.styles, (slice(None), slice(j0, j1 + 1), i), yy, zz)
+    ax.set_title("sagittal, midline", color="white", fontsize=8)
+    ax.axis("off")
+
+
+def _contours(
+    ax: Any,
+    styles: dict[str, dict[str, npt.NDArray[np.bool_]]],
+    cut: tuple[int | slice, ...],
+    *coordinates: npt.NDArray[np.float32],
+) -> None:
+    """Outline every structure of both styles on the 2-D ``cut`` of its mask (at the
+    ``coordinates`` of its pixels, when given)."""
+    for style, masks in styles.items():
+        for name in STRUCTURES:
+            sl = masks[name][cut]
+            if sl.any():
+                ax.contour(
+                    *coordinates,
+                    sl.astype(np.float32),
+                    levels=[0.5],
+                    colors=_COLOURS[style],
+                    linewidths=0.9,
+                )

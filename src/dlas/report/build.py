@@ -29,7 +29,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from dlas import __version__
 from dlas.errors import ReportError
@@ -41,7 +41,7 @@ from dlas.report.html import png_data_uri, render_report
 from dlas.report.inputs import ReportInputs
 from dlas.report.palette import GROUND_TRUTH, get_palette
 from dlas.report.qa import prediction_qa
-from dlas.report.summary import summarize
+from dlas.report.summary import Summary, summarize
 from dlas.report.viewer import IMAGE_FORMATS, render_viewer
 from dlas.training.curves import learning_curves_figure
 
@@ -425,276 +425,50 @@ def build_report(
     options = options or ReportOptions()
     target = Path(out)
     if target.exists() and not overwrite:
-        raise ReportError(
-            "report folder already exists",
-            where=str(target),
-            expected="a new folder",
-            found="an existing " + ("folder" if target.is_dir() else "file"),
-            fix="choose another --out, or pass --overwrite to replace it",
-        )
+        _refuse_existing(target)
     volume_structure, case_structure = _check_options(inputs, options)
     qa = prediction_qa(inputs)
     pairs = _pairs(inputs, options)
     if inputs.comparison is None:
         _compute_comparison(inputs, pairs[0])
-    comparison = inputs.comparison
-    assert comparison is not None
-    models = list(dict.fromkeys([m for pair in pairs for m in pair] + inputs.model_names))
-    cohorts = inputs.cohort_names
-    structures = inputs.structure_names
-    palette = get_palette(options.palette)
-    colours = palette.colours(models)
-    colour_names = palette.names(models)
-    metrics = inputs.metrics
-
-    showcase = _showcase_cases(metrics, cohorts, options, case_structure)
-    viewer_cases = (
-        {c: sorted(set(metrics.loc[metrics["cohort"] == c, "case_id"])) for c in cohorts}
-        if options.viewer
-        else {}
+    plan = _plan(inputs, options, pairs, volume_structure, case_structure)
+    steps = _Steps(
+        7 + 2 * len(plan.structures) + sum(len(v) for v in plan.viewer_cases.values()), progress
     )
-    total = 7 + 2 * len(structures) + sum(len(v) for v in viewer_cases.values())
-    done = 0
-
-    def tick(label: str) -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, total, label)
-
     result = ReportResult(out=target, index=target / "index.html")
     with atomic_dir(target, replace=overwrite) as tmp:
         w = _Writer(tmp)
-        # ------------------------------------------------------------ tables
-        table_entries = []
-        t1 = tables.cohort_table(inputs.dataset, cohorts)
-        table_entries.append(
-            {
-                "id": "table1",
-                "short": "Cohorts (Table 1)",
-                "html": t1.to_html("table1"),
-                "files": w.table("tables/table1_cohorts", t1),
-            }
-        )
-        for i, (a, b) in enumerate(pairs):
-            rows = comparison[(comparison["model_a"] == a) & (comparison["model_b"] == b)]
-            agreement = inputs.interobserver
-            if agreement is not None:
-                agreement = agreement[agreement["model_b"].isin([a, b])]
-            stem = "table2" if len(pairs) == 1 else f"table2_{_safe_name(b)}_vs_{_safe_name(a)}"
-            files = [
-                w.text(f"tables/{stem}.{fmt}", tables.table2(rows, fmt, cohorts, agreement))
-                for fmt in ("md", "tex", "csv")
-            ]
-            caption = _table2_caption(tmp / f"tables/{stem}.md")
-            t2 = tables.table2_display(
-                (tmp / f"tables/{stem}.csv").read_text(encoding="utf-8"),
-                f"Table 2. {b} against {a}: metrics per structure (mean ± SD) and the paired "
-                "test's p-values, per cohort",
-                [caption] if caption else [],
-            )
-            anchor = "table2" if i == 0 else f"table2-{i + 1}"
-            table_entries.append(
-                {
-                    "id": anchor,
-                    "short": f"Results (Table 2, {b} vs {a})",
-                    "html": t2.to_html(anchor),
-                    "files": files,
-                }
-            )
-        tv = tables.volume_table(metrics, volume_structure, models, cohorts, comparison, pairs[0])
-        table_entries.append(
-            {
-                "id": "volume-table",
-                "short": f"{volume_structure} volumes",
-                "html": tv.to_html("volume-table"),
-                "files": w.table(f"tables/volume_{volume_structure}", tv),
-            }
-        )
-        tick("tables")
-
-        # ------------------------------------------------------------ figures
-        fig_entries: list[dict[str, Any]] = []
-
-        def add_figure(stem: str, fig: Any, short: str, title: str, caption: str) -> None:
-            files = w.figure(f"figures/{stem}", fig, options.dpi)
-            uri, width, height = png_data_uri(tmp / files[0])
-            scale = 96.0 / options.dpi  # CSS pixels at the figure's physical size
-            fig_entries.append(
-                {
-                    "id": f"fig-{stem}",
-                    "short": short,
-                    "title": title,
-                    "caption": caption,
-                    "alt": title,
-                    "data_uri": uri,
-                    "width": round(width * scale),
-                    "height": round(height * scale),
-                    "files": files,
-                }
-            )
-
-        colour_text = ", ".join(f"{s} {colour_names[s]}" for s in [GROUND_TRUTH, *models])
-        loaded = [
-            load_case_images(inputs, cid, structures)
-            for cid in [c for ids in showcase.values() for c in ids]
-        ]
-        how = (
-            f"the case whose {case_structure} DSC is closest to the cohort median"
-            if options.cases[0] == "median"
-            else f"the case with the lowest {case_structure} DSC"
-            if options.cases[0] == "worst"
-            else "cases chosen by id"
-        )
-        add_figure(
-            "slices",
-            figures.representative_slices(
-                loaded, colours, structures=structures, n_slices=options.n_slices
-            ),
-            "Representative slices",
-            "Representative cases",
-            f"Axial CT slices, a row per case ({how}; "
-            + "; ".join(f"{c}: {', '.join(ids)}" for c, ids in showcase.items())
-            + f"), with the contours of {colour_text}. Slices chosen to show as many "
-            "structures as possible; soft-tissue window (level 40 HU, width 400 HU); "
-            "radiological view. The seed paper's Fig. 3.",
-        )
-        del loaded
-        tick("representative slices")
-        add_figure(
-            f"volume_profile_{volume_structure}",
-            figures.volume_profile(metrics, volume_structure, models, cohorts, colours),
-            f"{volume_structure} volume profile",
-            f"{volume_structure} volume per case",
-            f"Upper panels: {volume_structure} volume of GT and each model per case, cases "
-            "sorted by GT volume. Lower panels: relative volume error (V − V_GT) / V_GT of each "
-            f"model. {colour_text}. The seed paper's Fig. 4.",
-        )
-        tick("volume profile")
-        metric_names = ", ".join(metric_info(m).short for m in options.metrics)
-        test_text = _test_text(comparison, pairs)
-        for name in structures:
-            add_figure(
-                f"distributions_{name}",
-                figures.metric_distributions(
-                    metrics,
-                    name,
-                    options.metrics,
-                    models,
-                    cohorts,
-                    colours,
-                    comparison=comparison,
-                    pairs=pairs,
-                ),
-                f"{name} metric distributions",
-                f"{name}: distributions of {metric_names}",
-                f"{name}: {metric_names} per model, a row per cohort. Boxes: median and "
-                "quartiles; whiskers: 1.5 × IQR; dots: cases. Brackets: "
-                + test_text
-                + " (bold: significant). The seed paper's Fig. 5.",
-            )
-            tick(f"distributions {name}")
-        for name in structures:
-            add_figure(
-                f"bland_altman_{name}",
-                figures.bland_altman(metrics, name, models, cohorts, colours),
-                f"{name} volume agreement",
-                f"{name}: volume agreement with GT",
-                f"Bland–Altman plot of each model's {name} volume against GT: difference "
-                "(model − GT) over the mean of the two. Solid line: bias (value at the right); "
-                "dashed lines: 95 % limits of agreement (bias ± 1.96 SD).",
-            )
-            tick(f"Bland-Altman {name}")
-        add_figure(
-            "dsc_heatmap",
-            figures.dsc_heatmap(metrics, structures, models, cohorts),
-            "DSC heat map",
-            "DSC of every case and structure",
-            "DSC per structure (rows) and case (columns, grouped by cohort), a panel per "
-            "model; grey: undefined (both masks empty).",
-        )
-        tick("DSC heat map")
-        for model, run_dir in inputs.training_runs.items():
-            add_figure(
-                f"learning_curves_{_safe_name(model)}",
-                learning_curves_figure(
-                    json.loads((run_dir / "cv.json").read_text(encoding="utf-8"))
-                ),
-                f"{model} learning curves",
-                f"{model}: learning curves",
-                f"Training of {model}, a panel per cross-validation fold: training loss "
-                "(solid) and validation loss (dashed) per epoch on the left "
-                "axis (log scale); validation DSC of each structure on the model grid (thin) and "
-                "their mean (thick) on the right axis; dotted line: the epoch the fold kept.",
-            )
-        if inputs.training_runs:
-            tick("learning curves")
-
-        # ------------------------------------------------------------ viewer
-        viewer_entries = []
-        for cohort, ids in viewer_cases.items():
-            rel = f"viewer/{_safe_name(cohort)}.html"
-
-            def load(case_id: str) -> CaseImages:
-                return load_case_images(inputs, case_id, structures)
-
-            def case_done(case_id: str, cohort: str = cohort) -> None:
-                tick(f"viewer {cohort} {case_id}")
-
-            html = render_viewer(
-                cohort,
-                ids,
-                load,
-                metrics,
-                colours=colours,
-                structures=structures,
-                max_px=options.viewer_max_px,
-                image_format=options.viewer_format,
-                title=f"{options.title} — {cohort}",
-                progress=case_done,
-            )
-            w.text(rel, html)
-            viewer_entries.append({"cohort": cohort, "href": rel, "n_cases": len(ids)})
-            result.viewers[cohort] = target / rel
-
-        # ------------------------------------------------------------ summary, provenance
+        table_entries = _write_tables(w, inputs, plan)
+        steps.tick("tables")
+        figs = _Figures(w, options.dpi)
+        _case_figures(figs, inputs, options, plan, steps)
+        _structure_figures(figs, inputs, options, plan, steps)
+        _overview_figures(figs, inputs, plan, steps)
+        viewer_entries = _write_viewers(w, inputs, options, plan, steps)
+        for entry in viewer_entries:
+            result.viewers[entry["cohort"]] = target / entry["href"]
         summary = summarize(
-            comparison,
-            metrics,
-            pairs=pairs,
-            cohorts=cohorts,
-            volume_structure=volume_structure,
+            plan.comparison,
+            inputs.metrics,
+            pairs=plan.pairs,
+            cohorts=plan.cohorts,
+            volume_structure=plan.volume_structure,
             meta=inputs.comparison_meta,
         )
-        provenance = _provenance(inputs, options, volume_structure)
-        context = {
-            "title": options.title,
-            "version": __version__,
-            "models": models,
-            "cohorts": [
-                {"name": c, "n": int(metrics.loc[metrics["cohort"] == c, "case_id"].nunique())}
-                for c in cohorts
-            ],
-            "structures": structures,
-            "summary": {
-                "cohorts": [c.outline() for c in summary.cohorts],
-                "volumes": summary.volumes,
-                "notes": summary.notes,
-                "method": summary.method,
-            },
-            "tables": table_entries,
-            "qa": qa,
-            "figures": fig_entries,
-            "viewers": viewer_entries,
-            "definitions": _definitions(inputs.metrics_meta),
-            "metric_settings": _flatten(
-                {k: v for k, v in inputs.metrics_meta.items() if k not in _NOT_SETTINGS}
-            ),
-            "statistics_settings": _flatten(inputs.comparison_meta.get("settings", {})),
-            "provenance": [(k, v) for k, v in _provenance_rows(provenance)],
-        }
+        provenance = _provenance(inputs, options, plan.volume_structure)
+        context = _html_context(
+            inputs,
+            options,
+            plan,
+            summary,
+            provenance,
+            qa,
+            table_entries=table_entries,
+            figure_entries=figs.entries,
+            viewer_entries=viewer_entries,
+        )
         w.text("index.html", render_report(context))
-        tick("HTML report")
+        steps.tick("HTML report")
         files = sorted([*w.files, "report.json"])
         write_json(
             tmp / "report.json",
@@ -707,6 +481,358 @@ def build_report(
         )
         result.files = files
     return result
+
+
+def _refuse_existing(target: Path) -> NoReturn:
+    """Refuse to write over an existing report unless asked to (``overwrite``)."""
+    raise ReportError(
+        "report folder already exists",
+        where=str(target),
+        expected="a new folder",
+        found="an existing " + ("folder" if target.is_dir() else "file"),
+        fix="choose another --out, or pass --overwrite to replace it",
+    )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the report shows, resolved from the inputs and the options."""
+
+    pairs: list[tuple[str, str]]
+    comparison: pd.DataFrame
+    models: list[str]  # compared models first, then the others of the metrics table
+    cohorts: list[str]
+    structures: list[str]
+    volume_structure: str
+    case_structure: str
+    colours: dict[str, str]
+    colour_names: dict[str, str]
+    showcase: dict[str, list[str]]  # cases of the representative-slices figure, per cohort
+    viewer_cases: dict[str, list[str]]  # cases of the viewer, per cohort (none: no viewer)
+
+
+def _plan(
+    inputs: ReportInputs,
+    options: ReportOptions,
+    pairs: list[tuple[str, str]],
+    volume_structure: str,
+    case_structure: str,
+) -> _Plan:
+    """Models in colour-role order, cohorts, structures, colours and the cases to show."""
+    comparison = inputs.comparison
+    assert comparison is not None
+    models = list(dict.fromkeys([m for pair in pairs for m in pair] + inputs.model_names))
+    cohorts = inputs.cohort_names
+    palette = get_palette(options.palette)
+    metrics = inputs.metrics
+    return _Plan(
+        pairs=pairs,
+        comparison=comparison,
+        models=models,
+        cohorts=cohorts,
+        structures=inputs.structure_names,
+        volume_structure=volume_structure,
+        case_structure=case_structure,
+        colours=palette.colours(models),
+        colour_names=palette.names(models),
+        showcase=_showcase_cases(metrics, cohorts, options, case_structure),
+        viewer_cases=(
+            {c: sorted(set(metrics.loc[metrics["cohort"] == c, "case_id"])) for c in cohorts}
+            if options.viewer
+            else {}
+        ),
+    )
+
+
+class _Steps:
+    """Counts the steps done and reports them to the progress callback."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.total = total
+        self.done = 0
+        self.progress = progress
+
+    def tick(self, label: str) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total, label)
+
+
+def _write_tables(w: _Writer, inputs: ReportInputs, plan: _Plan) -> list[dict[str, Any]]:
+    """Table 1 (cohorts), Table 2 of each compared pair and the volume table."""
+    entries = []
+    t1 = tables.cohort_table(inputs.dataset, plan.cohorts)
+    entries.append(
+        {
+            "id": "table1",
+            "short": "Cohorts (Table 1)",
+            "html": t1.to_html("table1"),
+            "files": w.table("tables/table1_cohorts", t1),
+        }
+    )
+    for i, pair in enumerate(plan.pairs):
+        entries.append(_write_table2(w, inputs, plan, i, pair))
+    volume = plan.volume_structure
+    tv = tables.volume_table(
+        inputs.metrics, volume, plan.models, plan.cohorts, plan.comparison, plan.pairs[0]
+    )
+    entries.append(
+        {
+            "id": "volume-table",
+            "short": f"{volume} volumes",
+            "html": tv.to_html("volume-table"),
+            "files": w.table(f"tables/volume_{volume}", tv),
+        }
+    )
+    return entries
+
+
+def _write_table2(
+    w: _Writer, inputs: ReportInputs, plan: _Plan, i: int, pair: tuple[str, str]
+) -> dict[str, Any]:
+    """Table 2 of the ``i``-th compared pair, rendered by the evaluation, shown in HTML."""
+    a, b = pair
+    comparison = plan.comparison
+    rows = comparison[(comparison["model_a"] == a) & (comparison["model_b"] == b)]
+    agreement = inputs.interobserver
+    if agreement is not None:
+        agreement = agreement[agreement["model_b"].isin([a, b])]
+    stem = "table2" if len(plan.pairs) == 1 else f"table2_{_safe_name(b)}_vs_{_safe_name(a)}"
+    files = [
+        w.text(f"tables/{stem}.{fmt}", tables.table2(rows, fmt, plan.cohorts, agreement))
+        for fmt in ("md", "tex", "csv")
+    ]
+    caption = _table2_caption(w.root / f"tables/{stem}.md")
+    t2 = tables.table2_display(
+        (w.root / f"tables/{stem}.csv").read_text(encoding="utf-8"),
+        f"Table 2. {b} against {a}: metrics per structure (mean ± SD) and the paired "
+        "test's p-values, per cohort",
+        [caption] if caption else [],
+    )
+    anchor = "table2" if i == 0 else f"table2-{i + 1}"
+    return {
+        "id": anchor,
+        "short": f"Results (Table 2, {b} vs {a})",
+        "html": t2.to_html(anchor),
+        "files": files,
+    }
+
+
+class _Figures:
+    """Writes the report's figures (PNG and SVG) and collects their entries for the HTML."""
+
+    def __init__(self, writer: _Writer, dpi: int) -> None:
+        self.writer = writer
+        self.dpi = dpi
+        self.entries: list[dict[str, Any]] = []
+
+    def add(self, stem: str, fig: Any, short: str, title: str, caption: str) -> None:
+        files = self.writer.figure(f"figures/{stem}", fig, self.dpi)
+        uri, width, height = png_data_uri(self.writer.root / files[0])
+        scale = 96.0 / self.dpi  # CSS pixels at the figure's physical size
+        self.entries.append(
+            {
+                "id": f"fig-{stem}",
+                "short": short,
+                "title": title,
+                "caption": caption,
+                "alt": title,
+                "data_uri": uri,
+                "width": round(width * scale),
+                "height": round(height * scale),
+                "files": files,
+            }
+        )
+
+
+def _colour_text(plan: _Plan) -> str:
+    """The colours of the captions: "GT red, VPM blue, …"."""
+    return ", ".join(f"{s} {plan.colour_names[s]}" for s in [GROUND_TRUTH, *plan.models])
+
+
+def _case_figures(
+    figs: _Figures, inputs: ReportInputs, options: ReportOptions, plan: _Plan, steps: _Steps
+) -> None:
+    """Representative slices (the seed paper's Fig. 3) and the volume profile (Fig. 4)."""
+    colour_text = _colour_text(plan)
+    loaded = [
+        load_case_images(inputs, cid, plan.structures)
+        for cid in [c for ids in plan.showcase.values() for c in ids]
+    ]
+    how = (
+        f"the case whose {plan.case_structure} DSC is closest to the cohort median"
+        if options.cases[0] == "median"
+        else f"the case with the lowest {plan.case_structure} DSC"
+        if options.cases[0] == "worst"
+        else "cases chosen by id"
+    )
+    figs.add(
+        "slices",
+        figures.representative_slices(
+            loaded, plan.colours, structures=plan.structures, n_slices=options.n_slices
+        ),
+        "Representative slices",
+        "Representative cases",
+        f"Axial CT slices, a row per case ({how}; "
+        + "; ".join(f"{c}: {', '.join(ids)}" for c, ids in plan.showcase.items())
+        + f"), with the contours of {colour_text}. Slices chosen to show as many "
+        "structures as possible; soft-tissue window (level 40 HU, width 400 HU); "
+        "radiological view. The seed paper's Fig. 3.",
+    )
+    del loaded
+    steps.tick("representative slices")
+    volume = plan.volume_structure
+    figs.add(
+        f"volume_profile_{volume}",
+        figures.volume_profile(inputs.metrics, volume, plan.models, plan.cohorts, plan.colours),
+        f"{volume} volume profile",
+        f"{volume} volume per case",
+        f"Upper panels: {volume} volume of GT and each model per case, cases "
+        "sorted by GT volume. Lower panels: relative volume error (V − V_GT) / V_GT of each "
+        f"model. {colour_text}. The seed paper's Fig. 4.",
+    )
+    steps.tick("volume profile")
+
+
+def _structure_figures(
+    figs: _Figures, inputs: ReportInputs, options: ReportOptions, plan: _Plan, steps: _Steps
+) -> None:
+    """Per structure: metric distributions with p-values (Fig. 5), then Bland–Altman plots."""
+    metrics = inputs.metrics
+    metric_names = ", ".join(metric_info(m).short for m in options.metrics)
+    test_text = _test_text(plan.comparison, plan.pairs)
+    for name in plan.structures:
+        figs.add(
+            f"distributions_{name}",
+            figures.metric_distributions(
+                metrics,
+                name,
+                options.metrics,
+                plan.models,
+                plan.cohorts,
+                plan.colours,
+                comparison=plan.comparison,
+                pairs=plan.pairs,
+            ),
+            f"{name} metric distributions",
+            f"{name}: distributions of {metric_names}",
+            f"{name}: {metric_names} per model, a row per cohort. Boxes: median and "
+            "quartiles; whiskers: 1.5 × IQR; dots: cases. Brackets: "
+            + test_text
+            + " (bold: significant). The seed paper's Fig. 5.",
+        )
+        steps.tick(f"distributions {name}")
+    for name in plan.structures:
+        figs.add(
+            f"bland_altman_{name}",
+            figures.bland_altman(metrics, name, plan.models, plan.cohorts, plan.colours),
+            f"{name} volume agreement",
+            f"{name}: volume agreement with GT",
+            f"Bland–Altman plot of each model's {name} volume against GT: difference "
+            "(model − GT) over the mean of the two. Solid line: bias (value at the right); "
+            "dashed lines: 95 % limits of agreement (bias ± 1.96 SD).",
+        )
+        steps.tick(f"Bland-Altman {name}")
+
+
+def _overview_figures(figs: _Figures, inputs: ReportInputs, plan: _Plan, steps: _Steps) -> None:
+    """The DSC heat map, and the learning curves of each model trained in the study."""
+    figs.add(
+        "dsc_heatmap",
+        figures.dsc_heatmap(inputs.metrics, plan.structures, plan.models, plan.cohorts),
+        "DSC heat map",
+        "DSC of every case and structure",
+        "DSC per structure (rows) and case (columns, grouped by cohort), a panel per "
+        "model; grey: undefined (both masks empty).",
+    )
+    steps.tick("DSC heat map")
+    for model, run_dir in inputs.training_runs.items():
+        figs.add(
+            f"learning_curves_{_safe_name(model)}",
+            learning_curves_figure(json.loads((run_dir / "cv.json").read_text(encoding="utf-8"))),
+            f"{model} learning curves",
+            f"{model}: learning curves",
+            f"Training of {model}, a panel per cross-validation fold: training loss "
+            "(solid) and validation loss (dashed) per epoch on the left "
+            "axis (log scale); validation DSC of each structure on the model grid (thin) and "
+            "their mean (thick) on the right axis; dotted line: the epoch the fold kept.",
+        )
+    if inputs.training_runs:
+        steps.tick("learning curves")
+
+
+def _write_viewers(
+    w: _Writer, inputs: ReportInputs, options: ReportOptions, plan: _Plan, steps: _Steps
+) -> list[dict[str, Any]]:
+    """The contour viewer, one page per cohort; their entries (cohort, href, n_cases)."""
+    entries: list[dict[str, Any]] = []
+    for cohort, ids in plan.viewer_cases.items():
+        rel = f"viewer/{_safe_name(cohort)}.html"
+
+        def load(case_id: str) -> CaseImages:
+            return load_case_images(inputs, case_id, plan.structures)
+
+        def case_done(case_id: str, cohort: str = cohort) -> None:
+            steps.tick(f"viewer {cohort} {case_id}")
+
+        html = render_viewer(
+            cohort,
+            ids,
+            load,
+            inputs.metrics,
+            colours=plan.colours,
+            structures=plan.structures,
+            max_px=options.viewer_max_px,
+            image_format=options.viewer_format,
+            title=f"{options.title} — {cohort}",
+            progress=case_done,
+        )
+        w.text(rel, html)
+        entries.append({"cohort": cohort, "href": rel, "n_cases": len(ids)})
+    return entries
+
+
+def _html_context(
+    inputs: ReportInputs,
+    options: ReportOptions,
+    plan: _Plan,
+    summary: Summary,
+    provenance: dict[str, Any],
+    qa: dict[str, Any],
+    *,
+    table_entries: list[dict[str, Any]],
+    figure_entries: list[dict[str, Any]],
+    viewer_entries: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """What the HTML template shows: the entries of the tables, figures and viewer pages
+    with the summary, QA, definitions, settings and provenance."""
+    metrics = inputs.metrics
+    return {
+        "title": options.title,
+        "version": __version__,
+        "models": plan.models,
+        "cohorts": [
+            {"name": c, "n": int(metrics.loc[metrics["cohort"] == c, "case_id"].nunique())}
+            for c in plan.cohorts
+        ],
+        "structures": plan.structures,
+        "summary": {
+            "cohorts": [c.outline() for c in summary.cohorts],
+            "volumes": summary.volumes,
+            "notes": summary.notes,
+            "method": summary.method,
+        },
+        "tables": table_entries,
+        "qa": qa,
+        "figures": figure_entries,
+        "viewers": viewer_entries,
+        "definitions": _definitions(inputs.metrics_meta),
+        "metric_settings": _flatten(
+            {k: v for k, v in inputs.metrics_meta.items() if k not in _NOT_SETTINGS}
+        ),
+        "statistics_settings": _flatten(inputs.comparison_meta.get("settings", {})),
+        "provenance": [(k, v) for k, v in _provenance_rows(provenance)],
+    }
 
 
 def _table2_caption(markdown: Path) -> str:

@@ -198,8 +198,6 @@ def representative_slices(
             ks = choose_slices(gt, n_cols, structures)
             _, sy, sx = case.spacing
             window = square_window(case.mask_bbox(), case.ct.shape[1:], (sy, sx), margin_mm)
-            r0, r1, c0, c1 = window
-            extent = (-0.5 * sx, (c1 - c0 - 0.5) * sx, (r1 - r0 - 0.5) * sy, -0.5 * sy)
             for c in range(n_cols):
                 ax = axes[r, c]
                 ax.set_xticks([])
@@ -209,37 +207,13 @@ def representative_slices(
                 if c >= len(ks):
                     ax.set_axis_off()
                     continue
-                k = ks[c]
-                image = crop_pad(case.ct[k], window, fill=-1000.0)
-                ax.imshow(
-                    _window(image),
-                    cmap="gray",
-                    vmin=0,
-                    vmax=1,
-                    extent=extent,
-                    interpolation="bilinear",
-                )
-                for source, colour in colours.items():
-                    for name in structures:
-                        mask = case.masks.get(source, {}).get(name)
-                        if mask is None or not mask[k].any():
-                            continue
-                        for line in slice_contours(crop_pad(mask[k], window, fill=False)):
-                            ax.plot(
-                                line[:, 1] * sx,
-                                line[:, 0] * sy,
-                                color=colour,
-                                lw=0.9,
-                                solid_joinstyle="round",
-                            )
-                ax.set_xlim(extent[0], extent[1])
-                ax.set_ylim(extent[2], extent[3])
+                extent = _slice_panel(ax, case, ks[c], window, colours, structures)
                 _panel_letter(ax, letter, inside=True, colour="white")
                 letter += 1
                 ax.text(
                     0.97,
                     0.97,
-                    f"z = {case.z_mm[k]:.0f} mm",
+                    f"z = {case.z_mm[ks[c]]:.0f} mm",
                     transform=ax.transAxes,
                     ha="right",
                     va="top",
@@ -248,27 +222,73 @@ def representative_slices(
                 )
                 if c == 0:
                     ax.set_ylabel(f"{case.cohort}\n{case.case_id}", fontsize=7.5)
-                    x_end = extent[1] - 0.06 * (extent[1] - extent[0])
-                    y_bar = extent[2] - 0.06 * (extent[2] - extent[3])
-                    ax.plot(
-                        [x_end - 50.0, x_end],
-                        [y_bar, y_bar],
-                        color="white",
-                        lw=1.6,
-                        solid_capstyle="butt",
-                    )
-                    ax.text(
-                        x_end - 25.0,
-                        y_bar - 0.015 * (extent[2] - extent[3]),
-                        "5 cm",
-                        color="white",
-                        ha="center",
-                        va="bottom",
-                        fontsize=6,
-                    )
+                    _scale_bar(ax, extent)
         handles = [Line2D([], [], color=col, lw=1.5, label=src) for src, col in colours.items()]
         fig.legend(handles=handles, loc="outside lower center", ncol=len(handles))
     return fig
+
+
+def _slice_panel(
+    ax: Axes,
+    case: CaseImages,
+    k: int,
+    window: tuple[int, int, int, int],
+    colours: Mapping[str, str],
+    structures: Sequence[str],
+) -> tuple[float, float, float, float]:
+    """Slice ``k`` of the case in the soft-tissue window, cropped to ``window`` (rows r0:r1,
+    columns c0:c1), with the contours of every source; returns the panel's extent in mm
+    (left, right, bottom, top)."""
+    _, sy, sx = case.spacing
+    r0, r1, c0, c1 = window
+    extent = (-0.5 * sx, (c1 - c0 - 0.5) * sx, (r1 - r0 - 0.5) * sy, -0.5 * sy)
+    image = crop_pad(case.ct[k], window, fill=-1000.0)
+    ax.imshow(
+        _window(image),
+        cmap="gray",
+        vmin=0,
+        vmax=1,
+        extent=extent,
+        interpolation="bilinear",
+    )
+    for source, colour in colours.items():
+        for name in structures:
+            mask = case.masks.get(source, {}).get(name)
+            if mask is None or not mask[k].any():
+                continue
+            for line in slice_contours(crop_pad(mask[k], window, fill=False)):
+                ax.plot(
+                    line[:, 1] * sx,
+                    line[:, 0] * sy,
+                    color=colour,
+                    lw=0.9,
+                    solid_joinstyle="round",
+                )
+    ax.set_xlim(extent[0], extent[1])
+    ax.set_ylim(extent[2], extent[3])
+    return extent
+
+
+def _scale_bar(ax: Axes, extent: tuple[float, float, float, float]) -> None:
+    """A 5 cm scale bar in the lower right corner of a panel of the given extent (mm)."""
+    x_end = extent[1] - 0.06 * (extent[1] - extent[0])
+    y_bar = extent[2] - 0.06 * (extent[2] - extent[3])
+    ax.plot(
+        [x_end - 50.0, x_end],
+        [y_bar, y_bar],
+        color="white",
+        lw=1.6,
+        solid_capstyle="butt",
+    )
+    ax.text(
+        x_end - 25.0,
+        y_bar - 0.015 * (extent[2] - extent[3]),
+        "5 cm",
+        color="white",
+        ha="center",
+        va="bottom",
+        fontsize=6,
+    )
 
 
 # ---------------------------------------------------------------------- Fig. 4
