@@ -118,12 +118,21 @@ def test_finetune_an_nnunet_result_folder_with_other_classes(
         ct, masks = synthetic.make_case(500 + i, with_rod=True)
         del masks["FemoralHead_R"]
         ds.write_case(f"loc{i}", "L", ct, masks, {"case_id": f"loc{i}", "cohort": "L"})
-    recipe = {**TINY, "folds": 1, "freeze_encoder_epochs": 1, "nnunet": {"val_steps_per_epoch": 1}}
+    recipe = {
+        **TINY,
+        "folds": 1,
+        "freeze_encoder_epochs": 1,
+        "time_budget": "45s",  # the fold's epochs are fitted to what planning left of it
+        "nnunet": {"val_steps_per_epoch": 1},
+    }
     result = train(ds, tmp_path / "lft", config=recipe, pretrained=folder, device="cpu")
     info = read_nnunet_model(result.model_dir)
     assert info.classes == ["background", "Bladder", "FemoralHead_L", "Rod"]
     assert info.training["pretrained"]["classes"]["new"] == ["Rod"]
     assert not (tmp_path / "lft" / "nnunet-work").exists()
+    schedule = info.training["schedule"]
+    assert schedule["time_budget"] == 45.0 and schedule["epochs_trained"][0] >= 1
+    assert "epochs fit the time budget" in (tmp_path / "lft" / "nnunet.log").read_text()
     # the pretrained plans were transferred: same network, same patch
     assert (
         info.plans["configurations"]["2d"]["patch_size"]

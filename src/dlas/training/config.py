@@ -63,7 +63,9 @@ A recipe is YAML (or JSON) data, never code::
 its own loss, optimiser and augmentation. Of this recipe it uses ``seed``, ``epochs``,
 ``steps_per_epoch`` (nnU-Net's iterations per epoch; null: nnU-Net's 250), ``folds``,
 ``stratify_by_cohort``, ``selection`` (``val_dsc``: nnU-Net's pseudo Dice; ``val_loss``;
-``last``), ``ensemble``, ``freeze_encoder_epochs`` and ``missing_structures`` (nnU-Net has no
+``last``), ``ensemble``, ``freeze_encoder_epochs``, ``time_budget`` (each fold gets its share of
+what is left after planning; its first epoch is timed and the number of epochs, and nnU-Net's
+learning-rate decay with it, fitted to the share) and ``missing_structures`` (nnU-Net has no
 partial labels: ``partial`` and ``skip-case`` both leave cases that lack a structure out, with a
 warning); setting any field that only the DpnUNet engine uses (``base: fast``, the optimiser,
 loss, augmentation, ``model``, ``preprocessing`` ...) is refused. ``nnunet:`` holds
@@ -276,6 +278,7 @@ NNUNET_FIELDS = frozenset(
         "engine",
         "nnunet",
         "deterministic",
+        "time_budget",
     }
 )
 

@@ -162,6 +162,68 @@ def _export_case(
     return None, _overlaps(masks, labels, names)
 
 
+def _write_cases(
+    ds: CaseDataset,
+    ids: Sequence[str],
+    folder: Path,
+    missing: str,
+    result: ExportResult,
+    on_case: Callable[[Case], None] | None,
+    progress: Callable[[int, int, str], None] | None,
+) -> None:
+    for n, case_id in enumerate(ids):
+        if progress is not None:
+            progress(n, len(ids), case_id)
+        case = ds.load_case(case_id)
+        reason, overlaps = _export_case(case, ds.structure_set, folder, missing)
+        if reason is not None:
+            result.skipped[case_id] = reason
+            log.warning("%s left out of the nnU-Net export: %s", case_id, reason)
+            continue
+        result.cases.append(case_id)
+        if overlaps:
+            result.overlaps[case_id] = overlaps
+        if on_case is not None:
+            on_case(case)
+    if not result.cases:
+        raise DatasetError(
+            "no case to export",
+            where=f"data set {ds.root}",
+            expected="at least one case with every structure of the structure set",
+            found=f"{len(ids)} case(s), {len(result.skipped)} left out"
+            + (f" ({next(iter(result.skipped.values()))} ...)" if result.skipped else ""),
+            fix="check --cohort, or export with --missing background",
+        )
+
+
+def _write_metadata(ds: CaseDataset, folder: Path, missing: str, result: ExportResult) -> None:
+    write_json(
+        folder / "dataset.json",
+        {
+            "channel_names": {"0": "CT"},
+            "labels": result.labels,
+            "numTraining": len(result.cases),
+            "file_ending": ".nii.gz",
+            "name": result.dataset_name,
+            "description": f"exported by dlas {__version__} from structure set "
+            f"{ds.structure_set.name}",
+        },
+    )
+    write_json(
+        folder / "dlas-export.json",
+        {
+            "schema_version": 1,
+            "software": {"name": "dlas", "version": __version__},
+            "dataset_sha256": ds.sha256(result.cases),
+            "structure_set": ds.structure_set.name,
+            "structure_set_sha256": ds.structure_set.sha256(),
+            "overlap_rule": "higher priority wins (ties: the later structure)",
+            "missing": missing,
+            **result.to_data(),
+        },
+    )
+
+
 def export_nnunet(
     dataset: str | os.PathLike[str] | CaseDataset,
     out: str | os.PathLike[str],
@@ -211,61 +273,14 @@ def export_nnunet(
         ids = [c for c in ds.case_ids() if ds.record(c).cohort in set(cohorts)]
     else:
         ids = ds.case_ids()
-    names = ds.structure_set.names
     partial = out_dir / f".{dataset_name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     (partial / "imagesTr").mkdir(parents=True)
     (partial / "labelsTr").mkdir()
-    result = ExportResult(final, dataset_name, nnunet_labels(names), [])
+    result = ExportResult(final, dataset_name, nnunet_labels(ds.structure_set.names), [])
     try:
-        for n, case_id in enumerate(ids):
-            if progress is not None:
-                progress(n, len(ids), case_id)
-            case = ds.load_case(case_id)
-            reason, overlaps = _export_case(case, ds.structure_set, partial, missing)
-            if reason is not None:
-                result.skipped[case_id] = reason
-                log.warning("%s left out of the nnU-Net export: %s", case_id, reason)
-                continue
-            result.cases.append(case_id)
-            if overlaps:
-                result.overlaps[case_id] = overlaps
-            if on_case is not None:
-                on_case(case)
-        if not result.cases:
-            raise DatasetError(
-                "no case to export",
-                where=f"data set {ds.root}",
-                expected="at least one case with every structure of the structure set",
-                found=f"{len(ids)} case(s), {len(result.skipped)} left out"
-                + (f" ({next(iter(result.skipped.values()))} ...)" if result.skipped else ""),
-                fix="check --cohort, or export with --missing background",
-            )
-        write_json(
-            partial / "dataset.json",
-            {
-                "channel_names": {"0": "CT"},
-                "labels": result.labels,
-                "numTraining": len(result.cases),
-                "file_ending": ".nii.gz",
-                "name": dataset_name,
-                "description": f"exported by dlas {__version__} from structure set "
-                f"{ds.structure_set.name}",
-            },
-        )
-        write_json(
-            partial / "dlas-export.json",
-            {
-                "schema_version": 1,
-                "software": {"name": "dlas", "version": __version__},
-                "dataset_sha256": ds.sha256(result.cases),
-                "structure_set": ds.structure_set.name,
-                "structure_set_sha256": ds.structure_set.sha256(),
-                "overlap_rule": "higher priority wins (ties: the later structure)",
-                "missing": missing,
-                **result.to_data(),
-            },
-        )
+        _write_cases(ds, ids, partial, missing, result, on_case, progress)
+        _write_metadata(ds, partial, missing, result)
         if progress is not None:
             progress(len(ids), len(ids), "")
         partial.rename(final)

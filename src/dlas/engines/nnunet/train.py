@@ -406,6 +406,295 @@ def _select(folds: list[dict[str, Any]], rule: str) -> dict[str, Any]:
     return min(folds, key=lambda f: last(f, "val_losses", float("inf")))
 
 
+@dataclass
+class _Run:
+    """One nnU-Net training run: the model folder, its work folder and what every stage needs."""
+
+    ds: CaseDataset
+    out: Path
+    recipe: Recipe
+    source: PretrainedNnUNet | None
+    split: list[Fold]
+    run: dict[str, Any]
+    device: torch.device
+    emit: EventCallback
+    started: float
+    threads: int = 1
+    plans_name: str = "nnUNetPlans"
+
+    @property
+    def work(self) -> Path:
+        return self.out / WORK
+
+    @property
+    def raw(self) -> Path:
+        return self.work / "raw" / DATASET_NAME
+
+    @property
+    def pre(self) -> Path:
+        return self.work / "preprocessed" / DATASET_NAME
+
+    @property
+    def log_file(self) -> Path:
+        return self.out / "nnunet.log"
+
+    @property
+    def configuration(self) -> str:
+        return self.source.configuration if self.source else self.recipe.nnunet.configuration
+
+    def prepare(self, case_ids: Sequence[str]) -> dict[str, CaseMeasures]:
+        """Export, plan (or transfer the pretrained plans) and preprocess, once; returns the
+        QA measures of the training cases (kept in the work folder for --resume)."""
+        if self.source is not None:
+            self.plans_name = str(self.source.plans.get("plans_name", "nnUNetPlans"))
+        measures_file = self.work / "measures.json"
+        if (self.pre / "splits_final.json").is_file() and measures_file.is_file():
+            data = json.loads(measures_file.read_text(encoding="utf-8"))
+            return {k: CaseMeasures(**v) for k, v in data.items()}
+        measures: dict[str, CaseMeasures] = {}
+
+        def measure(case: Case) -> None:
+            measures[case.case_id] = measure_case(case.ct, case.structures)
+
+        shutil.rmtree(self.work, ignore_errors=True)
+        (self.work / "raw").mkdir(parents=True)
+        self.emit(TrainingEvent("prepare", message=f"exporting {len(case_ids)} cases for nnU-Net"))
+        export_nnunet(self.ds, self.work / "raw", dataset_id=DATASET_ID, name="dlas",
+                      case_ids=case_ids, missing="error", on_case=measure)  # fmt: skip
+        job = {
+            "dataset_id": DATASET_ID,
+            "configuration": self.configuration,
+            "processes": self.threads,
+            "plans": self.plans_name,
+        }
+        if self.source is None:
+            self.emit(
+                TrainingEvent("prepare", message="nnU-Net: fingerprint, plans, preprocessing")
+            )
+            _run_step({**job, "action": "plan"}, self.work, self.log_file)
+        else:
+            self.pre.mkdir(parents=True, exist_ok=True)
+            plans = {**self.source.plans, "dataset_name": DATASET_NAME}
+            write_json(self.pre / f"{self.plans_name}.json", plans)
+            shutil.copy(self.raw / "dataset.json", self.pre / "dataset.json")
+            self.emit(TrainingEvent("prepare", message="nnU-Net: preprocessing, pretrained plans"))
+            _run_step({**job, "action": "preprocess"}, self.work, self.log_file)
+        write_json(self.pre / "splits_final.json", _splits(self.split))
+        write_json(measures_file, {k: asdict(v) for k, v in measures.items()})
+        return measures
+
+    def initial_weights(self) -> tuple[Path | None, dict[str, Any] | None]:
+        """For fine-tuning: the pretrained weights mapped onto the local network (a
+        safetensors file in the work folder) and what was kept, added and dropped."""
+        if self.source is None:
+            return None, None
+        import torch
+        from safetensors.torch import save_file
+
+        torch.manual_seed(self.recipe.seed)
+        network = build_network(
+            self.plans(),
+            self.configuration,
+            self.dataset_json(),
+            deep_supervision=True,
+            where=str(self.source.source),
+        )
+        state, note = transfer_weights(network, self.source, self.ds.structure_set)
+        path = self.work / "init.safetensors"
+        save_file({k: v.clone() for k, v in state.items()}, str(path))
+        log.info(
+            "fine-tuning %s: classes kept %s, new %s, dropped %s",
+            self.source.name,
+            note["kept"],
+            note["new"],
+            note["dropped"],
+        )
+        return path, note
+
+    def plans(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(
+            (self.pre / f"{self.plans_name}.json").read_text(encoding="utf-8")
+        )
+        return data
+
+    def dataset_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.raw / "dataset.json").read_text(encoding="utf-8"))
+        return data
+
+    def _deadline(self, left: int) -> float | None:
+        """Wall-clock time (``time.time()``) by which the next fold must finish training:
+        what is left of the time budget, shared by the ``left`` folds still to train."""
+        if self.recipe.time_budget is None:
+            return None
+        remaining = self.recipe.time_budget - (time.perf_counter() - self.started)
+        return time.time() + max(remaining - _RESERVE_S, 0.0) / max(left, 1)
+
+    def train_folds(self, init: Path | None) -> list[dict[str, Any]]:
+        """Train every fold not trained yet; returns each fold's record (log, weights)."""
+        plans_name, configuration = self.plans_name, self.configuration
+        results = (
+            self.work / "results" / DATASET_NAME / f"{TRAINER_NAME}__{plans_name}__{configuration}"
+        )
+        folds: list[dict[str, Any]] = []
+        todo = [
+            n for n in range(len(self.split)) if not (results / f"fold_{n}" / LOG_FILE).is_file()
+        ]
+        for n, fold in enumerate(self.split):
+            folder = results / f"fold_{n}"
+            if n in todo:
+                self.emit(TrainingEvent("fold", fold=fold.index, folds=len(self.split)))
+                shutil.rmtree(folder, ignore_errors=True)
+                job = self._train_job(n, fold, init, self._deadline(len(todo) - todo.index(n)))
+                _run_step(job, self.work, self.log_file)
+            record = json.loads((folder / LOG_FILE).read_text(encoding="utf-8"))
+            folds.append({"fold": fold.index, "folder": folder, **record})
+            _emit_epochs(self.emit, fold.index, len(self.split), record["log"])
+        return folds
+
+    def _train_job(
+        self, n: int, fold: Fold, init: Path | None, deadline: float | None
+    ) -> dict[str, Any]:
+        recipe = self.recipe
+        return {
+            "action": "train",
+            "dataset_id": DATASET_ID,
+            "configuration": self.configuration,
+            "fold": n,
+            "plans_file": str(self.pre / f"{self.plans_name}.json"),
+            "dataset_json": str(self.raw / "dataset.json"),
+            "epochs": recipe.epochs,
+            "deadline": deadline,
+            "iterations": recipe.steps_per_epoch,
+            "val_iterations": recipe.nnunet.val_steps_per_epoch,
+            "initial_lr": recipe.nnunet.initial_lr,
+            "freeze_encoder_epochs": recipe.freeze_encoder_epochs,
+            "seed": recipe.seed + fold.index,
+            "device": str(self.device),
+            "threads": self.threads,
+            "deterministic": recipe.deterministic == "on"
+            or (recipe.deterministic == "auto" and self.device.type == "cpu"),
+            "init_weights": str(init) if init else None,
+        }
+
+    def save(
+        self,
+        folds: list[dict[str, Any]],
+        measures: dict[str, CaseMeasures],
+        init_note: dict[str, Any] | None,
+        name: str | None,
+    ) -> TrainResult:
+        """Select the fold (or keep the ensemble), write the model folder, cv.json and logs."""
+        from dlas.training.api import TrainResult
+
+        recipe = self.recipe
+        rule = recipe.selection if any(f.validation for f in self.split) else "last"
+        chosen = _select(folds, rule)
+        members = folds if recipe.ensemble else [chosen]
+        history = [_history(f["log"]) for f in folds]
+        selection = {
+            "rule": rule,
+            "requested_rule": recipe.selection,
+            "fold": None if recipe.ensemble else chosen["fold"],
+            "ensemble": recipe.ensemble,
+            "members": [m["fold"] for m in members],
+        }
+        info = save_nnunet_model(
+            self.out,
+            name=name or "dlas nnU-Net",
+            plans=self.plans(),
+            configuration=self.configuration,
+            dataset_json=self.dataset_json(),
+            trainer_name=TRAINER_NAME,
+            mirroring_axes=chosen["mirroring_axes"],
+            structure_set=self.ds.structure_set,
+            members=[
+                (load_weights(m["folder"] / WEIGHTS_FILE), m["fold"], m["epochs"]) for m in members
+            ],
+            training={
+                "engine": "nnunet",
+                "run_sha256": self.run["run_sha256"],
+                "recipe": self.run["recipe"],
+                "recipe_sha256": recipe.sha256(),
+                "dataset": self.run["dataset"],
+                "split": self.run["split"],
+                "pretrained": {**self.run["pretrained"], "classes": init_note}
+                if self.source
+                else None,
+                "selection": selection,
+                "schedule": {
+                    "time_budget": recipe.time_budget,
+                    "epochs": recipe.epochs,
+                    "epochs_trained": [len(h) for h in history],
+                    "steps_per_epoch": recipe.steps_per_epoch,
+                    "seconds": round(time.perf_counter() - self.started, 1),
+                },
+                "folds": [
+                    {"fold": f["fold"], "history": h} for f, h in zip(folds, history, strict=True)
+                ],
+                "device": self.device.type,
+            },
+            qa=build_qa_reference(
+                [measures[c] for c in sorted(measures)], self.ds.structure_set.names
+            ),
+        )
+        self._records(folds, history, selection, info.model_sha256)
+        return TrainResult(
+            model_dir=self.out,
+            model_sha256=info.model_sha256,
+            selected_fold=None if recipe.ensemble else int(chosen["fold"]),
+            ensemble=recipe.ensemble,
+            folds=[
+                {
+                    "fold": f["fold"],
+                    "best_epoch": f["epochs"],
+                    "best_score": (f["log"].get("ema_fg_dice") or [None])[-1],
+                    "history": h,
+                }
+                for f, h in zip(folds, history, strict=True)
+            ],
+        )
+
+    def _records(
+        self,
+        folds: list[dict[str, Any]],
+        history: list[list[dict[str, Any]]],
+        selection: dict[str, Any],
+        model_sha256: str,
+    ) -> None:
+        write_json(
+            self.out / "cv.json",
+            {
+                "schema_version": 1,
+                "engine": "nnunet",
+                "software": {"name": "dlas", "version": __version__},
+                "run_sha256": self.run["run_sha256"],
+                "model_sha256": model_sha256,
+                "selection": selection,
+                "folds": [
+                    {
+                        "fold": f["fold"],
+                        "history": h,
+                        "train": list(s.train),
+                        "validation": list(s.validation),
+                    }
+                    for f, h, s in zip(folds, history, self.split, strict=True)
+                ],
+            },
+        )
+        for f in folds:
+            target = self.out / "folds" / f"fold-{f['fold']}"
+            target.mkdir(parents=True, exist_ok=True)
+            for item in [*f["folder"].glob("training_log_*.txt"), f["folder"] / "progress.png"]:
+                if item.is_file():
+                    shutil.copy(item, target / item.name)
+        if not self.recipe.nnunet.keep_work:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+#: Seconds of a time budget kept for writing the model after the last fold.
+_RESERVE_S = 10.0
+
+
 def train_nnunet(
     ds: CaseDataset,
     out: Path,
@@ -419,23 +708,19 @@ def train_nnunet(
     emit: EventCallback,
 ) -> TrainResult:
     """Train or fine-tune with nnU-Net (see the module docstring); ``dlas.training.train``
-    calls this for ``engine: nnunet``."""
-    from dlas.training.api import RUN_JSON, TrainResult, _check_output
+    calls this for ``engine: nnunet``.
+
+    Raises
+    ------
+    TrainingConfigError, TrainingError, NnUNetFileError, dlas.model.ModelFileError
+        A bad request, too few cases, a failed nnU-Net step, an unusable pretrained model.
+    """
+    from dlas.training.api import RUN_JSON, _check_output
 
     require_nnunet()
     started = time.perf_counter()
-    if recipe.time_budget is not None:
-        raise TrainingConfigError(
-            "a time budget with the nnU-Net engine",
-            where="time_budget",
-            expected="epochs (and steps_per_epoch): nnU-Net is not sized to a budget by dlas",
-            found=f"{recipe.time_budget:.0f} s",
-            fix="give epochs and steps_per_epoch instead",
-        )
-    dev = resolve_device(device)
     case_ids = _eligible(ds, cohorts, recipe)
     source = read_pretrained(pretrained, recipe.nnunet.pretrained_fold) if pretrained else None
-    configuration = source.configuration if source else recipe.nnunet.configuration
     split = make_folds(
         case_ids,
         recipe.folds,
@@ -447,188 +732,14 @@ def train_nnunet(
     _check_output(out, run, resume)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / RUN_JSON, run)
-    work = out / WORK
-    log_file = out / "nnunet.log"
-    raw = work / "raw" / DATASET_NAME
-    pre = work / "preprocessed" / DATASET_NAME
-    measures: dict[str, CaseMeasures] = {}
-
-    def measure(case: Case) -> None:
-        measures[case.case_id] = measure_case(case.ct, case.structures)
-
-    threads = max(1, min(os.cpu_count() or 1, 8))
-    plans_name = "nnUNetPlans"
-    if not (pre / "splits_final.json").is_file():
-        shutil.rmtree(work, ignore_errors=True)
-        (work / "raw").mkdir(parents=True)
-        emit(TrainingEvent("prepare", message=f"exporting {len(case_ids)} cases for nnU-Net"))
-        export_nnunet(ds, work / "raw", dataset_id=DATASET_ID, name="dlas", case_ids=case_ids,
-                      missing="error", on_case=measure)  # fmt: skip
-        job: dict[str, Any] = {
-            "dataset_id": DATASET_ID,
-            "configuration": configuration,
-            "processes": threads,
-        }
-        if source is None:
-            emit(TrainingEvent("prepare", message="nnU-Net: fingerprint, plans, preprocessing"))
-            _run_step({**job, "action": "plan", "plans": plans_name}, work, log_file)
-        else:
-            plans_name = str(source.plans.get("plans_name", "nnUNetPlans"))
-            pre.mkdir(parents=True, exist_ok=True)
-            write_json(pre / f"{plans_name}.json", {**source.plans, "dataset_name": DATASET_NAME})
-            shutil.copy(raw / "dataset.json", pre / "dataset.json")
-            emit(
-                TrainingEvent("prepare", message="nnU-Net: preprocessing with the pretrained plans")
-            )
-            _run_step({**job, "action": "preprocess", "plans": plans_name}, work, log_file)
-        write_json(pre / "splits_final.json", _splits(split))
-        write_json(work / "measures.json", {k: asdict(v) for k, v in measures.items()})
-    else:
-        if source is not None:
-            plans_name = str(source.plans.get("plans_name", "nnUNetPlans"))
-        measures = {
-            k: CaseMeasures(**v)
-            for k, v in json.loads((work / "measures.json").read_text(encoding="utf-8")).items()
-        }
-    plans = json.loads((pre / f"{plans_name}.json").read_text(encoding="utf-8"))
-    dataset_json = json.loads((raw / "dataset.json").read_text(encoding="utf-8"))
-    init_note: dict[str, Any] | None = None
-    init_file: Path | None = None
-    if source is not None:
-        import torch
-        from safetensors.torch import save_file
-
-        torch.manual_seed(recipe.seed)
-        network = build_network(
-            plans, configuration, dataset_json, deep_supervision=True, where=str(source.source)
-        )
-        state, init_note = transfer_weights(network, source, ds.structure_set)
-        init_file = work / "init.safetensors"
-        save_file({k: v.clone() for k, v in state.items()}, str(init_file))
-        log.info(
-            "fine-tuning %s: classes kept %s, new %s, dropped %s",
-            source.name,
-            init_note["kept"],
-            init_note["new"],
-            init_note["dropped"],
-        )
-    results = work / "results" / DATASET_NAME / f"{TRAINER_NAME}__{plans_name}__{configuration}"
-    folds: list[dict[str, Any]] = []
-    for n, fold in enumerate(split):
-        folder = results / f"fold_{n}"
-        if not (folder / LOG_FILE).is_file():
-            emit(TrainingEvent("fold", fold=fold.index, folds=len(split), epochs=recipe.epochs))
-            shutil.rmtree(folder, ignore_errors=True)
-            _run_step(
-                {
-                    "action": "train",
-                    "dataset_id": DATASET_ID,
-                    "configuration": configuration,
-                    "fold": n,
-                    "plans_file": str(pre / f"{plans_name}.json"),
-                    "dataset_json": str(raw / "dataset.json"),
-                    "epochs": recipe.epochs,
-                    "iterations": recipe.steps_per_epoch,
-                    "val_iterations": recipe.nnunet.val_steps_per_epoch,
-                    "initial_lr": recipe.nnunet.initial_lr,
-                    "freeze_encoder_epochs": recipe.freeze_encoder_epochs,
-                    "seed": recipe.seed + fold.index,
-                    "device": str(dev),
-                    "threads": threads,
-                    "deterministic": recipe.deterministic == "on"
-                    or (recipe.deterministic == "auto" and dev.type == "cpu"),
-                    "init_weights": str(init_file) if init_file else None,
-                },
-                work,
-                log_file,
-            )
-        record = json.loads((folder / LOG_FILE).read_text(encoding="utf-8"))
-        folds.append({"fold": fold.index, "folder": folder, **record})
-        _emit_epochs(emit, fold.index, len(split), record["log"])
-    has_validation = any(f.validation for f in split)
-    rule = recipe.selection if has_validation else "last"
-    chosen = _select(folds, rule)
-    members = folds if recipe.ensemble else [chosen]
-    history = [_history(f["log"]) for f in folds]
-    info = save_nnunet_model(
-        out,
-        name=name or "dlas nnU-Net",
-        plans=plans,
-        configuration=configuration,
-        dataset_json=dataset_json,
-        trainer_name=TRAINER_NAME,
-        mirroring_axes=chosen["mirroring_axes"],
-        structure_set=ds.structure_set,
-        members=[
-            (load_weights(m["folder"] / WEIGHTS_FILE), m["fold"], m["epochs"]) for m in members
-        ],
-        training={
-            "engine": "nnunet",
-            "run_sha256": run["run_sha256"],
-            "recipe": run["recipe"],
-            "recipe_sha256": recipe.sha256(),
-            "dataset": run["dataset"],
-            "split": run["split"],
-            "pretrained": {**run["pretrained"], "classes": init_note} if source else None,
-            "selection": {
-                "rule": rule,
-                "requested_rule": recipe.selection,
-                "fold": None if recipe.ensemble else chosen["fold"],
-                "ensemble": recipe.ensemble,
-                "members": [m["fold"] for m in members],
-            },
-            "folds": [
-                {"fold": f["fold"], "history": h} for f, h in zip(folds, history, strict=True)
-            ],
-            "device": dev.type,
-            "seconds": round(time.perf_counter() - started, 1),
-        },
-        qa=build_qa_reference([measures[c] for c in sorted(measures)], ds.structure_set.names),
-    )
-    write_json(
-        out / "cv.json",
-        {
-            "schema_version": 1,
-            "engine": "nnunet",
-            "software": {"name": "dlas", "version": __version__},
-            "run_sha256": run["run_sha256"],
-            "model_sha256": info.model_sha256,
-            "selection": info.training["selection"],
-            "folds": [
-                {
-                    "fold": f["fold"],
-                    "history": h,
-                    "train": list(s.train),
-                    "validation": list(s.validation),
-                }
-                for f, h, s in zip(folds, history, split, strict=True)
-            ],
-        },
-    )
-    for f in folds:
-        target = out / "folds" / f"fold-{f['fold']}"
-        target.mkdir(parents=True, exist_ok=True)
-        for item in [*f["folder"].glob("training_log_*.txt"), f["folder"] / "progress.png"]:
-            if item.is_file():
-                shutil.copy(item, target / item.name)
-    if not recipe.nnunet.keep_work:
-        shutil.rmtree(work, ignore_errors=True)
-    emit(TrainingEvent("done", message=info.model_sha256))
-    return TrainResult(
-        model_dir=out,
-        model_sha256=info.model_sha256,
-        selected_fold=None if recipe.ensemble else int(chosen["fold"]),
-        ensemble=recipe.ensemble,
-        folds=[
-            {
-                "fold": f["fold"],
-                "best_epoch": f["epochs"],
-                "best_score": (f["log"].get("ema_fg_dice") or [None])[-1],
-                "history": h,
-            }
-            for f, h in zip(folds, history, strict=True)
-        ],
-    )
+    state = _Run(ds, out, recipe, source, split, run, resolve_device(device), emit, started,
+                 threads=max(1, min(os.cpu_count() or 1, 8)))  # fmt: skip
+    measures = state.prepare(case_ids)
+    init, init_note = state.initial_weights()
+    folds = state.train_folds(init)
+    result = state.save(folds, measures, init_note, name)
+    emit(TrainingEvent("done", message=result.model_sha256))
+    return result
 
 
 def _history(log_data: dict[str, list[Any]]) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,7 @@ def _trainer_class(job: dict[str, Any]) -> Any:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     epochs = int(job["epochs"])
+    deadline = job.get("deadline")
     iterations = job.get("iterations")
     val_iterations = job.get("val_iterations")
     initial_lr = job.get("initial_lr")
@@ -101,6 +103,44 @@ def _trainer_class(job: dict[str, Any]) -> Any:
                 self.num_val_iterations_per_epoch = int(val_iterations)
             if initial_lr is not None:
                 self.initial_lr = float(initial_lr)
+
+        def run_training(self) -> None:
+            """nnU-Net's loop; with a deadline, the first epoch is timed and the number of
+            epochs (and the polynomial learning-rate decay over them) fitted to the time."""
+            if deadline is None:
+                super().run_training()
+                return
+            self.on_train_start()
+            self.num_epochs = 10**6  # until the first epoch was timed
+            self.lr_scheduler.max_steps = self.num_epochs
+            start = time.time()
+            while self.current_epoch < self.num_epochs:
+                self._one_epoch()
+                if self.current_epoch == 1:
+                    per_epoch = time.time() - start
+                    fitted = max(1, int((float(deadline) - start) // max(per_epoch, 1e-6)))
+                    self.num_epochs = self.lr_scheduler.max_steps = fitted
+                    self.print_to_log_file(
+                        f"dlas: {per_epoch:.1f} s per epoch, {fitted} epochs fit the time budget"
+                    )
+            self.on_train_end()
+
+        def _one_epoch(self) -> None:
+            self.on_epoch_start()
+            self.on_train_epoch_start()
+            outputs = [
+                self.train_step(next(self.dataloader_train))
+                for _ in range(self.num_iterations_per_epoch)
+            ]
+            self.on_train_epoch_end(outputs)
+            with torch.no_grad():
+                self.on_validation_epoch_start()
+                val_outputs = [
+                    self.validation_step(next(self.dataloader_val))
+                    for _ in range(self.num_val_iterations_per_epoch)
+                ]
+                self.on_validation_epoch_end(val_outputs)
+            self.on_epoch_end()
 
         def on_train_epoch_start(self) -> None:
             encoder = getattr(self.network, "encoder", None)
