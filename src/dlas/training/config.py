@@ -64,16 +64,19 @@ its own loss, optimiser and augmentation. Of this recipe it uses ``seed``, ``epo
 ``steps_per_epoch`` (nnU-Net's iterations per epoch; null: nnU-Net's 250), ``folds``,
 ``stratify_by_cohort``, ``selection`` (``val_dsc``: nnU-Net's pseudo Dice; ``val_loss``;
 ``last``), ``ensemble``, ``freeze_encoder_epochs``, ``time_budget`` (each fold gets its share of
-what is left after planning; its first epoch is timed and the number of epochs, and nnU-Net's
-learning-rate decay with it, fitted to the share) and ``missing_structures`` (nnU-Net has no
+what is left after planning; a short first epoch of 3 steps is timed and the epochs, and
+nnU-Net's learning-rate decay with them, fitted to the share — or one shorter epoch when a whole
+one does not fit) and ``missing_structures`` (nnU-Net has no
 partial labels: ``partial`` and ``skip-case`` both leave cases that lack a structure out, with a
 warning); setting any field that only the DpnUNet engine uses (``base: fast``, the optimiser,
 loss, augmentation, ``model``, ``preprocessing`` ...) is refused. ``nnunet:`` holds
 ``configuration`` (``2d`` by default, which trains on a CPU; ``3d_fullres`` or ``3d_lowres`` on a
-GPU), ``initial_lr`` (null: nnU-Net's 0.01), ``val_steps_per_epoch`` (null: nnU-Net's 50) and
+GPU), ``initial_lr`` (null: nnU-Net's 0.01), ``val_steps_per_epoch`` (null: nnU-Net's 50),
 ``pretrained_fold`` (which fold of a pretrained nnU-Net result folder to fine-tune; null: the
-first) and ``keep_work`` (keep nnU-Net's own raw, preprocessed and results folders in
-``OUT/nnunet-work``, to use the model with nnU-Net's tools; by default they are removed).
+first), ``batch_size`` (null: nnU-Net's plan, sized for a GPU's memory — 196 slices of 128²
+for OpenKBP in 2-D; set it lower on a CPU) and ``keep_work`` (keep nnU-Net's own raw,
+preprocessed and results folders in ``OUT/nnunet-work``, to use the model with nnU-Net's tools;
+by default they are removed).
 
 ``missing_structures``: a clinical export rarely has every structure for every patient.
 ``partial`` (the default) trains on such cases: a structure a case lacks is *unknown* there, not
@@ -259,6 +262,7 @@ class NnUNetSettings(BaseModel):
     val_steps_per_epoch: int | None = Field(None, ge=1, le=100_000)
     pretrained_fold: int | None = Field(None, ge=0, le=99)
     keep_work: bool = False
+    batch_size: int | None = Field(None, ge=1, le=4096)
 
 
 #: Recipe fields that the nnU-Net engine uses; setting any other field with ``engine: nnunet``

@@ -479,9 +479,18 @@ class _Run:
             shutil.copy(self.raw / "dataset.json", self.pre / "dataset.json")
             self.emit(TrainingEvent("prepare", message="nnU-Net: preprocessing, pretrained plans"))
             _run_step({**job, "action": "preprocess"}, self.work, self.log_file)
+        if self.recipe.nnunet.batch_size is not None:
+            self._set_batch_size(self.recipe.nnunet.batch_size)
         write_json(self.pre / "splits_final.json", _splits(self.split))
         write_json(measures_file, {k: asdict(v) for k, v in measures.items()})
         return measures
+
+    def _set_batch_size(self, batch_size: int) -> None:
+        """nnU-Net plans its batch for a GPU's memory; the recipe may set it (e.g. on a CPU)."""
+        path = self.pre / f"{self.plans_name}.json"
+        plans = json.loads(path.read_text(encoding="utf-8"))
+        plans["configurations"][self.configuration]["batch_size"] = int(batch_size)
+        write_json(path, plans)
 
     def initial_weights(self) -> tuple[Path | None, dict[str, Any] | None]:
         """For fine-tuning: the pretrained weights mapped onto the local network (a

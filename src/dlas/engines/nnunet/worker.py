@@ -29,6 +29,8 @@ __all__ = ["main"]
 WEIGHTS_FILE = "dlas-weights.safetensors"
 LOG_FILE = "dlas-log.json"
 TRAINER_NAME = "dlasTrainer"
+#: Training steps of the first, timed epoch of a run with a time budget.
+_PROBE_STEPS = 3
 
 
 def _plan(job: dict[str, Any]) -> None:
@@ -105,42 +107,67 @@ def _trainer_class(job: dict[str, Any]) -> Any:
                 self.initial_lr = float(initial_lr)
 
         def run_training(self) -> None:
-            """nnU-Net's loop; with a deadline, the first epoch is timed and the number of
-            epochs (and the polynomial learning-rate decay over them) fitted to the time."""
+            """nnU-Net's loop; with a deadline, a short first epoch is timed (its training and
+            validation steps separately) and the rest fitted to the time left: as many whole
+            epochs as fit (nnU-Net's polynomial decay spans them), or one shorter epoch."""
             if deadline is None:
                 super().run_training()
                 return
             self.on_train_start()
-            self.num_epochs = 10**6  # until the first epoch was timed
-            self.lr_scheduler.max_steps = self.num_epochs
-            start = time.time()
+            iterations, val_iterations = (
+                self.num_iterations_per_epoch,
+                self.num_val_iterations_per_epoch,
+            )
+            self.num_epochs = self.lr_scheduler.max_steps = 10**6  # until timed
+            probe = min(iterations, _PROBE_STEPS)
+            self.num_iterations_per_epoch = probe
+            self.num_val_iterations_per_epoch = min(val_iterations, 2)
+            started = time.time()
+            step_s, val_s = self._one_epoch()
+            overhead = max(
+                time.time() - started - step_s * probe - val_s * self.num_val_iterations_per_epoch,
+                0.0,
+            )
+            left = float(deadline) - time.time()
+            epoch_s = iterations * step_s + val_iterations * val_s + overhead
+            self.num_val_iterations_per_epoch = val_iterations
+            if left >= epoch_s:
+                more = int(left // epoch_s)
+            else:
+                more = 1 if left > val_iterations * val_s + overhead + step_s else 0
+                iterations = max(1, int((left - val_iterations * val_s - overhead) // step_s))
+            self.num_iterations_per_epoch = iterations
+            self.num_epochs = self.lr_scheduler.max_steps = 1 + more
+            self.print_to_log_file(
+                f"dlas: {step_s:.2f} s per training step, {val_s:.2f} s per validation step; "
+                f"{more} more epoch(s) of {iterations} steps fit the time budget"
+            )
             while self.current_epoch < self.num_epochs:
                 self._one_epoch()
-                if self.current_epoch == 1:
-                    per_epoch = time.time() - start
-                    fitted = max(1, int((float(deadline) - start) // max(per_epoch, 1e-6)))
-                    self.num_epochs = self.lr_scheduler.max_steps = fitted
-                    self.print_to_log_file(
-                        f"dlas: {per_epoch:.1f} s per epoch, {fitted} epochs fit the time budget"
-                    )
             self.on_train_end()
 
-        def _one_epoch(self) -> None:
+        def _one_epoch(self) -> tuple[float, float]:
+            """One epoch of nnU-Net's loop; returns seconds per training and validation step."""
             self.on_epoch_start()
             self.on_train_epoch_start()
+            started = time.time()
             outputs = [
                 self.train_step(next(self.dataloader_train))
                 for _ in range(self.num_iterations_per_epoch)
             ]
+            step_s = (time.time() - started) / max(self.num_iterations_per_epoch, 1)
             self.on_train_epoch_end(outputs)
             with torch.no_grad():
                 self.on_validation_epoch_start()
+                started = time.time()
                 val_outputs = [
                     self.validation_step(next(self.dataloader_val))
                     for _ in range(self.num_val_iterations_per_epoch)
                 ]
+                val_s = (time.time() - started) / max(self.num_val_iterations_per_epoch, 1)
                 self.on_validation_epoch_end(val_outputs)
             self.on_epoch_end()
+            return step_s, val_s
 
         def on_train_epoch_start(self) -> None:
             encoder = getattr(self.network, "encoder", None)
