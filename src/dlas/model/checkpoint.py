@@ -57,12 +57,14 @@ __all__ = [
     "ModelInfo",
     "WeightsEntry",
     "check_state_dict",
+    "drop_stale_weights",
     "file_sha256",
     "load_model",
     "load_weights",
     "model_format",
     "read_model_info",
     "read_model_json",
+    "save_members",
     "save_model",
     "save_weights",
 ]
@@ -451,6 +453,37 @@ def load_weights(
         ) from None
 
 
+def save_members(
+    out: Path,
+    members: Sequence[tuple[Mapping[str, torch.Tensor], int | None, int | None]],
+    *,
+    metadata: Mapping[str, str] | None = None,
+) -> list[WeightsEntry]:
+    """Write each member's tensors (``(state_dict, fold, epoch)``) as ``model.safetensors``, or
+    ``member-K.safetensors`` for an ensemble; returns their entries for ``model.json``.
+
+    Tensors are copied first: some networks (nnU-Net's) hold one tensor under two names, which
+    safetensors refuses; a copy writes the same bytes.
+    """
+    import torch
+
+    entries: list[WeightsEntry] = []
+    for i, (state, fold, epoch) in enumerate(members, start=1):
+        file = "model.safetensors" if len(members) == 1 else f"member-{i}.safetensors"
+        tensors = {k: v.detach().clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+        digest = save_weights(out / file, tensors, metadata={"member": str(i), **(metadata or {})})
+        entries.append(WeightsEntry(file, digest, fold, epoch))
+    return entries
+
+
+def drop_stale_weights(out: Path, entries: Sequence[WeightsEntry]) -> None:
+    """Remove weights of an earlier model in ``out`` that ``entries`` no longer lists."""
+    keep = {e.file for e in entries}
+    for stale in [*out.glob("member-*.safetensors"), out / "model.safetensors"]:
+        if stale.exists() and stale.name not in keep:
+            stale.unlink()
+
+
 def save_model(
     folder: str | os.PathLike[str],
     *,
@@ -483,15 +516,7 @@ def save_model(
     classes = ["background", *structure_set.names]
     if len(classes) != architecture.num_classes:
         raise ValueError(f"{len(classes)} classes for a network with {architecture.num_classes}")
-    entries: list[WeightsEntry] = []
-    for i, (state, fold, epoch) in enumerate(members, start=1):
-        file = "model.safetensors" if len(members) == 1 else f"member-{i}.safetensors"
-        digest = save_weights(
-            out / file,
-            {k: v for k, v in state.items() if isinstance(v, torch.Tensor)},
-            metadata={"member": str(i)},
-        )
-        entries.append(WeightsEntry(file, digest, fold, epoch))
+    entries = save_members(out, members)
     qa_data = json.loads(json.dumps(dict(qa or {})))
     model_sha = _model_hash(architecture, preprocessing, structure_set, classes, entries, qa_data)
     created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
@@ -513,11 +538,7 @@ def save_model(
         "qa": qa_data,
     }
     write_json(out / MODEL_JSON, data)
-    # Weights of an earlier model in this folder that the new one no longer lists.
-    keep = {e.file for e in entries}
-    for stale in [*out.glob("member-*.safetensors"), out / "model.safetensors"]:
-        if stale.exists() and stale.name not in keep:
-            stale.unlink()
+    drop_stale_weights(out, entries)
     log.info("model %s written to %s", model_sha[:12], out)
     return read_model_info(out)
 

@@ -44,9 +44,10 @@ from dlas.model.checkpoint import (
     MODEL_SCHEMA_VERSION,
     ModelFileError,
     WeightsEntry,
+    drop_stale_weights,
     load_weights,
     read_model_json,
-    save_weights,
+    save_members,
 )
 from dlas.model.config import config_sha256
 from dlas.model.preprocessing import canonical_axial
@@ -143,15 +144,7 @@ def save_nnunet_model(
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    entries: list[WeightsEntry] = []
-    for i, (state, fold, epoch) in enumerate(members, start=1):
-        file = "model.safetensors" if len(members) == 1 else f"member-{i}.safetensors"
-        digest = save_weights(
-            out / file,
-            {k: v.detach().cpu().clone() for k, v in state.items() if isinstance(v, torch.Tensor)},
-            metadata={"member": str(i), "engine": "nnunet"},
-        )
-        entries.append(WeightsEntry(file, digest, fold, epoch))
+    entries = save_members(out, members, metadata={"engine": "nnunet"})
     data: dict[str, Any] = {
         "schema_version": MODEL_SCHEMA_VERSION,
         "kind": "dlas-model",
@@ -182,10 +175,7 @@ def save_nnunet_model(
     data["created"] = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
     data["training"] = dict(training or {})
     write_json(out / MODEL_JSON, data)
-    keep = {e.file for e in entries}
-    for stale in [*out.glob("member-*.safetensors"), out / "model.safetensors"]:
-        if stale.exists() and stale.name not in keep:
-            stale.unlink()
+    drop_stale_weights(out, entries)
     return read_nnunet_model(out)
 
 
