@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from dlas import __version__
-from dlas.cli._common import SETTINGS, print_json, progress_callback, stdout
+from dlas.cli._common import print_json, progress_callback, settings, stdout
 
 __all__ = ["register"]
 
@@ -155,7 +155,7 @@ def import_(
     )
     with progress_callback("import") as progress:
         report = import_source(source, dataset, options, progress=progress)
-    if not SETTINGS.quiet:
+    if not settings().quiet:
         _print_import_report(report)
     present = [i for i in report.items if i.status in ("imported", "exists")]
     if not present:
@@ -170,8 +170,6 @@ def import_(
 
 
 def _print_import_report(report: Any) -> None:
-    from rich.table import Table
-
     out = stdout()
     imported = report.imported
     cohorts: dict[str, int] = {}
@@ -192,23 +190,7 @@ def _print_import_report(report: Any) -> None:
         out.print(
             "contour sets (cases): " + ", ".join(f"{k} ({v})" for k, v in sorted(sets.items()))
         )
-    if report.skipped:
-        table = Table(title="cases not imported", title_justify="left")
-        table.add_column("source")
-        table.add_column("reason", overflow="fold")
-        for item in report.skipped:
-            table.add_row(item.source, item.reason)
-        out.print(table)
-    if report.skipped_files:
-        reasons: dict[str, int] = {}
-        for s in report.skipped_files:
-            reasons[s.reason] = reasons.get(s.reason, 0) + 1
-        table = Table(title="files not used", title_justify="left")
-        table.add_column("files", justify="right")
-        table.add_column("reason", overflow="fold")
-        for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
-            table.add_row(str(n), reason)
-        out.print(table)
+    _print_refusals(report)
     unmatched = report.unmatched_names()
     if unmatched:
         out.print(
@@ -225,6 +207,29 @@ def _print_import_report(report: Any) -> None:
             + ", ".join(f"{code} x{n}" for code, n in sorted(warnings.items()))
             + f" (details in {Path(report.dataset) / 'import-report.json'})"
         )
+
+
+def _print_refusals(report: Any) -> None:
+    """The cases refused and the files not used by an import, as tables."""
+    from collections import Counter
+
+    from rich.table import Table
+
+    if report.skipped:
+        table = Table(title="cases not imported", title_justify="left")
+        table.add_column("source")
+        table.add_column("reason", overflow="fold")
+        for item in report.skipped:
+            table.add_row(item.source, item.reason)
+        stdout().print(table)
+    if report.skipped_files:
+        reasons = Counter(s.reason for s in report.skipped_files)
+        table = Table(title="files not used", title_justify="left")
+        table.add_column("files", justify="right")
+        table.add_column("reason", overflow="fold")
+        for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
+            table.add_row(str(n), reason)
+        stdout().print(table)
 
 
 def inspect(
@@ -351,7 +356,7 @@ def export_nnunet(
         )
     if json_out:
         print_json({"folder": str(result.folder), **result.to_data()})
-    elif not SETTINGS.quiet:
+    elif not settings().quiet:
         console = stdout()
         overlapping = sum(1 for v in result.overlaps.values() if v)
         console.print(

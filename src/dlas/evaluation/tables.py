@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from dlas.errors import EvaluationError
@@ -214,47 +215,75 @@ def _grid(
     }
     sizes = _cohort_sizes(comparison, chosen_cohorts)
     fails = _fails(comparison, chosen_cohorts, chosen_structures, (model_a, model_b))
+    cells = _Cells(index, metrics, chosen_cohorts, sizes, digits, observers)
     blocks = []
-    marks: set[str] = set()
     for structure in chosen_structures:
-        rows: list[tuple[str, list[str]]] = []
-        for side, model in (("a", model_a), ("b", model_b)):
-            cells = []
-            for metric in metrics:
-                for cohort in chosen_cohorts:
-                    r = index.get((cohort, structure, metric))
-                    if r is None:
-                        cells.append("–")
-                        continue
-                    cell = _mean_sd(float(r[f"mean_{side}"]), float(r[f"sd_{side}"]), digits)
-                    n = _count(r, f"n_{side}")
-                    if _count(r, f"n_nonfinite_{side}"):
-                        cell += f" (n = {n}){_EXCLUDED}"
-                        marks.add(_EXCLUDED)
-                    elif n != sizes[cohort]:
-                        cell += f" (n = {n})"
-                    if observers.within(model, cohort, structure, metric):
-                        cell += _WITHIN
-                        marks.add(_WITHIN)
-                    cells.append(cell)
-            rows.append((model, cells))
+        rows = [
+            (m, cells.model_row(side, m, structure)) for side, m in (("a", model_a), ("b", model_b))
+        ]
         rows += observers.rows(
             (model_a, model_b), structure, metrics, chosen_cohorts, sizes, digits
         )
-        p_cells = []
-        for metric in metrics:
-            for cohort in chosen_cohorts:
-                r = index.get((cohort, structure, metric))
+        rows.append((_P_ROW, cells.p_row(structure)))
+        blocks.append((structure, rows))
+    notes = _n_note(sizes, cells.marks) + fails
+    caption = _caption(comparison, model_a, model_b, observers, notes)
+    return _Grid(metrics, chosen_cohorts, (model_a, model_b), blocks, caption)
+
+
+@dataclass
+class _Cells:
+    """The cells of Table 2's rows: means ± SD with their n and marks, and p-values."""
+
+    index: dict[tuple[str, str, str], dict[Any, Any]]
+    metrics: list[str]
+    cohorts: list[str]
+    sizes: dict[str, int]
+    digits: int
+    observers: _Observers
+    marks: set[str] = field(default_factory=set)
+
+    def model_row(self, side: str, model: str, structure: str) -> list[str]:
+        cells = []
+        for metric in self.metrics:
+            for cohort in self.cohorts:
+                r = self.index.get((cohort, structure, metric))
                 if r is None:
-                    p_cells.append("–")
+                    cells.append("–")
+                    continue
+                cell = _mean_sd(float(r[f"mean_{side}"]), float(r[f"sd_{side}"]), self.digits)
+                n = _count(r, f"n_{side}")
+                if _count(r, f"n_nonfinite_{side}"):
+                    cell += f" (n = {n}){_EXCLUDED}"
+                    self.marks.add(_EXCLUDED)
+                elif n != self.sizes[cohort]:
+                    cell += f" (n = {n})"
+                if self.observers.within(model, cohort, structure, metric):
+                    cell += _WITHIN
+                    self.marks.add(_WITHIN)
+                cells.append(cell)
+        return cells
+
+    def p_row(self, structure: str) -> list[str]:
+        cells = []
+        for metric in self.metrics:
+            for cohort in self.cohorts:
+                r = self.index.get((cohort, structure, metric))
+                if r is None:
+                    cells.append("–")
                     continue
                 cell = _p(float(r["p_adjusted"]))
                 if _count(r, "n_pairs_nonfinite") and cell != "n/a":
                     cell += _KEPT
-                    marks.add(_KEPT)
-                p_cells.append(cell)
-        rows.append((_P_ROW, p_cells))
-        blocks.append((structure, rows))
+                    self.marks.add(_KEPT)
+                cells.append(cell)
+        return cells
+
+
+def _caption(
+    comparison: pd.DataFrame, model_a: str, model_b: str, observers: _Observers, notes: str
+) -> str:
+    """Table 2's caption; ``notes`` (on n and failures) follow its first sentences."""
     corrections = sorted(set(comparison["correction"]))
     zero_methods = sorted(set(comparison["zero_method"]))
     correction = {
@@ -265,7 +294,7 @@ def _grid(
     caption = (
         f"Mean ± SD per structure, model and cohort. p: two-sided Wilcoxon signed-rank test "
         f"of {model_b} against {model_a}, paired by case (zero differences: "
-        f"{', '.join(zero_methods)}), {correction}." + _n_note(sizes, marks) + fails
+        f"{', '.join(zero_methods)}), {correction}." + notes
     )
     if observers.names:
         caption += (
@@ -273,7 +302,7 @@ def _grid(
             f"reference. {_WITHIN} The model's mean is at least as good as every observer's: "
             "its disagreement with the reference lies within the clinicians' own."
         )
-    return _Grid(metrics, chosen_cohorts, (model_a, model_b), blocks, caption)
+    return caption
 
 
 _EXCLUDED = "†"

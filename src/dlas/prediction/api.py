@@ -461,22 +461,7 @@ def predict(
     """
     src = Path(source)
     out_dir = Path(out)
-    if not src.exists():
-        raise PredictionError(
-            "input not found",
-            where=str(src),
-            expected="a DICOM folder, a NIfTI CT or a dlas data set",
-            found="nothing at that path",
-            fix="check the path",
-        )
-    if qa_fail not in QA_FAIL_MODES:
-        raise PredictionError(
-            "unknown QA failure mode",
-            where="--qa-fail",
-            expected=" or ".join(QA_FAIL_MODES),
-            found=repr(qa_fail),
-            fix="use --qa-fail warn (write flagged predictions, marked) or error",
-        )
+    _check_request(src, qa_fail)
     kind = _input_kind(src)
     chosen = parse_formats(formats, kind)
     # Before the model is loaded and anything computed: an --out that is a file, or a folder
@@ -494,51 +479,98 @@ def predict(
             progress(n, len(jobs), item_id)
         item = PredictionItem(id=item_id, kind=kind, status="failed")
         report.items.append(item)
-        folder = out_dir / item_id
-        if not overwrite:
-            existing = _existing(folder, info.model_sha256)
-            if isinstance(existing, PredictionError):
-                item.reason = str(existing)
-                errors.append(existing)
-                continue
-            if existing is not None:
-                item.status, item.reason = "exists", existing
-                continue
-        try:
-            ct, series, extra = load()
-            masks, qa, agreement = _predict_checked(predictor, ct, item_id, qa_fail, with_agreement)
-            item.qa = qa.summary()
-            _write_item(
-                predictor,
-                folder,
-                item,
-                masks,
-                formats=chosen,
-                ct=ct,
-                series=series,
-                overwrite=overwrite,
-                extra=extra,
-                qa=qa,
-                agreement=agreement if uncertainty_map else None,
-            )
-        except PredictionQAError as exc:
-            item.reason, item.qa = str(exc), exc.summary
-            errors.append(exc)
-            log.warning("%s not written: flagged by prediction QA", item_id)
-            continue
-        except DlasError as exc:
-            item.reason = str(exc)
-            errors.append(exc)
-            log.warning("%s not predicted: %s", item_id, exc.what)
-            continue
-        item.status = "written"
-        log.info("%s predicted (%s; QA %s)", item_id, ", ".join(item.files), qa.status)
+        error = _predict_item(
+            predictor,
+            item,
+            load,
+            out_dir / item_id,
+            formats=chosen,
+            overwrite=overwrite,
+            qa_fail=qa_fail,
+            with_agreement=with_agreement,
+            uncertainty_map=uncertainty_map,
+        )
+        if error is not None:
+            errors.append(error)
     if progress is not None:
         progress(len(jobs), len(jobs), "")
     if len(jobs) == 1 and errors:
         raise errors[0]
     write_json(out_dir / "predictions.json", report.to_data())
     return report
+
+
+def _check_request(src: Path, qa_fail: str) -> None:
+    """Refuse a missing input or an unknown QA failure mode before anything is loaded."""
+    if not src.exists():
+        raise PredictionError(
+            "input not found",
+            where=str(src),
+            expected="a DICOM folder, a NIfTI CT or a dlas data set",
+            found="nothing at that path",
+            fix="check the path",
+        )
+    if qa_fail not in QA_FAIL_MODES:
+        raise PredictionError(
+            "unknown QA failure mode",
+            where="--qa-fail",
+            expected=" or ".join(QA_FAIL_MODES),
+            found=repr(qa_fail),
+            fix="use --qa-fail warn (write flagged predictions, marked) or error",
+        )
+
+
+def _predict_item(
+    predictor: Predictor | NnUNetPredictor,
+    item: PredictionItem,
+    load: Loader,
+    folder: Path,
+    *,
+    formats: Sequence[str],
+    overwrite: bool,
+    qa_fail: str,
+    with_agreement: bool,
+    uncertainty_map: bool,
+) -> DlasError | None:
+    """Predict one input into ``folder`` and record the outcome in ``item``; the error that
+    stopped it (the item is then ``failed``), or None (``written`` or ``exists``)."""
+    item_id = item.id
+    if not overwrite:
+        existing = _existing(folder, predictor.model.info.model_sha256)
+        if isinstance(existing, PredictionError):
+            item.reason = str(existing)
+            return existing
+        if existing is not None:
+            item.status, item.reason = "exists", existing
+            return None
+    try:
+        ct, series, extra = load()
+        masks, qa, agreement = _predict_checked(predictor, ct, item_id, qa_fail, with_agreement)
+        item.qa = qa.summary()
+        _write_item(
+            predictor,
+            folder,
+            item,
+            masks,
+            formats=formats,
+            ct=ct,
+            series=series,
+            overwrite=overwrite,
+            extra=extra,
+            qa=qa,
+            agreement=agreement if uncertainty_map else None,
+        )
+    except PredictionQAError as exc:
+        item.reason, item.qa = str(exc), exc.summary
+        log.warning("%s not written: flagged by prediction QA", item_id)
+        return exc
+    except DlasError as exc:
+        item.reason = str(exc)
+        log.warning("%s not predicted: %s", item_id, exc.what)
+        return exc
+    item.status = "written"
+    log.info("%s predicted (%s; QA %s)", item_id, ", ".join(item.files), qa.status)
+    return None
 
 
 Loader = Callable[[], tuple[Volume, CTSeries | None, dict[str, Any]]]

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -44,6 +44,10 @@ from dlas.errors import DatasetError, StudyError
 from dlas.io.atomic import write_json, write_text
 from dlas.study.config import DatasetSource, DicomSource, PhantomSource, StudyConfig
 from dlas.study_layout import StudyLayout
+
+if TYPE_CHECKING:
+    from dlas.dataset.importer import ImportReport
+    from dlas.phantom.config import PhantomConfig
 
 __all__ = ["STEPS", "StudyProgress", "StudyResult", "check_study_folder", "run_study"]
 
@@ -273,87 +277,124 @@ def _structure_set(study: _Study) -> Any:
 
 
 def _step_data(study: _Study) -> dict[str, Any]:
-    from dlas.dataset import CaseDataset, ImportOptions, import_source
-    from dlas.dataset.deid import KEY_FILE
+    from dlas.dataset import CaseDataset
 
     source = study.config.data
     if isinstance(source, DatasetSource):
         dataset = CaseDataset.open(source.path)
         _check_cohorts(study, dataset)
         return {"dataset": str(source.path), "cases": len(dataset)}
-    # A data step interrupted half-way is simply redone: it is cheap and leaves no trace.
-    for partial in (study.layout.source, study.layout.data):
-        if partial.exists() and isinstance(source, PhantomSource):
-            shutil.rmtree(partial)
     if isinstance(source, PhantomSource):
-        from dlas.phantom import generate
-        from dlas.phantom.config import preset
-
-        phantom = preset(source.preset).with_seed(source.seed)
-        if source.counts:
-            phantom = phantom.with_counts(source.counts)
-        if source.slice_mm is not None:
-            phantom = phantom.model_copy(
-                update={"grid": phantom.grid.model_copy(update={"slice_mm": source.slice_mm})}
-            )
+        # A data step interrupted half-way is simply redone: it is cheap and leaves no trace.
+        for partial in (study.layout.source, study.layout.data):
+            if partial.exists():
+                shutil.rmtree(partial)
         if source.format == "nifti":
-            study.report_progress(0.0, "generating the synthetic cohorts")
-            generate(
-                study.data,
-                phantom,
-                fmt="nifti",
-                workers=os.cpu_count() or 1,
-                progress=study.counter("generating"),
-            )
-            dataset = CaseDataset.open(study.data)
-            _check_cohorts(study, dataset)
-            return {
-                "source": "phantom",
-                "format": "nifti",
-                "cases": len(dataset),
-                "phantom_sha256": phantom.sha256(),
-            }
-        generate(
-            study.layout.source,
-            phantom,
-            fmt="dicom",
-            workers=os.cpu_count() or 1,
-            progress=lambda d, t, label: study.report_progress(
-                0.6 * d / max(t, 1), f"generating {label}"
-            ),
-        )
-        # Synthetic patients identify nobody: the pseudonym key is derived from the replica's
-        # configuration, so that case ids, and with them the order in which training meets the
-        # cases, are the same in every run (a random key gave every run other numbers).
-        key = canonical_sha256({"dlas-replica-pseudonym-key": phantom.sha256()})
-        write_text(study.data / KEY_FILE, key + "\n")
-        options = ImportOptions(
-            structure_set=_structure_set(study),
-            cohort_by=f"csv:{study.layout.source / 'cohorts.csv'}",
-        )
-        report = import_source(
-            study.layout.source,
-            study.data,
-            options,
-            progress=lambda d, t, label: study.report_progress(
-                0.6 + 0.4 * d / max(t, 1), f"importing {label}"
-            ),
-        )
-        details = {"source": "phantom", "format": "dicom", "phantom_sha256": phantom.sha256()}
+            return _phantom_nifti(study, source)
+        report = _phantom_dicom(study, source)
+        details = {
+            "source": "phantom",
+            "format": "dicom",
+            "phantom_sha256": _phantom(source).sha256(),
+        }
     else:
         assert isinstance(source, DicomSource)
-        options = ImportOptions(
-            structure_set=_structure_set(study),
-            cohort_by=source.cohort_by,
-            keep_ids=source.keep_ids,
-            keep_unmapped=source.keep_unmapped,
-            key_file=str(source.pseudonym_key) if source.pseudonym_key else None,
-            contour_sets=source.contour_set_rules(),
-        )
-        report = import_source(
-            source.path, study.data, options, progress=study.counter("importing")
-        )
+        report = _import_dicom(study, source)
         details = {"source": "dicom"}
+    return {**details, **_check_import(study, report)}
+
+
+def _phantom(source: PhantomSource) -> PhantomConfig:
+    """The replica's configuration: the preset with the study's seed, counts and slices."""
+    from dlas.phantom.config import preset
+
+    phantom = preset(source.preset).with_seed(source.seed)
+    if source.counts:
+        phantom = phantom.with_counts(source.counts)
+    if source.slice_mm is not None:
+        phantom = phantom.model_copy(
+            update={"grid": phantom.grid.model_copy(update={"slice_mm": source.slice_mm})}
+        )
+    return phantom
+
+
+def _phantom_nifti(study: _Study, source: PhantomSource) -> dict[str, Any]:
+    """The replica generated straight into a data set (no DICOM round trip)."""
+    from dlas.dataset import CaseDataset
+    from dlas.phantom import generate
+
+    phantom = _phantom(source)
+    study.report_progress(0.0, "generating the synthetic cohorts")
+    generate(
+        study.data,
+        phantom,
+        fmt="nifti",
+        workers=os.cpu_count() or 1,
+        progress=study.counter("generating"),
+    )
+    dataset = CaseDataset.open(study.data)
+    _check_cohorts(study, dataset)
+    return {
+        "source": "phantom",
+        "format": "nifti",
+        "cases": len(dataset),
+        "phantom_sha256": phantom.sha256(),
+    }
+
+
+def _phantom_dicom(study: _Study, source: PhantomSource) -> ImportReport:
+    """The replica written as DICOM, then imported like a department's export."""
+    from dlas.dataset import ImportOptions, import_source
+    from dlas.dataset.deid import KEY_FILE
+    from dlas.phantom import generate
+
+    phantom = _phantom(source)
+    generate(
+        study.layout.source,
+        phantom,
+        fmt="dicom",
+        workers=os.cpu_count() or 1,
+        progress=lambda d, t, label: study.report_progress(
+            0.6 * d / max(t, 1), f"generating {label}"
+        ),
+    )
+    # Synthetic patients identify nobody: the pseudonym key is derived from the replica's
+    # configuration, so that case ids, and with them the order in which training meets the
+    # cases, are the same in every run (a random key gave every run other numbers).
+    key = canonical_sha256({"dlas-replica-pseudonym-key": phantom.sha256()})
+    write_text(study.data / KEY_FILE, key + "\n")
+    options = ImportOptions(
+        structure_set=_structure_set(study),
+        cohort_by=f"csv:{study.layout.source / 'cohorts.csv'}",
+    )
+    return import_source(
+        study.layout.source,
+        study.data,
+        options,
+        progress=lambda d, t, label: study.report_progress(
+            0.6 + 0.4 * d / max(t, 1), f"importing {label}"
+        ),
+    )
+
+
+def _import_dicom(study: _Study, source: DicomSource) -> ImportReport:
+    from dlas.dataset import ImportOptions, import_source
+
+    options = ImportOptions(
+        structure_set=_structure_set(study),
+        cohort_by=source.cohort_by,
+        keep_ids=source.keep_ids,
+        keep_unmapped=source.keep_unmapped,
+        key_file=str(source.pseudonym_key) if source.pseudonym_key else None,
+        contour_sets=source.contour_set_rules(),
+    )
+    return import_source(source.path, study.data, options, progress=study.counter("importing"))
+
+
+def _check_import(study: _Study, report: ImportReport) -> dict[str, Any]:
+    """Warn about refused cases, refuse an import that brought nothing; the data set's size."""
+    from dlas.dataset import CaseDataset
+
     if report.skipped:
         log.warning(
             "%d case(s) were not imported; see %s",
@@ -371,7 +412,7 @@ def _step_data(study: _Study) -> dict[str, Any]:
         )
     dataset = CaseDataset.open(study.data)
     _check_cohorts(study, dataset)
-    return {**details, "cases": len(dataset), "skipped": len(report.skipped)}
+    return {"cases": len(dataset), "skipped": len(report.skipped)}
 
 
 def _check_cohorts(study: _Study, dataset: Any) -> None:

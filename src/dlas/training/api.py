@@ -502,17 +502,7 @@ def train(
         Unreadable data set.
     """
     started = time.perf_counter()
-    recipe = load_recipe(config).with_overrides(
-        folds=folds, epochs=epochs, ensemble=ensemble, time_budget=time_budget
-    )
-    if epochs is not None and recipe.time_budget is not None:
-        raise TrainingConfigError(
-            "both a number of epochs and a time budget",
-            where="--epochs" + (" and --time-budget" if time_budget is not None else ""),
-            expected="one of them: the time budget chooses the number of epochs",
-            found=f"{epochs} epochs and a budget of {recipe.time_budget:.0f} s",
-            fix="leave out --epochs, or the time budget",
-        )
+    recipe = _requested_recipe(config, folds, epochs, ensemble, time_budget)
     ds = dataset if isinstance(dataset, CaseDataset) else CaseDataset.open(dataset)
     out_dir = Path(out)
     emit: EventCallback = progress or (lambda event: None)
@@ -535,124 +525,217 @@ def train(
         if not dist.is_main:
             emit = lambda event: None  # noqa: E731 - only rank 0 reports
         dev = resolve_device(device, local_rank=dist.local_rank if dist.enabled else None)
-        case_ids, notes = _select_cases(ds, cohorts, recipe)
-        for note in notes:
-            # Cases left out are worth a warning; partial cases are the expected way to train.
-            log.log(logging.INFO if "unknown there" in note else logging.WARNING, note)
-        pre_info = read_model_info(pretrained) if pretrained is not None else None
-        architecture, pre = _resolve_model(recipe, ds, case_ids, dev, pre_info)
-        classes = ["background", *ds.structure_set.names]
-        cohort_of = {c: ds.record(c).cohort for c in case_ids}
-        split = make_folds(
-            case_ids,
-            recipe.folds,
-            seed=recipe.seed,
-            cohorts=cohort_of,
-            stratify=recipe.stratify_by_cohort,
+        run = _start_run(ds, out_dir, recipe, cohorts, pretrained, dev, dist, resume)
+        prepared = _prepare_folds(run, ds, out_dir, recipe, emit)
+        states, plan = _train_folds(
+            prepared, run, out_dir, recipe, started, dev, dist, resume, emit
         )
-        run = _run_description(recipe, architecture, pre, ds, case_ids, split, pre_info)
-        _check_output(out_dir, run, resume)
-        dist.barrier()  # every process checked the folder before rank 0 writes into it
-        net0, pretrained_note = initial_network(
-            architecture, classes, seed=recipe.seed, pretrained=pre_info
-        )
-        if dist.is_main:
-            # A resumed run keeps the time-budget plan it was sized with.
-            kept = _recorded_budget(out_dir) if resume else None
-            write_json(
-                out_dir / RUN_JSON,
-                {**run, "notes": notes, **({"budget": kept} if kept is not None else {})},
-            )
-        dist.barrier()
-        measures: dict[str, CaseMeasures] = {}
-        prepared = _prepare(
-            ds,
-            case_ids,
-            architecture,
-            _canvas_for_patch(pre, architecture.size_multiple),
-            emit,
-            measures,
-        )
-        pre = _resolve_patch(
-            _with_canvas(pre, prepared),
-            recipe,
-            architecture.size_multiple,
-            from_scratch=pre_info is None,
-        )
-        swap = lr_swap_table(ds.structure_set)
-        if swap is None and recipe.augmentation.flip_lr:
-            log.warning("left-right flips disabled: a sided structure has no counterpart")
-        # One set of class weights for the whole training cohort: every fold trains and
-        # validates with the same weights, so fold validation losses are on one scale.
-        weights = class_weights(
-            recipe.class_weights, class_frequencies(list(prepared.values()), len(classes))
-        )
-        setups = [
-            FoldSetup(
-                index=fold.index,
-                folds=len(split),
-                folder=out_dir / "folds" / f"fold-{fold.index}",
-                train=SliceSet([prepared[c] for c in fold.train], architecture.in_slices),
-                validation=[prepared[c] for c in fold.validation],
-                class_weights=weights,
-                structure_names=ds.structure_set.names,
-                swap=swap,
-                run_sha256=run["run_sha256"],
-                epochs=recipe.epochs,
-                steps_per_epoch=recipe.steps_per_epoch,
-                air=pre.air_value,
-                patch=pre.patch,
-            )
-            for fold in split
-        ]
-        states: dict[int, FoldState] = {}
-        for setup in setups:
-            state = load_fold_state(setup.folder)
-            if state is not None and state.complete:
-                states[setup.index] = state
-        plan = _budget_plan(out_dir, recipe, net0, setups, states, started, dev, dist)
-        if plan is not None:
-            emit(TrainingEvent("plan", message=plan.describe()))
-            for setup in setups:
-                setup.epochs, setup.steps_per_epoch = plan.epochs, plan.steps_per_epoch
-        end = started + recipe.time_budget - plan.reserve_s if plan and recipe.time_budget else None
-        for setup in setups:
-            if setup.index in states:
-                continue
-            if end is not None and not resume:
-                # What is left of the budget, shared by the folds still to train.
-                left = sum(1 for s in setups if s.index not in states)
-                setup.deadline = time.perf_counter() + (end - time.perf_counter()) / left
-            states[setup.index] = train_fold(
-                _copy_network(net0),
-                setup,
-                recipe,
-                device=dev,
-                dist=dist,
-                state=load_fold_state(setup.folder),
-                callback=emit,
-            )
         result = _finish(
             out_dir,
             recipe,
-            [states[s.index] for s in setups],
+            states,
             ds,
-            architecture,
-            pre,
             run,
-            pretrained_note,
+            prepared,
             name or "dlas DpnUNet",
             dist,
             dev,
-            weights=weights,
             plan=plan,
             started=started,
-            qa=build_qa_reference([measures[c] for c in sorted(measures)], ds.structure_set.names),
         )
         emit(TrainingEvent("done", message=result.model_sha256))
         return result
     finally:
         dist.close()
+
+
+def _requested_recipe(
+    config: str | os.PathLike[str] | Recipe | dict[str, Any] | None,
+    folds: int | None,
+    epochs: int | None,
+    ensemble: bool | None,
+    time_budget: str | float | None,
+) -> Recipe:
+    """The recipe with the command's overrides; a number of epochs and a time budget together
+    are refused."""
+    recipe = load_recipe(config).with_overrides(
+        folds=folds, epochs=epochs, ensemble=ensemble, time_budget=time_budget
+    )
+    if epochs is not None and recipe.time_budget is not None:
+        raise TrainingConfigError(
+            "both a number of epochs and a time budget",
+            where="--epochs" + (" and --time-budget" if time_budget is not None else ""),
+            expected="one of them: the time budget chooses the number of epochs",
+            found=f"{epochs} epochs and a budget of {recipe.time_budget:.0f} s",
+            fix="leave out --epochs, or the time budget",
+        )
+    return recipe
+
+
+@dataclass
+class _Run:
+    """What a run is, decided before any case is prepared: its cases, split, network and
+    preprocessing, its description (``run.json``) and the initial network."""
+
+    case_ids: list[str]
+    split: list[Fold]
+    architecture: DpnUNetConfig
+    pre: Preprocessing
+    pre_info: ModelInfo | None
+    description: dict[str, Any]
+    net0: DpnUNet
+    pretrained_note: dict[str, Any] | None
+
+
+def _start_run(
+    ds: CaseDataset,
+    out_dir: Path,
+    recipe: Recipe,
+    cohorts: Sequence[str] | None,
+    pretrained: str | os.PathLike[str] | None,
+    dev: torch.device,
+    dist: DistContext,
+    resume: bool,
+) -> _Run:
+    """Choose the cases, the split and the network, check the output folder and write
+    ``run.json`` (a resumed run keeps the time-budget plan it was sized with)."""
+    case_ids, notes = _select_cases(ds, cohorts, recipe)
+    for note in notes:
+        # Cases left out are worth a warning; partial cases are the expected way to train.
+        log.log(logging.INFO if "unknown there" in note else logging.WARNING, note)
+    pre_info = read_model_info(pretrained) if pretrained is not None else None
+    architecture, pre = _resolve_model(recipe, ds, case_ids, dev, pre_info)
+    classes = ["background", *ds.structure_set.names]
+    cohort_of = {c: ds.record(c).cohort for c in case_ids}
+    split = make_folds(
+        case_ids,
+        recipe.folds,
+        seed=recipe.seed,
+        cohorts=cohort_of,
+        stratify=recipe.stratify_by_cohort,
+    )
+    run = _run_description(recipe, architecture, pre, ds, case_ids, split, pre_info)
+    _check_output(out_dir, run, resume)
+    dist.barrier()  # every process checked the folder before rank 0 writes into it
+    net0, pretrained_note = initial_network(
+        architecture, classes, seed=recipe.seed, pretrained=pre_info
+    )
+    if dist.is_main:
+        kept = _recorded_budget(out_dir) if resume else None
+        write_json(
+            out_dir / RUN_JSON,
+            {**run, "notes": notes, **({"budget": kept} if kept is not None else {})},
+        )
+    dist.barrier()
+    return _Run(
+        list(case_ids), list(split), architecture, pre, pre_info, run, net0, pretrained_note
+    )
+
+
+@dataclass
+class _Prepared:
+    """The prepared training cohort: the preprocessing fitted to it, the class weights, the
+    QA reference measured on it and one setup per fold."""
+
+    pre: Preprocessing
+    weights: np.ndarray
+    qa: dict[str, Any] | None
+    setups: list[FoldSetup]
+
+
+def _prepare_folds(
+    run: _Run, ds: CaseDataset, out_dir: Path, recipe: Recipe, emit: EventCallback
+) -> _Prepared:
+    """Prepare every case once and set up each fold with it."""
+    measures: dict[str, CaseMeasures] = {}
+    architecture = run.architecture
+    prepared = _prepare(
+        ds,
+        run.case_ids,
+        architecture,
+        _canvas_for_patch(run.pre, architecture.size_multiple),
+        emit,
+        measures,
+    )
+    pre = _resolve_patch(
+        _with_canvas(run.pre, prepared),
+        recipe,
+        architecture.size_multiple,
+        from_scratch=run.pre_info is None,
+    )
+    swap = lr_swap_table(ds.structure_set)
+    if swap is None and recipe.augmentation.flip_lr:
+        log.warning("left-right flips disabled: a sided structure has no counterpart")
+    # One set of class weights for the whole training cohort: every fold trains and
+    # validates with the same weights, so fold validation losses are on one scale.
+    weights = class_weights(
+        recipe.class_weights,
+        class_frequencies(list(prepared.values()), len(ds.structure_set.names) + 1),
+    )
+    setups = [
+        FoldSetup(
+            index=fold.index,
+            folds=len(run.split),
+            folder=out_dir / "folds" / f"fold-{fold.index}",
+            train=SliceSet([prepared[c] for c in fold.train], architecture.in_slices),
+            validation=[prepared[c] for c in fold.validation],
+            class_weights=weights,
+            structure_names=ds.structure_set.names,
+            swap=swap,
+            run_sha256=run.description["run_sha256"],
+            epochs=recipe.epochs,
+            steps_per_epoch=recipe.steps_per_epoch,
+            air=pre.air_value,
+            patch=pre.patch,
+        )
+        for fold in run.split
+    ]
+    qa = build_qa_reference([measures[c] for c in sorted(measures)], ds.structure_set.names)
+    return _Prepared(pre, weights, qa, setups)
+
+
+def _train_folds(
+    prepared: _Prepared,
+    run: _Run,
+    out_dir: Path,
+    recipe: Recipe,
+    started: float,
+    dev: torch.device,
+    dist: DistContext,
+    resume: bool,
+    emit: EventCallback,
+) -> tuple[list[FoldState], BudgetPlan | None]:
+    """Train the folds not yet complete, each within its share of a time budget; the states
+    of all folds in order, and the budget plan (None without a budget)."""
+    setups = prepared.setups
+    states: dict[int, FoldState] = {}
+    for setup in setups:
+        state = load_fold_state(setup.folder)
+        if state is not None and state.complete:
+            states[setup.index] = state
+    plan = _budget_plan(out_dir, recipe, run.net0, setups, states, started, dev, dist)
+    if plan is not None:
+        emit(TrainingEvent("plan", message=plan.describe()))
+        for setup in setups:
+            setup.epochs, setup.steps_per_epoch = plan.epochs, plan.steps_per_epoch
+    end = started + recipe.time_budget - plan.reserve_s if plan and recipe.time_budget else None
+    for setup in setups:
+        if setup.index in states:
+            continue
+        if end is not None and not resume:
+            # What is left of the budget, shared by the folds still to train.
+            left = sum(1 for s in setups if s.index not in states)
+            setup.deadline = time.perf_counter() + (end - time.perf_counter()) / left
+        states[setup.index] = train_fold(
+            _copy_network(run.net0),
+            setup,
+            recipe,
+            device=dev,
+            dist=dist,
+            state=load_fold_state(setup.folder),
+            callback=emit,
+        )
+    return [states[s.index] for s in setups], plan
 
 
 def _recorded_budget(out: Path) -> dict[str, Any] | None:
@@ -745,24 +828,21 @@ def _finish(
     recipe: Recipe,
     states: Sequence[FoldState],
     dataset: CaseDataset,
-    architecture: DpnUNetConfig,
-    pre: Preprocessing,
-    run: dict[str, Any],
-    pretrained_note: dict[str, Any] | None,
+    run: _Run,
+    prepared: _Prepared,
     name: str,
     dist: DistContext,
     device: torch.device,
     *,
-    weights: np.ndarray,
     plan: BudgetPlan | None,
     started: float,
-    qa: dict[str, Any] | None = None,
 ) -> TrainResult:
-    has_validation = any(f["validation"] for f in run["split"]["folds"])
+    """Select the model (a fold or the ensemble), write it with ``cv.json``, the
+    cross-validation tables and the learning curves."""
+    description = run.description
+    has_validation = any(f["validation"] for f in description["split"]["folds"])
     rule = recipe.selection if has_validation else "last"
     chosen = _select(states, rule)
-    folders = {s.fold: out / "folds" / f"fold-{s.fold}" for s in states}
-    members_states = list(states) if recipe.ensemble else [chosen]
     fold_summary = [
         {
             "fold": s.fold,
@@ -772,21 +852,8 @@ def _finish(
         }
         for s in states
     ]
-    seconds = round(time.perf_counter() - started, 1)
-    schedule: dict[str, Any] = {
-        "epochs": plan.epochs if plan else recipe.epochs,
-        "epochs_trained": [len(s.history) for s in states],
-        "steps_per_epoch": plan.steps_per_epoch if plan else recipe.steps_per_epoch,
-        "time_budget": plan.to_data() if plan else None,
-        "seconds": seconds,
-    }
-    if plan is not None and seconds > 1.1 * plan.budget_s:
-        log.warning(
-            "training took %.0f s, over its time budget of %.0f s (the machine slowed down "
-            "after the first steps were timed?)",
-            seconds,
-            plan.budget_s,
-        )
+    schedule = _schedule(recipe, states, plan, started)
+    members_states = list(states) if recipe.ensemble else [chosen]
     selection = {
         "rule": rule,
         "requested_rule": recipe.selection,
@@ -795,31 +862,33 @@ def _finish(
         "ensemble": recipe.ensemble,
         "members": [{"fold": s.fold, "epoch": s.best_epoch} for s in members_states],
     }
+    weights = [float(w) for w in prepared.weights]
     model_sha = ""
     if dist.is_main:
+        folders = {s.fold: out / "folds" / f"fold-{s.fold}" for s in states}
         members = [(best_weights(folders[s.fold], s), s.fold, s.best_epoch) for s in members_states]
         info = save_model(
             out,
             name=name,
-            architecture=architecture,
-            preprocessing=pre,
+            architecture=run.architecture,
+            preprocessing=prepared.pre,
             structure_set=dataset.structure_set,
             members=members,
             training={
-                "run_sha256": run["run_sha256"],
-                "recipe": run["recipe"],
+                "run_sha256": description["run_sha256"],
+                "recipe": description["recipe"],
                 "recipe_sha256": recipe.sha256(),
-                "dataset": run["dataset"],
-                "split": run["split"],
-                "pretrained": pretrained_note,
-                "class_weights": [float(w) for w in weights],
+                "dataset": description["dataset"],
+                "split": description["split"],
+                "pretrained": run.pretrained_note,
+                "class_weights": weights,
                 "schedule": schedule,
                 "selection": selection,
                 "folds": fold_summary,
                 "device": device.type,
                 "world_size": dist.world_size,
             },
-            qa=qa,
+            qa=prepared.qa,
         )
         model_sha = info.model_sha256
         write_json(
@@ -827,14 +896,16 @@ def _finish(
             {
                 "schema_version": 1,
                 "software": {"name": "dlas", "version": __version__},
-                "run_sha256": run["run_sha256"],
+                "run_sha256": description["run_sha256"],
                 "model_sha256": model_sha,
-                "class_weights": [float(w) for w in weights],
+                "class_weights": weights,
                 "schedule": schedule,
                 "selection": selection,
                 "folds": [
                     {**summary, "validation": fold["validation"], "train": fold["train"]}
-                    for summary, fold in zip(fold_summary, run["split"]["folds"], strict=True)
+                    for summary, fold in zip(
+                        fold_summary, description["split"]["folds"], strict=True
+                    )
                 ],
             },
         )
@@ -850,3 +921,25 @@ def _finish(
         ensemble=recipe.ensemble,
         folds=fold_summary,
     )
+
+
+def _schedule(
+    recipe: Recipe, states: Sequence[FoldState], plan: BudgetPlan | None, started: float
+) -> dict[str, Any]:
+    """The schedule the folds ran (recorded in ``model.json`` and ``cv.json``); a warning when
+    training overran its time budget."""
+    seconds = round(time.perf_counter() - started, 1)
+    if plan is not None and seconds > 1.1 * plan.budget_s:
+        log.warning(
+            "training took %.0f s, over its time budget of %.0f s (the machine slowed down "
+            "after the first steps were timed?)",
+            seconds,
+            plan.budget_s,
+        )
+    return {
+        "epochs": plan.epochs if plan else recipe.epochs,
+        "epochs_trained": [len(s.history) for s in states],
+        "steps_per_epoch": plan.steps_per_epoch if plan else recipe.steps_per_epoch,
+        "time_budget": plan.to_data() if plan else None,
+        "seconds": seconds,
+    }

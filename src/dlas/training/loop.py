@@ -474,8 +474,6 @@ def train_fold(
     Returns the final :class:`FoldState` (``complete``), whose best weights follow the recipe's
     selection rule (``last`` when the fold has no validation cases).
     """
-    import torch
-
     emit = callback if (callback is not None and dist.is_main) else (lambda event: None)
     rule = recipe.selection if setup.validation else "last"
     step = prepare_step(net, setup, recipe, device=device, dist=dist)
@@ -512,54 +510,7 @@ def train_fold(
                 # so there the frozen gradients are dropped before the step instead).
                 for p in net.parameter_groups()["encoder"]:
                     p.requires_grad_(not frozen)
-            generator = torch.Generator().manual_seed(epoch_seed(recipe.seed, setup.index, epoch))
-            per_epoch = steps_in_epoch(setup.train, recipe, setup.steps_per_epoch)
-            order = epoch_order(setup.train, recipe, generator, setup.steps_per_epoch)
-            steps = len(order) // recipe.batch_size
-            if steps == 0:
-                raise TrainingError(
-                    "too few training slices for one batch",
-                    where=f"fold {setup.index}",
-                    expected=f"at least {recipe.batch_size} slices (batch_size)",
-                    found=f"{len(order)} slice(s)",
-                    fix="lower batch_size, raise empty_slice_fraction, or add cases",
-                )
-            num = torch.zeros(3, dtype=torch.float64, device=device)
-            lr = recipe.learning_rate
-            for i in range(steps):
-                lr = learning_rate(recipe, epoch, i, per_epoch, epochs)
-                chosen = order[i * recipe.batch_size : (i + 1) * recipe.batch_size]
-                ce_sum, ce_norm, dice = step.run(chosen, generator, lr, frozen)
-                num[0] += ce_sum.double()
-                num[1] += ce_norm.double()
-                num[2] += dice.double()
-                emit(
-                    TrainingEvent(
-                        "step",
-                        fold=setup.index,
-                        folds=setup.folds,
-                        epoch=epoch + 1,
-                        epochs=epochs,
-                        step=i + 1,
-                        steps=steps,
-                        lr=lr,
-                    )
-                )
-            num = num.cpu()
-            dist.all_reduce_sum(num)
-            # The loss optimised: cross-entropy over the epoch's pixels plus the mean batch Dice
-            # loss (0 without a Dice term), on the scale of the validation loss.
-            train_loss = float(num[0] / num[1].clamp_min(1e-12)) + float(
-                num[2] / (steps * dist.world_size)
-            )
-            if not math.isfinite(train_loss):
-                raise TrainingError(
-                    "training diverged",
-                    where=f"fold {setup.index}, epoch {epoch + 1}",
-                    expected="a finite loss",
-                    found=f"loss {train_loss}",
-                    fix="lower learning_rate in the recipe",
-                )
+            train_loss, lr = _train_epoch(step, setup, recipe, epoch, epochs, frozen, emit, dist)
             entry = _epoch_entry(step, setup, recipe, epoch, lr, train_loss, frozen)
             entry["seconds"] = round(time.perf_counter() - started, 3)
             if setup.deadline is not None:
@@ -587,6 +538,75 @@ def train_fold(
         drop_optimizer_state(setup.folder, state)
     dist.barrier()
     return state
+
+
+def _train_epoch(
+    step: _Step,
+    setup: FoldSetup,
+    recipe: Recipe,
+    epoch: int,
+    epochs: int,
+    frozen: bool,
+    emit: EventCallback,
+    dist: DistContext,
+) -> tuple[float, float]:
+    """Run one epoch's steps; the epoch's training loss (over every process) and its last
+    learning rate.
+
+    Raises
+    ------
+    TrainingError
+        Too few slices for one batch, or a loss that is not finite.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(epoch_seed(recipe.seed, setup.index, epoch))
+    per_epoch = steps_in_epoch(setup.train, recipe, setup.steps_per_epoch)
+    order = epoch_order(setup.train, recipe, generator, setup.steps_per_epoch)
+    steps = len(order) // recipe.batch_size
+    if steps == 0:
+        raise TrainingError(
+            "too few training slices for one batch",
+            where=f"fold {setup.index}",
+            expected=f"at least {recipe.batch_size} slices (batch_size)",
+            found=f"{len(order)} slice(s)",
+            fix="lower batch_size, raise empty_slice_fraction, or add cases",
+        )
+    num = torch.zeros(3, dtype=torch.float64, device=step.rt.device)
+    lr = recipe.learning_rate
+    for i in range(steps):
+        lr = learning_rate(recipe, epoch, i, per_epoch, epochs)
+        chosen = order[i * recipe.batch_size : (i + 1) * recipe.batch_size]
+        ce_sum, ce_norm, dice = step.run(chosen, generator, lr, frozen)
+        num[0] += ce_sum.double()
+        num[1] += ce_norm.double()
+        num[2] += dice.double()
+        emit(
+            TrainingEvent(
+                "step",
+                fold=setup.index,
+                folds=setup.folds,
+                epoch=epoch + 1,
+                epochs=epochs,
+                step=i + 1,
+                steps=steps,
+                lr=lr,
+            )
+        )
+    num = num.cpu()
+    dist.all_reduce_sum(num)
+    # The loss optimised: cross-entropy over the epoch's pixels plus the mean batch Dice
+    # loss (0 without a Dice term), on the scale of the validation loss.
+    train_loss = float(num[0] / num[1].clamp_min(1e-12)) + float(num[2] / (steps * dist.world_size))
+    if not math.isfinite(train_loss):
+        raise TrainingError(
+            "training diverged",
+            where=f"fold {setup.index}, epoch {epoch + 1}",
+            expected="a finite loss",
+            found=f"loss {train_loss}",
+            fix="lower learning_rate in the recipe",
+        )
+    return train_loss, lr
 
 
 def _replan(
