@@ -263,19 +263,24 @@ def test_output_without_csv_suffix_is_refused(study: Study, tmp_path: Path) -> N
 
 
 def test_missing_metrics_table_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(EvaluationError, match="metrics table not found"):
+    with pytest.raises(EvaluationError, match="metrics CSV not found"):
         read_metrics(tmp_path / "metrics.csv")
 
 
 def test_metrics_table_without_identifying_columns_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "metrics.csv"
     path.write_text("case,dsc\nA,0.5\n")
-    with pytest.raises(EvaluationError, match="lacks identifying columns"):
+    with pytest.raises(
+        EvaluationError,
+        match=r"metrics CSV lacks columns.*found no case_id, cohort, model, structure",
+    ):
         read_metrics(path)
 
 
 def test_non_numeric_metric_value_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "metrics.csv"
     path.write_text("case_id,cohort,model,structure,dsc\nA,X,VPM,CTV,high\n")
-    with pytest.raises(EvaluationError, match=r"metric value is not a number.*'high'"):
+    with pytest.raises(
+        EvaluationError, match=r"row 2, column dsc: metrics CSV holds a non-number.*'high'"
+    ):
         read_metrics(path)

@@ -6,8 +6,9 @@ import math
 
 import pandas as pd
 
+from dlas.evaluation import COMPARISON_COLUMNS
 from dlas.evaluation.metric_info import format_mean_sd, format_number, format_p
-from dlas.report import COMPARISON_COLUMNS, summarize
+from dlas.report import summarize
 
 
 def _row(

@@ -13,13 +13,10 @@ pandas is imported only by the functions that build tables.
 
 from dlas.errors import EvaluationError
 from dlas.evaluation.evaluate import (
-    COLUMNS,
-    ID_COLUMNS,
     EvaluationResult,
     PredictionSource,
     evaluate,
     parse_prediction,
-    read_metrics,
     read_qa,
 )
 from dlas.evaluation.metrics import (
@@ -32,11 +29,19 @@ from dlas.evaluation.metrics import (
     compute_metrics,
     surface_distances,
 )
-from dlas.evaluation.statistics import (
+from dlas.evaluation.results import (
+    COLUMNS,
     COMPARISON_COLUMNS,
+    ID_COLUMNS,
+    INTEROBSERVER_COLUMNS,
+    LATER_COMPARISON_COLUMNS,
+    read_comparison,
+    read_interobserver,
+    read_metrics,
+)
+from dlas.evaluation.statistics import (
     COMPARISON_FILES,
     CORRECTIONS,
-    INTEROBSERVER_COLUMNS,
     ZERO_METHODS,
     compare,
     interobserver,
@@ -54,6 +59,7 @@ __all__ = [
     "HD95_VARIANTS",
     "ID_COLUMNS",
     "INTEROBSERVER_COLUMNS",
+    "LATER_COMPARISON_COLUMNS",
     "METRIC_COLUMNS",
     "METRIC_LABELS",
     "SPECIFICITY_DOMAINS",
@@ -69,6 +75,8 @@ __all__ = [
     "evaluate",
     "interobserver",
     "parse_prediction",
+    "read_comparison",
+    "read_interobserver",
     "read_metrics",
     "read_observers",
     "read_qa",

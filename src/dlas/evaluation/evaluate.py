@@ -61,7 +61,8 @@ from dlas import __version__
 from dlas.dataset import CaseDataset, CaseRecord
 from dlas.dataset.layout import mask_file
 from dlas.errors import DlasError, EvaluationError
-from dlas.evaluation.metrics import METRIC_COLUMNS, MetricOptions, compute_metrics
+from dlas.evaluation.metrics import MetricOptions, compute_metrics
+from dlas.evaluation.results import COLUMNS
 from dlas.io.atomic import atomic_path, write_json
 from dlas.io.nifti import read_mask, read_nifti
 from dlas.io.volume import BODY_DEFINITION, Volume, body_mask
@@ -73,14 +74,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BODY_DEFINITION",
-    "COLUMNS",
-    "ID_COLUMNS",
     "METRICS_SCHEMA_VERSION",
     "EvaluationResult",
     "PredictionSource",
     "evaluate",
     "parse_prediction",
-    "read_metrics",
     "read_qa",
 ]
 
@@ -89,10 +87,6 @@ log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int, str], None]
 
 METRICS_SCHEMA_VERSION = 1
-#: The columns that identify a row.
-ID_COLUMNS: tuple[str, ...] = ("case_id", "cohort", "model", "structure")
-#: Every column of the metrics table, in order.
-COLUMNS: tuple[str, ...] = (*ID_COLUMNS, *METRIC_COLUMNS, "flags", "qa")
 _CSV_CONVENTIONS = (
     "one row per case_id, model and structure; distances in mm, volumes in cm³, volume error "
     "in %; 'nan' = undefined (e.g. both masks empty), 'inf' = distance to a structure missing "
@@ -344,66 +338,6 @@ def _case_tasks(
         )
         for record in records
     ]
-
-
-def read_metrics(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read a metrics CSV written by :func:`evaluate` (``nan``/``inf`` become floats).
-
-    Raises
-    ------
-    EvaluationError
-        If the file is missing, lacks the identifying columns, or holds a metric value that is
-        not a number.
-    """
-    import pandas as pd
-
-    p = Path(path)
-    if not p.is_file():
-        raise EvaluationError(
-            "metrics table not found",
-            where=str(p),
-            expected="a CSV written by `dlas evaluate`",
-            found="nothing at that path",
-            fix="run `dlas evaluate ... --out metrics.csv` first",
-        )
-    # Everything as text first: case ids such as "007" must stay text, and an empty flags
-    # field is "no flag", not a missing value.
-    table = pd.read_csv(p, dtype=str, keep_default_na=False)
-    missing = [c for c in ID_COLUMNS if c not in table.columns]
-    if missing:
-        raise EvaluationError(
-            "metrics table lacks identifying columns",
-            where=str(p),
-            expected=", ".join(ID_COLUMNS),
-            found=f"columns {', '.join(table.columns)}",
-            fix="use the CSV written by `dlas evaluate`",
-        )
-    for column in METRIC_COLUMNS:
-        if column not in table.columns:
-            continue
-        try:
-            table[column] = table[column].astype(float)
-        except ValueError:
-            bad = next(v for v in table[column] if not _is_float(v))
-            raise EvaluationError(
-                "metric value is not a number",
-                where=f"{p}, column {column}",
-                expected="a number, 'nan' or 'inf'",
-                found=repr(bad),
-                fix="regenerate the table with `dlas evaluate`",
-            ) from None
-    for column in ("flags", "qa"):
-        if column not in table.columns:
-            table[column] = ""  # tables written before the column existed
-    return table
-
-
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------------------------- selection

@@ -53,19 +53,18 @@ import numpy.typing as npt
 
 from dlas import __version__
 from dlas.errors import EvaluationError
-from dlas.evaluation.evaluate import read_metrics
 from dlas.evaluation.metrics import METRIC_COLUMNS
+from dlas.evaluation.results import (
+    COMPARISON_COLUMNS,
+    read_metrics,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
-    "COMPARISON_COLUMNS",
     "COMPARISON_FILES",
-    "COMPARISON_TEXT_COLUMNS",
     "CORRECTIONS",
-    "INTEROBSERVER_COLUMNS",
-    "LATER_COMPARISON_COLUMNS",
     "MAX_BOOTSTRAP",
     "ZERO_METHODS",
     "Correction",
@@ -82,64 +81,6 @@ Correction = Literal["none", "holm", "bh"]
 ZeroMethod = Literal["wilcox", "pratt", "zsplit"]
 CORRECTIONS: tuple[str, ...] = get_args(Correction)
 ZERO_METHODS: tuple[str, ...] = get_args(ZeroMethod)
-
-#: The columns of ``comparison.csv`` (and of the DataFrame :func:`compare` returns), in order.
-COMPARISON_COLUMNS: tuple[str, ...] = (
-    "cohort",
-    "structure",
-    "metric",
-    "model_a",
-    "model_b",
-    "n_pairs",
-    "n_pairs_nonfinite",
-    "n_a",
-    "n_b",
-    "n_nonfinite_a",
-    "n_nonfinite_b",
-    "fails_a",
-    "fails_b",
-    "mean_a",
-    "sd_a",
-    "median_a",
-    "q1_a",
-    "q3_a",
-    "mean_b",
-    "sd_b",
-    "median_b",
-    "q1_b",
-    "q3_b",
-    "mean_diff",
-    "ci_low",
-    "ci_high",
-    "statistic",
-    "p_value",
-    "p_adjusted",
-    "correction",
-    "effect_size_rb",
-    "significant",
-    "test",
-    "zero_method",
-)
-
-#: Comparison columns added after the first version: readers accept tables without them.
-LATER_COMPARISON_COLUMNS: tuple[str, ...] = (
-    "n_pairs_nonfinite",
-    "n_nonfinite_a",
-    "n_nonfinite_b",
-    "fails_a",
-    "fails_b",
-)
-#: The comparison columns that hold text (the others are numbers, and ``significant`` a flag).
-COMPARISON_TEXT_COLUMNS: tuple[str, ...] = (
-    "cohort",
-    "structure",
-    "metric",
-    "model_a",
-    "model_b",
-    "correction",
-    "test",
-    "zero_method",
-)
 
 _FloatArray = npt.NDArray[np.float64]
 _BOOTSTRAP_BLOCK = 2000  # resamples drawn per block: bounds memory for large cohorts
@@ -353,11 +294,6 @@ def _settings(
         "ranked as the largest difference of their sign (n_pairs_nonfinite); pairs with a "
         "NaN are left out",
     }
-
-
-#: The columns of ``interobserver.csv``: a comparison of each model (``model_b``) against each
-#: clinician set (``model_a``), plus ``within``.
-INTEROBSERVER_COLUMNS: tuple[str, ...] = (*COMPARISON_COLUMNS, "within")
 
 
 def read_observers(metrics_csv: str | os.PathLike[str]) -> list[str]:

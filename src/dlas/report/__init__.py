@@ -15,8 +15,6 @@ from dlas.errors import ReportError
 from dlas.report.build import ReportOptions, ReportResult, build_report
 from dlas.report.cases import CaseImages, choose_cases, choose_slices, load_case_images
 from dlas.report.inputs import (
-    COMPARISON_COLUMNS,
-    METRIC_COLUMNS,
     ReportInputs,
     load_inputs,
     load_study,
@@ -29,9 +27,7 @@ from dlas.report.summary import Summary, summarize
 from dlas.report.tables import Table, cohort_table, volume_table
 
 __all__ = [
-    "COMPARISON_COLUMNS",
     "GROUND_TRUTH",
-    "METRIC_COLUMNS",
     "PALETTES",
     "CaseImages",
     "Palette",

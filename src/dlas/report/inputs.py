@@ -15,9 +15,7 @@ RTSTRUCTs) has no prediction folder: the metrics sidecar names its set.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,40 +23,26 @@ from typing import TYPE_CHECKING, Any
 
 from dlas.dataset import CaseDataset
 from dlas.errors import ReportError
-from dlas.evaluation.evaluate import ID_COLUMNS, PredictionSource
-from dlas.evaluation.metrics import METRIC_COLUMNS as METRICS
-from dlas.evaluation.statistics import COMPARISON_COLUMNS as ALL_COMPARISON_COLUMNS
-from dlas.evaluation.statistics import COMPARISON_TEXT_COLUMNS, LATER_COMPARISON_COLUMNS
+from dlas.evaluation.evaluate import PredictionSource
+from dlas.evaluation.results import read_comparison, read_interobserver, read_sidecar
+from dlas.evaluation.results import read_metrics as _read_metrics
 from dlas.study_layout import StudyLayout
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
-    "COMPARISON_COLUMNS",
-    "METRIC_COLUMNS",
     "ReportError",
     "ReportInputs",
     "load_inputs",
     "load_study",
     "read_comparison",
+    "read_interobserver",
     "read_metrics",
     "resolve_inputs",
 ]
 
 log = logging.getLogger(__name__)
-
-#: Columns a metrics table must have for a report (the schema is the evaluation's: its id
-#: columns, every metric, and the flags; the ``qa`` column is optional for older tables).
-METRIC_COLUMNS: tuple[str, ...] = (*ID_COLUMNS, *METRICS, "flags")
-_METRIC_TEXT = (*ID_COLUMNS, "flags")
-
-#: Columns a comparison must have for a report: the evaluation's, less those added in later
-#: versions (a comparison written before them still reads).
-COMPARISON_COLUMNS: tuple[str, ...] = tuple(
-    c for c in ALL_COMPARISON_COLUMNS if c not in LATER_COMPARISON_COLUMNS
-)
-_COMPARISON_TEXT = COMPARISON_TEXT_COLUMNS
 
 
 @dataclass
@@ -68,14 +52,14 @@ class ReportInputs:
     Attributes
     ----------
     metrics
-        The metrics table (one row per case x model x structure), columns
-        :data:`METRIC_COLUMNS`; ``nan``/``inf`` parsed as floats.
+        The metrics table (one row per case x model x structure), the columns of
+        :data:`dlas.evaluation.COLUMNS` (every metric); ``nan``/``inf`` parsed as floats.
     metrics_meta
         The sidecar ``metrics.json`` (metric definitions, software version, input hashes), or
         an empty dict when there is none.
     comparison
-        ``comparison.csv`` (columns :data:`COMPARISON_COLUMNS`), or None when it still has to be
-        computed.
+        ``comparison.csv`` (columns :data:`dlas.evaluation.COMPARISON_COLUMNS`), or None when it
+        still has to be computed.
     comparison_meta
         ``comparison.json`` next to it, or an empty dict.
     dataset
@@ -141,180 +125,16 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ReportError(
-            "sidecar JSON is not valid JSON",
-            where=str(path),
-            expected="the JSON written next to the table by dlas",
-            found=f"{exc.msg} at line {exc.lineno}",
-            fix="restore the file, or run the step that writes it again",
-        ) from None
-    if not isinstance(data, dict):
-        raise ReportError(
-            "sidecar JSON is not an object",
-            where=str(path),
-            expected="a JSON object",
-            found=type(data).__name__,
-            fix="run the step that writes it again",
-        )
-    return data
-
-
-def _read_table(
-    path: Path,
-    columns: Sequence[str],
-    text: Sequence[str],
-    what: str,
-    optional: Sequence[str] = (),
-) -> pd.DataFrame:
-    """Read and check a CSV of dlas: every one of ``columns`` required, the ``optional`` ones
-    kept when present (columns of later versions), numbers parsed except in ``text``."""
-    import pandas as pd
-
-    if not path.is_file():
-        raise ReportError(
-            f"{what} not found",
-            where=str(path),
-            expected=f"the {what} written by dlas",
-            found="no such file" if not path.exists() else "a folder",
-            fix="check the path"
-            + (
-                ", or run `dlas evaluate` first"
-                if what == "metrics CSV"
-                else ", or run `dlas compare` first"
-            ),
-        )
-    try:
-        table = pd.read_csv(
-            path,
-            dtype={c: str for c in text},
-            keep_default_na=False,
-            na_values={c: ["nan", "NaN", ""] for c in columns if c not in text},
-        )
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise ReportError(
-            f"{what} cannot be parsed",
-            where=str(path),
-            expected="comma-separated values with a header row",
-            found=" ".join(str(exc).split())[:200] or "an empty file",
-            fix="write the file again with dlas",
-        ) from None
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise ReportError(
-            f"{what} lacks columns",
-            where=str(path),
-            expected="columns " + ", ".join(columns),
-            found=f"no {', '.join(missing)} (columns: {', '.join(map(str, table.columns))})",
-            fix="write the file again with this version of dlas",
-        )
-    if table.empty:
-        raise ReportError(
-            f"{what} has no rows",
-            where=str(path),
-            expected="one row per case, model and structure"
-            if what == "metrics CSV"
-            else "one row per cohort, structure and metric",
-            found="a header only",
-            fix="check that the evaluation ran on at least one case",
-        )
-    present = [*columns, *(c for c in optional if c in table.columns)]
-    numeric = [c for c in present if c not in text and c != "significant"]
-    for column in numeric:
-        converted = pd.to_numeric(table[column], errors="coerce")
-        bad = converted.isna() & table[column].notna()
-        if bad.any():
-            row = int(bad.to_numpy().nonzero()[0][0])
-            raise ReportError(
-                f"{what} holds a non-number",
-                where=f"{path}, row {row + 2}, column {column}",
-                expected="a number, nan or inf",
-                found=repr(table[column].iloc[row]),
-                fix="write the file again with dlas",
-            )
-        table[column] = converted.astype(float)
-    for column in text:
-        if column in table.columns:
-            table[column] = table[column].fillna("").astype(str)
-    return table[present].copy()
-
-
 def read_metrics(path: str | Path) -> pd.DataFrame:
-    """Read and check a metrics CSV (``dlas evaluate``'s long format).
+    """The metrics table of a report: :func:`dlas.evaluation.read_metrics` with every metric
+    column required (the report draws them all).
 
     Raises
     ------
-    ReportError
-        If the file is missing, unparsable, lacks a column of :data:`METRIC_COLUMNS`, has no
-        rows, holds non-numbers in a metric column, or lists a (case, model, structure) twice.
+    dlas.errors.EvaluationError
+        See :func:`dlas.evaluation.read_metrics`.
     """
-    p = Path(path)
-    table = _read_table(p, METRIC_COLUMNS, (*_METRIC_TEXT, "qa"), "metrics CSV", ("qa",))
-    duplicated = table.duplicated(["case_id", "model", "structure"])
-    if duplicated.any():
-        row = table[duplicated].iloc[0]
-        raise ReportError(
-            "metrics CSV lists a case twice",
-            where=str(p),
-            expected="one row per case, model and structure",
-            found=f"case {row['case_id']}, model {row['model']}, structure {row['structure']} "
-            f"{int(duplicated.sum()) + 1} times",
-            fix="evaluate each model once, or concatenate tables of different models only",
-        )
-    return table
-
-
-def read_comparison(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Read ``comparison.csv`` (a file, or the folder that holds it) and its ``comparison.json``.
-
-    Raises
-    ------
-    ReportError
-        If the file is missing, malformed or lacks a column of :data:`COMPARISON_COLUMNS`.
-    """
-    p = Path(path)
-    csv = p / "comparison.csv" if p.is_dir() else p
-    table = _read_table(
-        csv, COMPARISON_COLUMNS, _COMPARISON_TEXT, "comparison CSV", LATER_COMPARISON_COLUMNS
-    )
-    table["significant"] = table["significant"].map(_as_bool)
-    return table, _read_json(csv.with_name("comparison.json"))
-
-
-def read_interobserver(folder: Path) -> pd.DataFrame | None:
-    """``interobserver.csv`` next to a comparison (None when the study has no observers).
-
-    Raises
-    ------
-    ReportError
-        If the file is malformed.
-    """
-    path = folder / "interobserver.csv"
-    if not path.is_file():
-        return None
-    table = _read_table(
-        path,
-        (*COMPARISON_COLUMNS, "within"),
-        (*_COMPARISON_TEXT, "within"),
-        "inter-observer CSV",
-        LATER_COMPARISON_COLUMNS,
-    )
-    table["significant"] = table["significant"].map(_as_bool)
-    table["within"] = [{"True": True, "False": False}.get(v, float("nan")) for v in table["within"]]
-    return table
-
-
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "1", "yes")
-    if isinstance(value, float) and math.isnan(value):
-        return False
-    return bool(value)
+    return _read_metrics(path, every_metric=True)
 
 
 def _check_consistency(
@@ -417,7 +237,7 @@ def load_inputs(
             fix="give the metrics CSV file, or the study folder `dlas study` wrote",
         )
     metrics = read_metrics(metrics_path)
-    meta = _read_json(metrics_path.with_suffix(".json"))
+    meta = read_sidecar(metrics_path.with_suffix(".json"))
     ds = CaseDataset.open(dataset)
     preds = {name: PredictionSource(name, Path(p)) for name, p in predictions.items()}
     recorded = meta.get("predictions", {})
@@ -462,7 +282,7 @@ def _model_provenance(models_dir: Path) -> list[dict[str, Any]]:
     if not models_dir.is_dir():
         return found
     for path in sorted(models_dir.rglob("*.json")):
-        data = _read_json(path)
+        data = read_sidecar(path)
         name = data.get("name") or data.get("model_name") or data.get("model")
         digest = data.get("sha256") or data.get("model_sha256") or data.get("weights_sha256")
         if not isinstance(name, str):
@@ -519,7 +339,7 @@ def load_study(study_dir: str | Path) -> ReportInputs:
     wanted = set(metrics["model"])
     predictions = {k: v for k, v in predictions.items() if k in wanted}
     known = {m["name"] for m in models}
-    recorded = _read_json(metrics_path.with_suffix(".json")).get("predictions", {})
+    recorded = read_sidecar(metrics_path.with_suffix(".json")).get("predictions", {})
     for m in dict.fromkeys(metrics["model"]):
         if m in known:
             continue
