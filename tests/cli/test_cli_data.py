@@ -112,3 +112,27 @@ def test_import_with_every_case_refused_fails(synthetic_ct, tmp_path: Path, caps
     code, _, err = _run(["import", str(tmp_path / "src"), str(tmp_path / "ds")], capsys)
     assert code == 2
     assert "no case could be imported" in err and "missing slice" in err
+
+
+def test_global_options_are_read_by_the_root_callback_and_end_with_the_run(
+    tmp_path: Path, capsys
+) -> None:
+    """--debug before or after the command is the root command's option; its setting holds
+    for that run only, so the next run without it prints no traceback."""
+    from dlas.cli import _global_options_first
+    from dlas.cli._common import settings
+
+    assert _global_options_first(["import", "a", "--quiet", "b", "--debug", "--quiet"]) == [
+        "--quiet",
+        "--debug",
+        "import",
+        "a",
+        "b",
+    ]
+    assert _global_options_first(["x", "--", "--debug"]) == ["x", "--", "--debug"]
+    for args in (["--debug", "import"], ["import", "--debug"]):
+        code, _, err = _run([*args, str(tmp_path / "absent"), str(tmp_path / "ds")], capsys)
+        assert code == 2 and "Traceback" in err
+    code, _, err = _run(["import", str(tmp_path / "absent"), str(tmp_path / "ds")], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert settings().debug is False and settings().quiet is False

@@ -26,7 +26,7 @@ from typing import Any
 import typer
 
 from dlas.cli import data, evaluation, model, phantom, report, study
-from dlas.cli._common import SETTINGS, stderr
+from dlas.cli._common import run_settings, settings, stderr
 from dlas.errors import DlasError
 
 __all__ = ["app", "main"]
@@ -49,6 +49,9 @@ def _root(
     quiet: bool = typer.Option(False, "--quiet", help="Hide progress bars and summaries."),
 ) -> None:
     """Options that apply to every command (they may also be given after the command)."""
+    current = settings()
+    current.debug, current.quiet = debug, quiet
+    _configure_logging(debug)
 
 
 data.register(app)
@@ -161,24 +164,37 @@ def _quiet_libraries(record: logging.LogRecord) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns (and, as a console script, exits with) the exit status."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    # --debug and --quiet are accepted anywhere on the line, not only before the command.
-    SETTINGS.debug = "--debug" in args
-    SETTINGS.quiet = "--quiet" in args
-    args = [a for a in args if a not in ("--debug", "--quiet")]
-    _configure_logging(SETTINGS.debug)
+    args = _global_options_first(list(sys.argv[1:] if argv is None else argv))
     previous = _install_signal_handlers()
     _RECEIVED.clear()
     try:
-        status = _run(args)
-        # Typer ends any interrupt with 130; one a command handled itself keeps its status.
-        if _RECEIVED and status in (130, 143):
-            _fail(_interrupted(args, _RECEIVED[0]), _Signalled(_RECEIVED[0]))
-            return 128 + _RECEIVED[0]
-        return status
+        with run_settings():
+            status = _run(args)
+            # Typer ends any interrupt with 130; one a command handled itself keeps its status.
+            if _RECEIVED and status in (130, 143):
+                _fail(_interrupted(args, _RECEIVED[0]), _Signalled(_RECEIVED[0]))
+                return 128 + _RECEIVED[0]
+            return status
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+#: The root command's options, accepted anywhere on the line.
+_GLOBAL_OPTIONS = ("--debug", "--quiet")
+
+
+def _global_options_first(args: list[str]) -> list[str]:
+    """``--debug`` and ``--quiet`` moved before the command, where the root command's callback
+    reads them: users put them after the command too (``dlas train ... --quiet``). Only
+    before a ``--`` (after it, every word is an argument)."""
+    end = args.index("--") if "--" in args else len(args)
+    moved = [a for a in args[:end] if a in _GLOBAL_OPTIONS]
+    return [
+        *dict.fromkeys(moved),
+        *(a for a in args[:end] if a not in _GLOBAL_OPTIONS),
+        *args[end:],
+    ]
 
 
 def _run(args: list[str]) -> int:
@@ -221,7 +237,7 @@ def _run(args: list[str]) -> int:
 
 
 def _fail(message: str, exc: BaseException) -> None:
-    if SETTINGS.debug:
+    if settings().debug:
         traceback.print_exception(exc, file=sys.stderr)
     print(message, file=sys.stderr)
 

@@ -1,4 +1,4 @@
-"""Shared pieces of the CLI: global settings, consoles, progress display."""
+"""Shared pieces of the CLI: the options every command takes, consoles, progress display."""
 
 from __future__ import annotations
 
@@ -6,22 +6,51 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["SETTINGS", "print_json", "progress_callback", "stderr", "stdout"]
+__all__ = [
+    "Settings",
+    "print_json",
+    "progress_callback",
+    "run_settings",
+    "settings",
+    "stderr",
+    "stdout",
+]
 
 
 @dataclass
-class _Settings:
+class Settings:
+    """The options of every command (``--debug``, ``--quiet``), set by the root command's
+    Typer callback for the run in progress."""
+
     debug: bool = False
     quiet: bool = False
 
 
-SETTINGS = _Settings()
+#: The settings of the run in progress: :func:`dlas.cli.main` gives each run its own, so that
+#: nothing carries over from one run to the next (tests call ``main`` many times in a process).
+_SETTINGS: ContextVar[Settings] = ContextVar("dlas_cli_settings")
+
+
+def settings() -> Settings:
+    """The settings of the run in progress (the defaults outside a run)."""
+    return _SETTINGS.get(Settings())
+
+
+@contextmanager
+def run_settings() -> Iterator[Settings]:
+    """Fresh settings for one run of the CLI, in force until it ends."""
+    token = _SETTINGS.set(Settings())
+    try:
+        yield _SETTINGS.get()
+    finally:
+        _SETTINGS.reset(token)
 
 
 def stdout() -> Console:
@@ -74,7 +103,7 @@ def progress_callback(description: str) -> Iterator[Any]:
     Silent with ``--quiet`` and when standard error is not a terminal (logs, pipes, CI).
     """
     console = stderr()
-    if SETTINGS.quiet or not console.is_terminal:
+    if settings().quiet or not console.is_terminal:
         yield lambda done, total, label: None
         return
     from rich.progress import TextColumn

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from dlas.cli._common import SETTINGS, progress_callback, stdout
+from dlas.cli._common import progress_callback, settings, stdout
 
 __all__ = ["register"]
 
@@ -169,7 +169,7 @@ def evaluate(
             observers=[s.name for s in sources[len(specs) :]],
         )
     csv_path, sidecar = result.write(out)
-    if not SETTINGS.quiet:
+    if not settings().quiet:
         _print_summary(result.table, options.hd95)
         stdout().print(f"wrote {csv_path} and {sidecar}")
 
@@ -192,7 +192,7 @@ def _import_for_evaluation(
     )
     with progress_callback("import") as progress:
         report = import_source(dicom, dataset, options, progress=progress)
-    if not SETTINGS.quiet:
+    if not settings().quiet:
         stdout().print(
             f"imported {len(report.imported)} case(s) into {dataset}"
             + (
@@ -369,7 +369,7 @@ def compare(
         table_metrics=table_metric or None,
         interobserver=agreement,
     )
-    if not SETTINGS.quiet:
+    if not settings().quiet:
         console = stdout()
         console.print(
             render_table2(

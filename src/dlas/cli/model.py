@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from dlas.cli._common import SETTINGS, print_json, progress_bar, progress_callback, stdout
+from dlas.cli._common import print_json, progress_bar, progress_callback, settings, stdout
 
 if TYPE_CHECKING:
     from dlas.training import TrainingEvent
@@ -21,7 +21,7 @@ __all__ = ["register"]
 def _training_display() -> Iterator[Any]:
     """A callback for training events: a Rich progress bar per epoch and one line per epoch
     with its losses (nothing when quiet)."""
-    if SETTINGS.quiet:
+    if settings().quiet:
         yield lambda event: None
         return
     with progress_bar() as progress:
@@ -125,7 +125,7 @@ def train(
     if json_out:
         print_json(summary)
         return
-    if SETTINGS.quiet:
+    if settings().quiet:
         return
     console = stdout()
     chosen = "fold ensemble" if result.ensemble else f"fold {result.selected_fold}"
@@ -193,7 +193,7 @@ def predict(
         )
     if json_out:
         print_json(report.to_data())
-    elif not SETTINGS.quiet:
+    elif not settings().quiet:
         console = stdout()
         counts: dict[str, int] = {}
         for item in report.items:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from dlas.cli._common import SETTINGS, progress_callback, stdout
+from dlas.cli._common import progress_callback, settings, stdout
 
 __all__ = ["register"]
 
@@ -76,7 +76,7 @@ def phantom(
         made = [c.name for c in config.cohorts if c.count > 0]
         shown = [name for name in ("ExVal", "GenEva") if name in made] or made[:2]
         render_preview(config, preview, cases=[(name, 0) for name in shown])
-    if not SETTINGS.quiet:
+    if not settings().quiet:
         counts = ", ".join(f"{name}: {c['count']}" for name, c in manifest["cohorts"].items())
         stdout().print(
             f"wrote {len(manifest['patients'])} patient(s) to {out} ({counts}); "
@@ -124,7 +124,7 @@ def phantom_preview(
         config.cohort(name)
         cases.append((name, int(index)))
     render_preview(config, figure, cases=cases or (("ExVal", 0), ("GenEva", 0)))
-    if not SETTINGS.quiet:
+    if not settings().quiet:
         stdout().print(f"wrote {figure}")
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from dlas.cli._common import SETTINGS, progress_callback, stdout
+from dlas.cli._common import progress_callback, settings, stdout
 
 __all__ = ["register"]
 
@@ -126,7 +126,7 @@ def report(
     )
     with progress_callback("report") as progress:
         result = build_report(inputs, out, options, overwrite=overwrite, progress=progress)
-    if not SETTINGS.quiet:
+    if not settings().quiet:
         console = stdout()
         console.print(f"report written to {result.index}")
         for cohort, path in result.viewers.items():

@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from dlas.cli._common import SETTINGS, stderr, stdout
+from dlas.cli._common import settings, stderr, stdout
 from dlas.study_layout import StudyLayout
 
 __all__ = ["register"]
@@ -39,7 +39,7 @@ def _study_log(path: Path) -> Iterator[None]:
 @contextmanager
 def _progress_display() -> Iterator[Any]:
     console = stderr()
-    if SETTINGS.quiet or not console.is_terminal:
+    if settings().quiet or not console.is_terminal:
         yield None
         return
     from rich.progress import (
@@ -100,7 +100,7 @@ def study(
     check_study_folder(out, resolved, resume=resume)  # before the log file appears in it
     with _study_log(StudyLayout(out).log), _progress_display() as progress:
         result = run_study(resolved, out, device=device, resume=resume, progress=progress)
-    if SETTINGS.quiet:
+    if settings().quiet:
         return
     ran = [s for s, state in result.steps.items() if state == "ran"]
     skipped = [s for s, state in result.steps.items() if state == "skipped"]
