@@ -34,6 +34,7 @@ The script exits with status 1 when a check fails.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -126,14 +127,19 @@ def _markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# `{command}` on a {machine['cpus']}-core CPU",
         "",
-        f"Date {result['date']}; {machine['platform']}, {machine['cpus']} CPUs, torch "
-        f"{machine['torch']} with {machine['torch_threads']} threads, load average before "
-        f"{machine['load_average_before']}. Script: `benchmarks/bench_study.py"
+        f"Date {result['date']}; {machine['platform']}, {machine['cpus']} CPUs"
+        + _cpu_text(machine)
+        + f", torch {machine['torch']} with {machine['torch_threads']} threads, load average "
+        f"before {machine['load_average_before']}. Script: `benchmarks/bench_study.py"
         + (f" --config {result['config']}" if result["config"] else "")
         + " --write`.",
         "",
-        f"**Wall time {result['wall_seconds'] / 60:.1f} min, peak memory "
-        f"{result['peak_memory_mb']:.0f} MB** (largest process).",
+        f"**Wall time {result['wall_seconds'] / 60:.1f} min"
+        + (
+            f", peak memory {result['peak_memory_mb']:.0f} MB** (largest process)."
+            if result["peak_memory_mb"] is not None
+            else "** (the sum of the study's steps; peak memory not measured)."
+        ),
         "",
         "| step | " + " | ".join(steps) + " |",
         "|---|" + "---|" * len(steps),
@@ -247,6 +253,40 @@ def _spread() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cpu_text(machine: dict[str, Any]) -> str:
+    cpu = machine.get("cpu")
+    if not cpu:
+        return ""
+    return (
+        f" ({cpu.get('model name', '?')}, family {cpu.get('cpu family', '?')} model "
+        f"{cpu.get('model', '?')} stepping {cpu.get('stepping', '?')}; torch kernels "
+        f"{machine.get('torch_cpu_capability', '?')})"
+    )
+
+
+def _machine() -> dict[str, Any]:
+    """The machine, down to the CPU's family and model and the kernels torch dispatches to:
+    two "AMD EPYC" virtual machines of the same kind can differ there, and with them the
+    last bits of a convolution, which training then amplifies (demo-study-hosts.md)."""
+    import torch
+
+    cpu: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "cpu family", "model", "stepping") and key not in cpu:
+                cpu[key] = value.strip()
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "torch": torch.__version__,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=None, help="study YAML (default: demo)")
@@ -257,6 +297,12 @@ def main() -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="demo: recipe seed (default 0)")
     parser.add_argument("--spread", action="store_true", help="tabulate the recorded seeds")
+    parser.add_argument(
+        "--record-as",
+        default=None,
+        help="with --summarize-only: record an existing --out folder run on this machine as "
+        "results/demo-study-NAME.json (wall time: the sum of its steps)",
+    )
     args = parser.parse_args()
     if args.spread:
         text = _spread()
@@ -271,7 +317,20 @@ def main() -> int:
     if config is None and args.seed:
         seed_config = _seeded_demo(args.seed, out.parent)
         record = RESULTS / f"demo-study-seed{args.seed}.json"
-    if args.summarize_only:
+    if args.record_as:
+        record = RESULTS / f"demo-study-{args.record_as}.json"
+    if args.summarize_only and args.record_as:
+        import torch
+
+        steps = [json.loads(p.read_text())["seconds"] for p in (out / ".steps").glob("*")]
+        result = {
+            "date": dt.date.today().isoformat(),
+            "config": config,
+            "machine": {**_machine(), "load_average_before": None},
+            "wall_seconds": round(sum(steps), 1),
+            "peak_memory_mb": None,
+        }
+    elif args.summarize_only:
         result = json.loads(record.read_text(encoding="utf-8"))
         result.setdefault("config", config)
         if "torch" not in result["machine"]:
@@ -292,10 +351,7 @@ def main() -> int:
             "date": dt.date.today().isoformat(),
             "config": config,
             "machine": {
-                "platform": platform.platform(),
-                "cpus": os.cpu_count(),
-                "torch": torch.__version__,
-                "torch_threads": torch.get_num_threads(),
+                **_machine(),
                 "load_average_before": [round(x, 2) for x in load_before],
             },
             "wall_seconds": round(time.perf_counter() - start, 1),
