@@ -150,3 +150,61 @@ def test_export_cli_errors_are_one_line(
     code = main(["export-nnunet", str(ds_dir), str(tmp_path), "--dataset-id", "5", "--json"])
     out, _ = capsys.readouterr()
     assert code == 0 and json.loads(out)["dataset_name"] == "Dataset005_ds"
+
+
+def test_a_study_with_the_nnunet_engine_runs_end_to_end(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`engine: nnunet` in a study: the given nnU-Net model is fine-tuned on the training
+    cohort with the study's folds, both models predict the evaluation cohorts, and the
+    comparison and the report follow as for the DpnUNet."""
+    import pandas as pd
+
+    from dlas.engines.nnunet.model import read_nnunet_model
+    from dlas.study import StudyConfig, preset_config, run_study
+    from helpers import synthetic_data
+
+    tiny = preset_config("tiny", "nnunet").to_data()
+    assert tiny["engine"] == "nnunet" and "base" not in tiny["finetune"]
+    assert "engine" not in preset_config("tiny").to_data()  # old studies keep their hash
+    data = tmp_path / "ds"
+    synthetic_data.make_dataset(data, 6, cohorts=("training", "ExVal", "GenEva"), seed=3)
+    config = StudyConfig.model_validate(
+        {
+            "name": "nnunet-study",
+            "engine": "nnunet",
+            "data": {"kind": "dataset", "path": str(data)},
+            "cohorts": {"pretrain": None},
+            "pretrained_model": str(trained[1]),
+            "finetune": {**TINY, "folds": 2, "nnunet": {"val_steps_per_epoch": 1}},
+            "statistics": {"bootstrap": 100},
+            "report": {"viewer": False},
+        }
+    )
+    result = run_study(config, tmp_path / "study", device="cpu")
+    assert list(result.steps) == [
+        "data", "pretrain", "finetune", "predict", "evaluate", "compare", "report"
+    ]  # fmt: skip
+    assert (result.steps["pretrain"], result.steps["report"]) == ("ran", "ran")
+    lft = read_nnunet_model(tmp_path / "study" / "models" / "LFT")
+    assert lft.training["pretrained"]["classes"]["kept"] == [
+        "background", "Bladder", "FemoralHead_L", "FemoralHead_R"
+    ]  # fmt: skip
+    metrics = pd.read_csv(tmp_path / "study" / "metrics.csv")
+    assert set(metrics["model"]) == {"VPM", "LFT"} and len(metrics) == 2 * 4 * 3
+    assert (tmp_path / "study" / "report" / "index.html").is_file()
+
+
+def test_engine_option_of_dlas_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dlas.errors import StudyError
+    from dlas.study import preset_config
+
+    with pytest.raises(StudyError, match=r"unknown training engine.*found 'monai'"):
+        preset_config("tiny", "monai")
+    config = tmp_path / "study.yaml"
+    config.write_text("schema_version: 1\n", encoding="utf-8")
+    code = main(["study", str(config), "--engine", "nnunet", "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "--engine together with a configuration" in err and "engine: nnunet" in err
+    assert not (tmp_path / "s").exists()

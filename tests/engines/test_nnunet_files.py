@@ -204,3 +204,21 @@ def test_missing_nnunet_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(NnUNetFileError, match="nnunetv2 is not installed") as error:
         require_nnunet()
     assert "dlas[nnunet]" in str(error.value)
+
+
+def test_time_budget_fitting_of_the_nnunet_trainer() -> None:
+    """The arithmetic of the trainer's deadline: whole epochs after the timed probe epoch, one
+    shorter epoch when a whole one does not fit, and the refit after each whole epoch, which
+    uses the time the epoch really took (the probe's one-time costs had left most of an
+    OpenKBP budget unused)."""
+    from dlas.engines.nnunet.worker import fit_epochs, refit_epochs
+
+    # 10 steps of 2 s, 2 validation steps of 1 s, 3 s overhead: 25 s per epoch
+    assert fit_epochs(100.0, 10, 2, 2.0, 1.0, 3.0) == (4, 10)
+    assert fit_epochs(24.0, 10, 2, 2.0, 1.0, 3.0) == (1, 9)  # one epoch of (24 - 5) // 2 steps
+    assert fit_epochs(6.0, 10, 2, 2.0, 1.0, 3.0) == (0, 1)  # not even one step and validation
+    # 2 epochs done of 5 planned; the last took 10 s and 65 s are left: 6 more fit
+    assert refit_epochs(2, 5, 65.0, 10.0) == 8
+    assert refit_epochs(2, 5, 5.0, 10.0) == 2  # none more fits: stop after this one
+    assert refit_epochs(5, 5, 100.0, 10.0) == 5  # the run is over
+    assert refit_epochs(2, 5, 50.0, 0.0) == 5  # no measurement: keep the plan

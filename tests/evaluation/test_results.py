@@ -46,7 +46,9 @@ def test_identifying_columns_suffice_unless_every_metric_is_asked_for(tmp_path: 
     table = read_metrics(path)
     assert list(table.columns) == [*ID.split(","), "dsc", "hd95_mm", "flags", "qa"]
     assert math.isinf(table.loc[0, "hd95_mm"]) and table.loc[0, "qa"] == ""
-    with pytest.raises(EvaluationError, match=r"metrics CSV lacks columns.*found no hd_mm, sensitivity"):
+    with pytest.raises(
+        EvaluationError, match=r"metrics CSV lacks columns.*found no hd_mm, sensitivity"
+    ):
         read_metrics(path, every_metric=True)
 
 

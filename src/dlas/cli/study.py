@@ -87,6 +87,12 @@ def study(
         "CONFIG is given: tiny (tests), demo (2-core CPU, minutes), "
         "paper (full size, GPU).",
     ),
+    engine: str | None = typer.Option(
+        None,
+        "--engine",
+        help="With a preset: train with dpnunet (default) or nnunet (nnU-Net v2, for a GPU; "
+        "`pip install 'dlas[nnunet]'`). A configuration names its engine itself (engine:).",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     resume: bool = typer.Option(
         False, "--resume", help="Continue an interrupted study; completed steps are skipped."
@@ -96,7 +102,21 @@ def study(
     report."""
     from dlas.study import check_study_folder, load_study_config, preset_config, run_study
 
-    resolved = load_study_config(config) if config is not None else preset_config(preset)
+    if config is not None and engine is not None:
+        from dlas.errors import StudyError
+
+        raise StudyError(
+            "--engine together with a configuration",
+            where=f"--engine {engine}",
+            expected="--engine with a preset only",
+            found=f"the configuration {config}",
+            fix=f"write `engine: {engine}` into {config.name}, or leave out --engine",
+        )
+    resolved = (
+        load_study_config(config)
+        if config is not None
+        else preset_config(preset, engine or "dpnunet")
+    )
     check_study_folder(out, resolved, resume=resume)  # before the log file appears in it
     with _study_log(StudyLayout(out).log), _progress_display() as progress:
         result = run_study(resolved, out, device=device, resume=resume, progress=progress)

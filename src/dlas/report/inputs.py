@@ -277,11 +277,20 @@ def load_inputs(
 
 
 def _model_provenance(models_dir: Path) -> list[dict[str, Any]]:
-    """Name and hash of each model from the checkpoint metadata (``models/**/*.json``)."""
+    """Name and hash of the model in ``models_dir`` (its ``model.json``), or of each model in
+    a folder of models (``models/<name>/model.json``, or ``models/<name>.json``). Nothing deeper
+    is read: a model folder also holds fold logs and, for nnU-Net, its work folder with JSON
+    files of other kinds."""
     found: list[dict[str, Any]] = []
     if not models_dir.is_dir():
         return found
-    for path in sorted(models_dir.rglob("*.json")):
+    own = models_dir / "model.json"
+    paths = (
+        [own]
+        if own.is_file()
+        else [*sorted(models_dir.glob("*.json")), *sorted(models_dir.glob("*/model.json"))]
+    )
+    for path in paths:
         data = read_sidecar(path)
         name = data.get("name") or data.get("model_name") or data.get("model")
         digest = data.get("sha256") or data.get("model_sha256") or data.get("weights_sha256")

@@ -26,6 +26,7 @@ hospital's file only names what differs::
     pretrain: {epochs: 60, folds: 1}   # recipe overrides for pretraining
     finetune: {}                       # recipe overrides for fine-tuning (study recipe default;
                                        # e.g. {base: fast, time_budget: 15m})
+    engine: dpnunet                    # or nnunet: both recipes train with nnU-Net v2
     models: {vendor: VPM, finetuned: LFT}
     metrics: {hd95: pooled, specificity_domain: reference-bbox}
     statistics: {alpha: 0.05, correction: none}
@@ -227,6 +228,8 @@ class StudyConfig(_Strict):
     pretrained_model: Path | None = None
     pretrain: dict[str, Any] = Field(default_factory=dict)
     finetune: dict[str, Any] = Field(default_factory=dict)
+    #: the training engine of both recipes (a recipe's own ``engine`` key wins)
+    engine: Literal["dpnunet", "nnunet"] = "dpnunet"
     models: ModelNames = ModelNames()
     #: other clinicians' contour sets: the inter-observer reference
     observers: tuple[Annotated[str, Field(pattern=_NAME)], ...] = ()
@@ -235,20 +238,40 @@ class StudyConfig(_Strict):
     prediction: PredictionSpec = PredictionSpec()
     report: ReportSpec = ReportSpec()
 
-    @field_validator("pretrain", "finetune")
-    @classmethod
-    def _recipe_overrides_valid(cls, value: dict[str, Any]) -> dict[str, Any]:
+    @model_validator(mode="after")
+    def _recipe_overrides_valid(self) -> StudyConfig:
         # Checked here, before the first step: a typo such as `finetune: {epoch: 1}` used to
         # surface only when fine-tuning began, after the pretraining had run.
-        if value:
-            from dlas.training.config import TrainingConfigError, load_recipe
+        from dlas.training.config import TrainingConfigError
 
+        for part in ("pretrain", "finetune"):
             try:
-                load_recipe({"schema_version": 1, **value})
+                self.recipe(part)
             except TrainingConfigError as exc:
                 key = (exc.where or "").partition(", at ")[2] or "?"
-                raise ValueError(f"recipe override {key!r}: {exc.found}") from None
-        return value
+                raise ValueError(f"{part} recipe override {key!r}: {exc.found}") from None
+        return self
+
+    def recipe_data(self, part: Literal["pretrain", "finetune"]) -> dict[str, Any]:
+        """The recipe overrides of ``part`` with the study's engine (empty: the default
+        recipe)."""
+        overrides = dict(getattr(self, part))
+        if self.engine != "dpnunet":
+            overrides.setdefault("engine", self.engine)
+        return {"schema_version": 1, **overrides} if overrides else {}
+
+    def recipe(self, part: Literal["pretrain", "finetune"]) -> Any:
+        """The :class:`~dlas.training.config.Recipe` of ``part``, or None for the default one.
+
+        Raises
+        ------
+        dlas.training.config.TrainingConfigError
+            Invalid overrides.
+        """
+        from dlas.training.config import load_recipe
+
+        data = self.recipe_data(part)
+        return load_recipe(data) if data else None
 
     @model_validator(mode="after")
     def _pretraining_possible(self) -> StudyConfig:
@@ -285,8 +308,12 @@ class StudyConfig(_Strict):
         return self
 
     def to_data(self) -> dict[str, Any]:
-        """JSON/YAML-ready form."""
-        return self.model_dump(mode="json")
+        """JSON/YAML-ready form (the default engine left out, so that configurations written
+        before the engine existed keep their hash and their studies can still resume)."""
+        data = self.model_dump(mode="json")
+        if data["engine"] == "dpnunet":
+            del data["engine"]
+        return data
 
     def sha256(self) -> str:
         """Hash of the canonical JSON form."""
@@ -449,8 +476,28 @@ def example_config(name: str) -> str:
     return (files("dlas.study") / "examples" / f"{name}.yaml").read_text(encoding="utf-8")
 
 
-def preset_config(name: str) -> StudyConfig:
-    """A built-in study on the synthetic replica."""
+def preset_config(name: str, engine: str = "dpnunet") -> StudyConfig:
+    """A built-in study on the synthetic replica, trained with ``engine``.
+
+    The presets' recipes are written for the DpnUNet engine; with ``nnunet`` only what nnU-Net
+    takes from a recipe is kept (epochs, steps per epoch, folds, seed, ...): nnU-Net plans the
+    network, patch, batch, learning rate and augmentation itself.
+
+    Raises
+    ------
+    StudyError
+        Unknown preset or engine.
+    """
+    from dlas.training.config import NNUNET_FIELDS
+
+    if engine not in ("dpnunet", "nnunet"):
+        raise StudyError(
+            "unknown training engine",
+            where=f"--engine {engine}",
+            expected="dpnunet or nnunet",
+            found=repr(engine),
+            fix="use --engine dpnunet (the default) or --engine nnunet",
+        )
     if name not in PRESETS:
         raise StudyError(
             "unknown study preset",
@@ -459,4 +506,9 @@ def preset_config(name: str) -> StudyConfig:
             found=repr(name),
             fix="use --preset demo (2-core CPU, minutes) or --preset paper (GPU)",
         )
-    return StudyConfig.model_validate(PRESETS[name])
+    data = dict(PRESETS[name])
+    if engine == "nnunet":
+        for part in ("pretrain", "finetune"):
+            data[part] = {k: v for k, v in data[part].items() if k in NNUNET_FIELDS}
+        data["engine"] = engine
+    return StudyConfig.model_validate(data)

@@ -495,7 +495,7 @@ def _step_pretrain(study: _Study) -> dict[str, Any]:
     result = train(
         study.data,
         target,
-        config=_recipe(config.pretrain),
+        config=config.recipe("pretrain"),
         cohorts=[config.cohorts.pretrain],
         device=study.device,
         resume=(target / "run.json").exists(),
@@ -515,7 +515,7 @@ def _step_finetune(study: _Study) -> dict[str, Any]:
     result = train(
         study.data,
         target,
-        config=_recipe(config.finetune),
+        config=config.recipe("finetune"),
         pretrained=study.model(config.models.vendor),
         cohorts=[config.cohorts.finetune],
         device=study.device,
@@ -528,12 +528,6 @@ def _step_finetune(study: _Study) -> dict[str, Any]:
         "model_sha256": result.model_sha256,
         "selected_fold": result.selected_fold,
     }
-
-
-def _recipe(overrides: dict[str, Any]) -> Any:
-    from dlas.training.config import load_recipe
-
-    return load_recipe({"schema_version": 1, **overrides}) if overrides else None
 
 
 def _step_predict(study: _Study) -> dict[str, Any]:

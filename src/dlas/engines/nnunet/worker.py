@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main"]
+__all__ = ["fit_epochs", "main", "refit_epochs"]
 
 WEIGHTS_FILE = "dlas-weights.safetensors"
 LOG_FILE = "dlas-log.json"
@@ -77,6 +77,35 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def fit_epochs(
+    left: float,
+    iterations: int,
+    val_iterations: int,
+    step_s: float,
+    val_s: float,
+    overhead_s: float,
+) -> tuple[int, int]:
+    """Epochs after the timed probe epoch, and training steps per epoch, that fit ``left``
+    seconds: as many whole epochs as fit, else one shorter epoch (or none when not even one
+    step and the validation fit)."""
+    epoch_s = iterations * step_s + val_iterations * val_s + overhead_s
+    if left >= epoch_s:
+        return int(left // epoch_s), iterations
+    fixed = val_iterations * val_s + overhead_s
+    more = 1 if left > fixed + step_s else 0
+    return more, max(1, int((left - fixed) // step_s))
+
+
+def refit_epochs(done: int, planned: int, left: float, epoch_s: float) -> int:
+    """The run's epochs refitted after a whole epoch that took ``epoch_s`` seconds, with
+    ``left`` seconds to the deadline: the probe epoch's one-time costs (data loader start,
+    first-step allocations) made the first estimate too cautious, so the measured epoch
+    decides, and the run may grow or shrink but never below the epochs done."""
+    if epoch_s <= 0 or done >= planned:
+        return planned
+    return max(done, done + int(left // epoch_s))
+
+
 def _trainer_class(job: dict[str, Any]) -> Any:
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -107,67 +136,14 @@ def _trainer_class(job: dict[str, Any]) -> Any:
                 self.initial_lr = float(initial_lr)
 
         def run_training(self) -> None:
-            """nnU-Net's loop; with a deadline, a short first epoch is timed (its training and
-            validation steps separately) and the rest fitted to the time left: as many whole
-            epochs as fit (nnU-Net's polynomial decay spans them), or one shorter epoch."""
+            """nnU-Net's loop; with a deadline, see :func:`_run_to_deadline`."""
             if deadline is None:
                 super().run_training()
-                return
-            self.on_train_start()
-            iterations, val_iterations = (
-                self.num_iterations_per_epoch,
-                self.num_val_iterations_per_epoch,
-            )
-            self.num_epochs = self.lr_scheduler.max_steps = 10**6  # until timed
-            probe = min(iterations, _PROBE_STEPS)
-            self.num_iterations_per_epoch = probe
-            self.num_val_iterations_per_epoch = min(val_iterations, 2)
-            started = time.time()
-            step_s, val_s = self._one_epoch()
-            overhead = max(
-                time.time() - started - step_s * probe - val_s * self.num_val_iterations_per_epoch,
-                0.0,
-            )
-            left = float(deadline) - time.time()
-            epoch_s = iterations * step_s + val_iterations * val_s + overhead
-            self.num_val_iterations_per_epoch = val_iterations
-            if left >= epoch_s:
-                more = int(left // epoch_s)
             else:
-                more = 1 if left > val_iterations * val_s + overhead + step_s else 0
-                iterations = max(1, int((left - val_iterations * val_s - overhead) // step_s))
-            self.num_iterations_per_epoch = iterations
-            self.num_epochs = self.lr_scheduler.max_steps = 1 + more
-            self.print_to_log_file(
-                f"dlas: {step_s:.2f} s per training step, {val_s:.2f} s per validation step; "
-                f"{more} more epoch(s) of {iterations} steps fit the time budget"
-            )
-            while self.current_epoch < self.num_epochs:
-                self._one_epoch()
-            self.on_train_end()
+                _run_to_deadline(self, float(deadline))
 
         def _one_epoch(self) -> tuple[float, float]:
-            """One epoch of nnU-Net's loop; returns seconds per training and validation step."""
-            self.on_epoch_start()
-            self.on_train_epoch_start()
-            started = time.time()
-            outputs = [
-                self.train_step(next(self.dataloader_train))
-                for _ in range(self.num_iterations_per_epoch)
-            ]
-            step_s = (time.time() - started) / max(self.num_iterations_per_epoch, 1)
-            self.on_train_epoch_end(outputs)
-            with torch.no_grad():
-                self.on_validation_epoch_start()
-                started = time.time()
-                val_outputs = [
-                    self.validation_step(next(self.dataloader_val))
-                    for _ in range(self.num_val_iterations_per_epoch)
-                ]
-                val_s = (time.time() - started) / max(self.num_val_iterations_per_epoch, 1)
-                self.on_validation_epoch_end(val_outputs)
-            self.on_epoch_end()
-            return step_s, val_s
+            return _one_epoch(self)
 
         def on_train_epoch_start(self) -> None:
             encoder = getattr(self.network, "encoder", None)
@@ -178,6 +154,74 @@ def _trainer_class(job: dict[str, Any]) -> Any:
 
     dlasTrainer.__name__ = dlasTrainer.__qualname__ = TRAINER_NAME
     return dlasTrainer
+
+
+def _run_to_deadline(trainer: Any, deadline: float) -> None:
+    """nnU-Net's training loop fitted to a deadline: a short first epoch is timed (its
+    training and validation steps separately) and the epochs fitted to the time left
+    (:func:`fit_epochs`; nnU-Net's polynomial decay spans them); after each whole epoch the
+    number of epochs is fitted again to that epoch's measured time (:func:`refit_epochs`)."""
+    trainer.on_train_start()
+    iterations = trainer.num_iterations_per_epoch
+    val_iterations = trainer.num_val_iterations_per_epoch
+    trainer.num_epochs = trainer.lr_scheduler.max_steps = 10**6  # until timed
+    probe = min(iterations, _PROBE_STEPS)
+    trainer.num_iterations_per_epoch = probe
+    trainer.num_val_iterations_per_epoch = min(val_iterations, 2)
+    started = time.time()
+    step_s, val_s = _one_epoch(trainer)
+    overhead = max(
+        time.time() - started - step_s * probe - val_s * trainer.num_val_iterations_per_epoch,
+        0.0,
+    )
+    more, iterations = fit_epochs(
+        deadline - time.time(), iterations, val_iterations, step_s, val_s, overhead
+    )
+    trainer.num_iterations_per_epoch = iterations
+    trainer.num_val_iterations_per_epoch = val_iterations
+    trainer.num_epochs = trainer.lr_scheduler.max_steps = 1 + more
+    trainer.print_to_log_file(
+        f"dlas: {step_s:.2f} s per training step, {val_s:.2f} s per validation step; "
+        f"{more} more epoch(s) of {iterations} steps fit the time budget"
+    )
+    while trainer.current_epoch < trainer.num_epochs:
+        started = time.time()
+        _one_epoch(trainer)
+        refit = refit_epochs(
+            trainer.current_epoch, trainer.num_epochs, deadline - time.time(), time.time() - started
+        )
+        if refit != trainer.num_epochs:
+            trainer.print_to_log_file(
+                f"dlas: epoch took {time.time() - started:.1f} s; {refit} epochs in all now fit"
+            )
+            trainer.num_epochs = trainer.lr_scheduler.max_steps = refit
+    trainer.on_train_end()
+
+
+def _one_epoch(trainer: Any) -> tuple[float, float]:
+    """One epoch of nnU-Net's loop; returns seconds per training and validation step."""
+    import torch
+
+    trainer.on_epoch_start()
+    trainer.on_train_epoch_start()
+    started = time.time()
+    outputs = [
+        trainer.train_step(next(trainer.dataloader_train))
+        for _ in range(trainer.num_iterations_per_epoch)
+    ]
+    step_s = (time.time() - started) / max(trainer.num_iterations_per_epoch, 1)
+    trainer.on_train_epoch_end(outputs)
+    with torch.no_grad():
+        trainer.on_validation_epoch_start()
+        started = time.time()
+        val_outputs = [
+            trainer.validation_step(next(trainer.dataloader_val))
+            for _ in range(trainer.num_val_iterations_per_epoch)
+        ]
+        val_s = (time.time() - started) / max(trainer.num_val_iterations_per_epoch, 1)
+        trainer.on_validation_epoch_end(val_outputs)
+    trainer.on_epoch_end()
+    return step_s, val_s
 
 
 def _train(job: dict[str, Any]) -> None:
