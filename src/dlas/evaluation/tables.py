@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -244,39 +244,42 @@ class _Cells:
     marks: set[str] = field(default_factory=set)
 
     def model_row(self, side: str, model: str, structure: str) -> list[str]:
-        cells = []
-        for metric in self.metrics:
-            for cohort in self.cohorts:
-                r = self.index.get((cohort, structure, metric))
-                if r is None:
-                    cells.append("–")
-                    continue
-                cell = _mean_sd(float(r[f"mean_{side}"]), float(r[f"sd_{side}"]), self.digits)
-                n = _count(r, f"n_{side}")
-                if _count(r, f"n_nonfinite_{side}"):
-                    cell += f" (n = {n}){_EXCLUDED}"
-                    self.marks.add(_EXCLUDED)
-                elif n != self.sizes[cohort]:
-                    cell += f" (n = {n})"
-                if self.observers.within(model, cohort, structure, metric):
-                    cell += _WITHIN
-                    self.marks.add(_WITHIN)
-                cells.append(cell)
-        return cells
+        """Mean ± SD of one model, with its n when not the cohort's and the marks."""
+
+        def cell(r: dict[Any, Any], cohort: str, metric: str) -> str:
+            text = _mean_sd(float(r[f"mean_{side}"]), float(r[f"sd_{side}"]), self.digits)
+            n = _count(r, f"n_{side}")
+            if _count(r, f"n_nonfinite_{side}"):
+                text += f" (n = {n}){_EXCLUDED}"
+                self.marks.add(_EXCLUDED)
+            elif n != self.sizes[cohort]:
+                text += f" (n = {n})"
+            if self.observers.within(model, cohort, structure, metric):
+                text += _WITHIN
+                self.marks.add(_WITHIN)
+            return text
+
+        return self._row(structure, cell)
 
     def p_row(self, structure: str) -> list[str]:
+        """The adjusted p-values, marked where pairs with an infinite difference were kept."""
+
+        def cell(r: dict[Any, Any], cohort: str, metric: str) -> str:
+            text = _p(float(r["p_adjusted"]))
+            if _count(r, "n_pairs_nonfinite") and text != "n/a":
+                text += _KEPT
+                self.marks.add(_KEPT)
+            return text
+
+        return self._row(structure, cell)
+
+    def _row(self, structure: str, cell: Callable[[dict[Any, Any], str, str], str]) -> list[str]:
+        """One cell per metric and cohort (metric-major), "–" where the comparison has none."""
         cells = []
         for metric in self.metrics:
             for cohort in self.cohorts:
                 r = self.index.get((cohort, structure, metric))
-                if r is None:
-                    cells.append("–")
-                    continue
-                cell = _p(float(r["p_adjusted"]))
-                if _count(r, "n_pairs_nonfinite") and cell != "n/a":
-                    cell += _KEPT
-                    self.marks.add(_KEPT)
-                cells.append(cell)
+                cells.append("–" if r is None else cell(r, cohort, metric))
         return cells
 
 
