@@ -142,9 +142,6 @@ def _trainer_class(job: dict[str, Any]) -> Any:
             else:
                 _run_to_deadline(self, float(deadline))
 
-        def _one_epoch(self) -> tuple[float, float]:
-            return _one_epoch(self)
-
         def on_train_epoch_start(self) -> None:
             encoder = getattr(self.network, "encoder", None)
             if freeze and encoder is not None:
