@@ -298,3 +298,31 @@ def test_replica_case_ids_are_the_same_in_every_run(tiny: dict[str, Any], tmp_pa
     again = json.loads((tmp_path / "again" / "data" / "dataset.json").read_text())
     assert again["cases"] == first["cases"]
     assert len(first["cases"]) == 14
+
+
+def test_a_given_vendor_model_lacking_a_structure_is_refused_before_fine_tuning(
+    tmp_path: Path,
+) -> None:
+    """The evaluation needs the vendor model's prediction of every structure: a model that
+    lacks one is refused at the pretrain step, naming it, before anything is fine-tuned."""
+    from dlas.training import train
+    from helpers import synthetic_data
+
+    vendor = synthetic_data.make_dataset(tmp_path / "vendor", 2)  # no Rod
+    recipe = {"folds": 1, "epochs": 1, "steps_per_epoch": 1, "batch_size": 2,
+              "model": synthetic_data.TINY_NETWORK}  # fmt: skip
+    train(vendor, tmp_path / "vendor-model", config=recipe, device="cpu")
+    data = tmp_path / "ds"
+    synthetic_data.make_dataset(data, 6, with_rod=True, cohorts=("training", "ExVal", "GenEva"))
+    config = StudyConfig.model_validate(
+        {
+            "data": {"kind": "dataset", "path": str(data)},
+            "cohorts": {"pretrain": None},
+            "pretrained_model": str(tmp_path / "vendor-model"),
+        }
+    )
+    with pytest.raises(
+        StudyError, match=r"vendor model does not contour every structure.*found no Rod"
+    ):
+        run_study(config, tmp_path / "study", device="cpu")
+    assert not (tmp_path / "study" / "models" / "LFT").exists()

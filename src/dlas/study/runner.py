@@ -481,14 +481,7 @@ def _step_pretrain(study: _Study) -> dict[str, Any]:
     if not config.models.trains:
         return {"skipped": "both models are given as contour sets; nothing is trained"}
     if config.pretrained_model is not None:
-        from dlas.model.checkpoint import model_format, read_model_info
-
-        if model_format(config.pretrained_model) == "dlas-nnunet":
-            from dlas.engines.nnunet.model import read_nnunet_model
-
-            sha = read_nnunet_model(config.pretrained_model).model_sha256
-        else:
-            sha = read_model_info(config.pretrained_model).model_sha256
+        sha = _check_given_model(study, config.pretrained_model)
         return {"pretrained_model": str(config.pretrained_model), "model_sha256": sha}
     assert config.cohorts.pretrain is not None
     target = study.model(config.models.vendor)
@@ -503,6 +496,40 @@ def _step_pretrain(study: _Study) -> dict[str, Any]:
         progress=_train_progress(study),
     )
     return {"model": str(target.relative_to(study.root)), "model_sha256": result.model_sha256}
+
+
+def _check_given_model(study: _Study, model: Path) -> str:
+    """The given vendor model's hash, once it is known to contour every structure the study
+    evaluates: a missing one would fail the evaluation only after fine-tuning and prediction.
+
+    Raises
+    ------
+    StudyError
+        A structure of the data set's structure set that the model does not contour.
+    """
+    from dlas.dataset import CaseDataset
+    from dlas.model.checkpoint import model_format, read_model_info
+
+    if model_format(model) == "dlas-nnunet":
+        from dlas.engines.nnunet.model import read_nnunet_model
+
+        info = read_nnunet_model(model)
+        sha, names = info.model_sha256, list(info.structures)
+    else:
+        dpn = read_model_info(model)
+        sha, names = dpn.model_sha256, list(dpn.structure_set.names)
+    wanted = CaseDataset.open(study.data).structure_set.names
+    missing = [n for n in wanted if n not in names]
+    if missing and not study.from_contours(study.config.models.vendor):
+        raise StudyError(
+            "the vendor model does not contour every structure of the study",
+            where=f"pretrained_model {model}",
+            expected="a model with " + ", ".join(wanted),
+            found=f"no {', '.join(missing)} (the model has {', '.join(names) or 'none'})",
+            fix="give a vendor model trained on this structure set, or name a structure set "
+            "with only the structures it contours (structures:)",
+        )
+    return sha
 
 
 def _step_finetune(study: _Study) -> dict[str, Any]:
