@@ -225,7 +225,10 @@ def load_inputs(
     Raises
     ------
     ReportError
-        If an input is missing or malformed, or the inputs do not belong together.
+        If an input is missing, or the inputs do not belong together.
+    dlas.errors.EvaluationError
+        If the metrics table or the comparison is missing or malformed
+        (:mod:`dlas.evaluation.results`).
     """
     metrics_path = Path(metrics_csv)
     if metrics_path.is_dir():
@@ -314,7 +317,9 @@ def load_study(study_dir: str | Path) -> ReportInputs:
     Raises
     ------
     ReportError
-        If the folder is not a study or lacks the metrics table, the data set or predictions.
+        If the folder is not a study or lacks the data set or predictions.
+    dlas.errors.EvaluationError
+        If its metrics table or comparison is missing or malformed.
     """
     root = Path(study_dir)
     layout = StudyLayout.of(root)
