@@ -161,9 +161,6 @@ def run_dlas(args: argparse.Namespace) -> dict[str, Any]:
     """Train with a dlas recipe, predict the scored cohort, evaluate."""
     import torch
 
-    from dlas.prediction import predict
-    from dlas.training import train
-
     torch.set_num_threads(args.threads)
     ds_root = dataset(args.work)
     train_cohorts, scored = _cohorts(args.phase)
@@ -172,25 +169,9 @@ def run_dlas(args: argparse.Namespace) -> dict[str, Any]:
     if args.steps:
         config["steps_per_epoch"] = config.get("steps_per_epoch", 50)
         config["epochs"] = max(1, args.steps // config["steps_per_epoch"])
-    out = args.work / "runs" / f"{args.label}-{args.phase}-s{args.seed}"
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    started = time.perf_counter()
-    train(
-        ds_root,
-        out / "model",
-        config=config,
-        cohorts=train_cohorts,
-        device="cpu",
-        time_budget=args.time_budget,
+    out, model, train_s, predict_s = _train_and_predict(
+        args, config, ds_root, train_cohorts, scored
     )
-    train_s = time.perf_counter() - started
-    started = time.perf_counter()
-    predict(out / "model", ds_root, out / "pred", cohorts=[scored], device="cpu", tta=args.tta)
-    predict_s = time.perf_counter() - started
-    model = json.loads((out / "model" / "model.json").read_text())
     return {
         "kind": "dlas",
         "recipe": model["training"]["recipe"],
@@ -202,22 +183,18 @@ def run_dlas(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run_nnunet(args: argparse.Namespace) -> dict[str, Any]:
-    """nnU-Net v2 (2-D by default) driven by dlas (``engine: nnunet``) with the same budget:
-    planning and preprocessing count against it, as case preparation does for ``run``."""
+def _train_and_predict(
+    args: argparse.Namespace,
+    config: dict[str, Any],
+    ds_root: Path,
+    train_cohorts: list[str],
+    scored: str,
+) -> tuple[Path, dict[str, Any], float, float]:
+    """Train ``config`` on the training cohorts (within ``--time-budget``) into a fresh run
+    folder and predict the scored cohort; the folder, its model.json and both times (s)."""
     from dlas.prediction import predict
     from dlas.training import train
 
-    ds_root = dataset(args.work)
-    train_cohorts, scored = _cohorts(args.phase)
-    config: dict[str, Any] = {
-        "engine": "nnunet",
-        "folds": 1,
-        "seed": args.seed,
-        "steps_per_epoch": 50,
-        "nnunet": {"configuration": "2d", "val_steps_per_epoch": 5},
-    }
-    config.update(_overrides(args.set))
     out = args.work / "runs" / f"{args.label}-{args.phase}-s{args.seed}"
     if out.exists():
         import shutil
@@ -237,6 +214,26 @@ def run_nnunet(args: argparse.Namespace) -> dict[str, Any]:
     predict(out / "model", ds_root, out / "pred", cohorts=[scored], device="cpu", tta=args.tta)
     predict_s = time.perf_counter() - started
     model = json.loads((out / "model" / "model.json").read_text())
+    return out, model, train_s, predict_s
+
+
+def run_nnunet(args: argparse.Namespace) -> dict[str, Any]:
+    """nnU-Net v2 (2-D by default) driven by dlas (``engine: nnunet``) with the same budget:
+    planning and preprocessing count against it, as case preparation does for ``run``."""
+
+    ds_root = dataset(args.work)
+    train_cohorts, scored = _cohorts(args.phase)
+    config: dict[str, Any] = {
+        "engine": "nnunet",
+        "folds": 1,
+        "seed": args.seed,
+        "steps_per_epoch": 50,
+        "nnunet": {"configuration": "2d", "val_steps_per_epoch": 5},
+    }
+    config.update(_overrides(args.set))
+    out, model, train_s, predict_s = _train_and_predict(
+        args, config, ds_root, train_cohorts, scored
+    )
     plan = model["plans"]["configurations"][model["configuration"]]
     return {
         "kind": "nnunet",
