@@ -1,7 +1,7 @@
 """Benchmark: ``dlas evaluate`` end to end on NIfTI files, against surface-distance on the same.
 
 The case set: ``--cases`` cases of 512 x 512 x 100 voxels at 1.27 x 1.27 x 5 mm, each with the
-five structures of ``bench_metrics.py`` (Bladder, CTV, SmallBowel, both femoral heads; shifted
+five structures of ``bench_metrics.py`` (Bladder, CTV, Bowel_Small, both femoral heads; shifted
 by a few voxels from case to case), written as ``dlas import`` and ``dlas predict`` write them: a
 dlas data set (``ct.nii.gz`` and ``structures/<Name>.nii.gz``, gzip NIfTI, masks uint8) and one
 prediction folder ``<case_id>/structures/<Name>.nii.gz``.

@@ -50,8 +50,8 @@ from scipy import ndimage
 
 SHAPE = (100, 512, 512)
 SPACING = (5.0, 1.27, 1.27)
-STRUCTURES = ("Bladder", "CTV", "SmallBowel", "FemoralHead_L", "FemoralHead_R")
-BENCH_STRUCTURES = ("Bladder", "CTV", "SmallBowel")
+STRUCTURES = ("Bladder", "CTV", "Bowel_Small", "Femur_Head_L", "Femur_Head_R")
+BENCH_STRUCTURES = ("Bladder", "CTV", "Bowel_Small")
 TOOLS = ("dlas", "surface-distance", "monai", "medpy", "plastimatch")
 RESULTS = Path(__file__).parent / "results" / "metrics.md"
 END_TO_END = "## End to end"  # the last section of RESULTS, written by bench_evaluate_io.py
@@ -162,9 +162,9 @@ def make_masks() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {
         "Bladder": (bladder(0, 0.0, (0, 0, 0)), bladder(1, 2.0, (2.0, 2.0, 0.0))),
         "CTV": (ctv(0, 0.0), ctv(1, 3.0)),
-        "SmallBowel": (small_bowel(0, 0.0, 0.0, 0), small_bowel(1, 1.0, 0.1, 3)),
-        "FemoralHead_L": (femoral_head("L", 0, 0.0), femoral_head("L", 1, 0.5)),
-        "FemoralHead_R": (femoral_head("R", 0, 0.0), femoral_head("R", 1, -0.5)),
+        "Bowel_Small": (small_bowel(0, 0.0, 0.0, 0), small_bowel(1, 1.0, 0.1, 3)),
+        "Femur_Head_L": (femoral_head("L", 0, 0.0), femoral_head("L", 1, 0.5)),
+        "Femur_Head_R": (femoral_head("R", 0, 0.0), femoral_head("R", 1, -0.5)),
     }
 
 

@@ -2,7 +2,7 @@
 against a plain MONAI baseline trained on the same data for the same time.
 
 Data: ``../shared/data/openkbp-hn`` (60 patients, clinical contours, ~4 x 4 x 2.5-3 mm), imported
-once with ``examples/openkbp-hn/structures.yaml`` (Mandible, Brainstem, SpinalCord, Parotid_L,
+once with ``examples/openkbp-hn/structures.yaml`` (Bone_Mandible, Brainstem, SpinalCord, Parotid_L,
 Parotid_R; missing structures are trained on as unknown). The split is fixed here (seeded
 permutation of the sorted patient ids, written out below): 15 ``test`` patients never used for
 any choice; of the 45 training patients, 9 (``tuneval``) serve as the validation set of recipe
@@ -52,7 +52,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT.parent / "shared" / "data" / "openkbp-hn"
 STRUCTURES = ROOT / "examples" / "openkbp-hn" / "structures.yaml"
-NAMES = ("Mandible", "Brainstem", "SpinalCord", "Parotid_L", "Parotid_R")
+NAMES = ("Bone_Mandible", "Brainstem", "SpinalCord", "Parotid_L", "Parotid_R")
 
 #: numpy.random.default_rng(2026).permutation(sorted patient ids): the first 15 are the test
 #: set, the last 9 of the remaining 45 the selection-validation set. Written out so that the

@@ -53,7 +53,7 @@ def _masks(folder: Path, reference: Any) -> dict[str, Any]:
 def _plant(kind: str, ct: Any, masks: dict[str, Any]) -> dict[str, Any]:
     out = dict(masks)
     if kind == "swapped femoral heads":
-        out["FemoralHead_L"], out["FemoralHead_R"] = masks["FemoralHead_R"], masks["FemoralHead_L"]
+        out["Femur_Head_L"], out["Femur_Head_R"] = masks["Femur_Head_R"], masks["Femur_Head_L"]
     elif kind == "CTV island":
         ctv = masks["CTV"].array.astype(bool)
         z = int(np.flatnonzero(ctv.any(axis=(1, 2))).mean())
@@ -113,7 +113,7 @@ def main() -> int:
     planted_rows = []
     plants = ["swapped femoral heads", "CTV island", "bladder grown by 10 mm"]
     expected = {
-        "swapped femoral heads": ("FemoralHead_L", "laterality"),
+        "swapped femoral heads": ("Femur_Head_L", "laterality"),
         "CTV island": ("CTV", "fragments"),
         "bladder grown by 10 mm": ("Bladder", "volume-out-of-range"),
     }

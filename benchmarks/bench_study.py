@@ -99,7 +99,7 @@ def _demo_checks(summary: dict[str, Any], wall_seconds: float | None) -> list[di
         vpm, lft = ctv["volume_error_pct|VPM"], ctv["volume_error_pct|LFT"]
         check(f"VPM CTV volume error >= +15 % ({cohort})", vpm >= 15.0, f"{vpm:+.1f} %")
         check(f"LFT CTV volume within ±5 % ({cohort})", abs(lft) <= 5.0, f"{lft:+.1f} %")
-        for structure in ("Bladder", "FemoralHead_L", "FemoralHead_R"):
+        for structure in ("Bladder", "Femur_Head_L", "Femur_Head_R"):
             r = rows[(structure, cohort)]
             v, f, p = r["dsc|VPM"], r["dsc|LFT"], r["dsc_p_value"]
             check(
@@ -107,9 +107,9 @@ def _demo_checks(summary: dict[str, Any], wall_seconds: float | None) -> list[di
                 min(v, f) >= 0.90 and not (f - v < -0.02 and p is not None and p < 0.05),
                 f"VPM {v:.3f}, LFT {f:.3f}, p = {p:.4f}",
             )
-        bowel = rows[("SmallBowel", cohort)]
+        bowel = rows[("Bowel_Small", cohort)]
         check(
-            f"SmallBowel DSC >= 0.75 for both ({cohort})",
+            f"Bowel_Small DSC >= 0.75 for both ({cohort})",
             min(bowel["dsc|VPM"], bowel["dsc|LFT"]) >= 0.75,
             f"VPM {bowel['dsc|VPM']:.3f}, LFT {bowel['dsc|LFT']:.3f}",
         )

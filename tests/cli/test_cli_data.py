@@ -68,7 +68,7 @@ def test_import_and_inspect(synthetic_ct, tmp_path: Path, capsys) -> None:
     rois = json.loads(out)["rtstructs"][0]["rois"]
     assert [(r["name"], r["maps_to"]) for r in rois] == [
         ("Bladder", "Bladder"),
-        ("Femoral Head Lt", "FemoralHead_L"),
+        ("Femoral Head Lt", "Femur_Head_L"),
         ("PTV", None),
     ]
     code, out, _ = _run(["inspect", str(tmp_path / "ds")], capsys)

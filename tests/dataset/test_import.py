@@ -123,7 +123,7 @@ def test_import_maps_names_and_reports_everything(export: Path, tmp_path: Path) 
     dataset = CaseDataset.open(tmp_path / "ds")
     assert len(dataset) == 2
     structures = sorted(s for record in dataset.cases for s in record.structures)
-    assert structures == ["Bladder", "CTV", "CTV", "FemoralHead_L", "FemoralHead_L", "SmallBowel"]
+    assert structures == ["Bladder", "Bowel_Small", "CTV", "CTV", "Femur_Head_L", "Femur_Head_L"]
     for record in dataset.cases:
         case = dataset.load_case(record.case_id)
         info = case.info
@@ -174,7 +174,7 @@ def test_keep_ids_and_keep_unmapped(export: Path, tmp_path: Path) -> None:
     assert dataset.case_ids() == ["PID-0001", "PID-0002"]
     extra = tmp_path / "ds" / "cases" / "PID-0001" / "structures" / "PTV_50.nii.gz"
     assert read_mask(extra).array.any()
-    assert dataset.record("PID-0001").structures == ("CTV", "Bladder", "FemoralHead_L")
+    assert dataset.record("PID-0001").structures == ("CTV", "Bladder", "Femur_Head_L")
     assert dataset.case_info("PID-0001")["source"]["study_date"] == "20210310"
 
 
@@ -307,14 +307,14 @@ def test_ambiguous_name_mapping_skips_the_case(synthetic_ct, tmp_path: Path) -> 
         {
             "name": "greedy",
             "structures": [
-                {"name": "SmallBowel", "patterns": ["bowel.*"]},
-                {"name": "LargeBowel", "patterns": [".*bowel"]},
+                {"name": "Bowel_Small", "patterns": ["bowel.*"]},
+                {"name": "Bowel_Large", "patterns": [".*bowel"]},
             ],
         }
     )
     report = import_source(tmp_path / "src", tmp_path / "ds", ImportOptions(structure_set=greedy))
     assert "ambiguous structure name" in report.skipped[0].reason
-    assert "LargeBowel and SmallBowel" in report.skipped[0].reason
+    assert "Bowel_Large and Bowel_Small" in report.skipped[0].reason
 
 
 def test_rtstruct_of_another_frame_of_reference_skips_the_case(

@@ -27,9 +27,9 @@ TINY = {
 
 
 def _other_classes(synthetic: ModuleType) -> StructureSet:
-    """The tiny set without FemoralHead_R, with a Rod."""
+    """The tiny set without Femur_Head_R, with a Rod."""
     data = synthetic.structure_set(with_rod=True, name="tiny-rod").to_data()
-    data["structures"] = [s for s in data["structures"] if s["name"] != "FemoralHead_R"]
+    data["structures"] = [s for s in data["structures"] if s["name"] != "Femur_Head_R"]
     return StructureSet.from_data(data)
 
 
@@ -51,7 +51,7 @@ def test_train_writes_a_dlas_model_and_predicts(
 
     ds_dir, model = trained
     info = read_nnunet_model(model)
-    assert info.classes == ["background", "Bladder", "FemoralHead_L", "FemoralHead_R"]
+    assert info.classes == ["background", "Bladder", "Femur_Head_L", "Femur_Head_R"]
     assert info.configuration == "2d" and len(info.weights) == 1
     assert info.qa  # the QA reference, measured on the training cases
     cv = json.loads((model / "cv.json").read_text())
@@ -73,7 +73,7 @@ def test_train_writes_a_dlas_model_and_predicts(
     assert report["model"]["model_sha256"] == info.model_sha256
     assert [i["status"] for i in report["items"]] == ["written", "written"]
     masks = sorted(p.name for p in (tmp_path / "p" / "case00" / "structures").iterdir())
-    assert masks == ["Bladder.nii.gz", "FemoralHead_L.nii.gz", "FemoralHead_R.nii.gz"]
+    assert masks == ["Bladder.nii.gz", "Femur_Head_L.nii.gz", "Femur_Head_R.nii.gz"]
 
 
 def test_finetune_an_nnunet_result_folder_with_other_classes(
@@ -90,7 +90,7 @@ def test_finetune_an_nnunet_result_folder_with_other_classes(
     (folder,) = list(results.iterdir())  # written by nnU-Net: plans.json, fold_N/*.pth
     assert (folder / "fold_0" / "checkpoint_final.pth").is_file()
     pretrained = read_pretrained(folder)
-    assert pretrained.classes == ["background", "Bladder", "FemoralHead_L", "FemoralHead_R"]
+    assert pretrained.classes == ["background", "Bladder", "Femur_Head_L", "Femur_Head_R"]
 
     local = _other_classes(synthetic)
     labels = {"background": 0, **{n: i for i, n in enumerate(local.names, start=1)}}
@@ -101,8 +101,8 @@ def test_finetune_an_nnunet_result_folder_with_other_classes(
     )  # fmt: skip
     fresh = {k: v.clone() for k, v in network.state_dict().items()}
     state, note = transfer_weights(network, pretrained, local)
-    assert note["kept"] == ["background", "Bladder", "FemoralHead_L"]
-    assert note["new"] == ["Rod"] and note["dropped"] == ["FemoralHead_R"]
+    assert note["kept"] == ["background", "Bladder", "Femur_Head_L"]
+    assert note["new"] == ["Rod"] and note["dropped"] == ["Femur_Head_R"]
     heads = [k for k in state if ".seg_layers." in k]
     assert heads
     for key in state:
@@ -116,7 +116,7 @@ def test_finetune_an_nnunet_result_folder_with_other_classes(
     ds = CaseDataset.open_or_create(tmp_path / "local", local)
     for i in range(3):
         ct, masks = synthetic.make_case(500 + i, with_rod=True)
-        del masks["FemoralHead_R"]
+        del masks["Femur_Head_R"]
         ds.write_case(f"loc{i}", "L", ct, masks, {"case_id": f"loc{i}", "cohort": "L"})
     recipe = {
         **TINY,
@@ -127,7 +127,7 @@ def test_finetune_an_nnunet_result_folder_with_other_classes(
     }
     result = train(ds, tmp_path / "lft", config=recipe, pretrained=folder, device="cpu")
     info = read_nnunet_model(result.model_dir)
-    assert info.classes == ["background", "Bladder", "FemoralHead_L", "Rod"]
+    assert info.classes == ["background", "Bladder", "Femur_Head_L", "Rod"]
     assert info.training["pretrained"]["classes"]["new"] == ["Rod"]
     assert not (tmp_path / "lft" / "nnunet-work").exists()
     schedule = info.training["schedule"]
@@ -188,7 +188,7 @@ def test_a_study_with_the_nnunet_engine_runs_end_to_end(
     assert (result.steps["pretrain"], result.steps["report"]) == ("ran", "ran")
     lft = read_nnunet_model(tmp_path / "study" / "models" / "LFT")
     assert lft.training["pretrained"]["classes"]["kept"] == [
-        "background", "Bladder", "FemoralHead_L", "FemoralHead_R"
+        "background", "Bladder", "Femur_Head_L", "Femur_Head_R"
     ]  # fmt: skip
     metrics = pd.read_csv(tmp_path / "study" / "metrics.csv")
     assert set(metrics["model"]) == {"VPM", "LFT"} and len(metrics) == 2 * 4 * 3

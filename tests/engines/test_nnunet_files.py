@@ -24,10 +24,10 @@ def _overlapping_dataset(root: Path, synthetic: ModuleType) -> CaseDataset:
     for i in range(4):
         ct, masks = synthetic.make_case(100 + i)
         if i == 0:
-            grown = masks["Bladder"].array | masks["FemoralHead_L"].array
+            grown = masks["Bladder"].array | masks["Femur_Head_L"].array
             masks["Bladder"] = ct.with_array(grown)
         if i == 3:
-            del masks["FemoralHead_R"]
+            del masks["Femur_Head_R"]
         ds.write_case(f"case{i:02d}", "A", ct, masks, {"case_id": f"case{i:02d}", "cohort": "A"})
     return ds
 
@@ -45,21 +45,21 @@ def test_export_is_accepted_by_nnunet_and_resolves_overlaps(
     folder = tmp_path / "raw" / "Dataset007_pelvis"
     assert result.folder == folder
     assert result.cases == ["case00", "case01", "case02"]
-    assert result.skipped == {"case03": "lacks FemoralHead_R"}
+    assert result.skipped == {"case03": "lacks Femur_Head_R"}
     meta = json.loads((folder / "dataset.json").read_text())
-    assert meta["labels"] == {"background": 0, "Bladder": 1, "FemoralHead_L": 2, "FemoralHead_R": 3}
+    assert meta["labels"] == {"background": 0, "Bladder": 1, "Femur_Head_L": 2, "Femur_Head_R": 3}
     assert meta["numTraining"] == 3 and meta["channel_names"] == {"0": "CT"}
     verify_dataset_integrity(str(folder), num_processes=1)  # raises on any problem
 
     # The femoral head (priority 50) wins over the bladder (40); the overlap is counted.
     case = ds.load_case("case00")
-    overlap = int((case.structures["Bladder"].array & case.structures["FemoralHead_L"].array).sum())
-    assert result.overlaps["case00"] == {"Bladder under FemoralHead_L": overlap}
+    overlap = int((case.structures["Bladder"].array & case.structures["Femur_Head_L"].array).sum())
+    assert result.overlaps["case00"] == {"Bladder under Femur_Head_L": overlap}
     image, props = SimpleITKIO().read_images([str(folder / "imagesTr" / "case00_0000.nii.gz")])
     labels, _ = SimpleITKIO().read_seg(str(folder / "labelsTr" / "case00.nii.gz"))
     np.testing.assert_array_equal(image[0], case.ct.array)
     np.testing.assert_allclose(props["spacing"], case.ct.spacing)
-    head = case.structures["FemoralHead_L"].array
+    head = case.structures["Femur_Head_L"].array
     assert set(labels[0][head].tolist()) == {2}
     assert set(labels[0][case.structures["Bladder"].array & ~head].tolist()) == {1}
     record = json.loads((folder / "dlas-export.json").read_text())

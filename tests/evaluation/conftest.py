@@ -40,10 +40,10 @@ def reference_masks(index: int) -> dict[str, np.ndarray]:
     masks = {
         "CTV": _ellipsoid((5, 20 + shift, 16), (9.0, 8.0, 12.0)),
         "Bladder": _ellipsoid((5, 9, 16 + shift), (7.0, 6.0, 8.0)),
-        "FemoralHead_L": _ellipsoid((5, 16, 4), (5.0, 4.5, 4.5)),
+        "Femur_Head_L": _ellipsoid((5, 16, 4), (5.0, 4.5, 4.5)),
     }
     if index == 5:
-        del masks["FemoralHead_L"]
+        del masks["Femur_Head_L"]
     return masks
 
 

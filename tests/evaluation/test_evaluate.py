@@ -34,13 +34,13 @@ def test_one_row_per_case_model_and_structure_with_the_declared_columns(study: S
     assert list(table.columns) == list(COLUMNS)
     # 6 cases x 2 models x 3 structures, less GE003's missing femoral head for both models.
     assert len(table) == 6 * 2 * 3 - 2
-    assert not ((table["case_id"] == "GE003") & (table["structure"] == "FemoralHead_L")).any()
+    assert not ((table["case_id"] == "GE003") & (table["structure"] == "Femur_Head_L")).any()
     cohorts = dict(zip(table["case_id"], table["cohort"], strict=False))
     assert cohorts == {c: k for k, ids in COHORTS.items() for c in ids}
     # Rows ordered by case, then model, then structure in the structure set's order.
     first = table.iloc[:6]
     assert list(first["model"]) == ["VPM"] * 3 + ["LFT"] * 3
-    assert list(first["structure"]) == ["CTV", "Bladder", "FemoralHead_L"] * 2
+    assert list(first["structure"]) == ["CTV", "Bladder", "Femur_Head_L"] * 2
 
 
 def test_values_equal_compute_metrics_on_the_files(study: Study) -> None:
@@ -247,7 +247,7 @@ def test_unknown_structure_is_refused(study: Study) -> None:
 
 def test_selection_without_structures_is_refused(study: Study) -> None:
     with pytest.raises(EvaluationError, match="nothing to evaluate"):
-        evaluate(study.dataset, _sources(study), cases=["GE003"], structures=["FemoralHead_L"])
+        evaluate(study.dataset, _sources(study), cases=["GE003"], structures=["Femur_Head_L"])
 
 
 def test_zero_workers_is_refused(study: Study) -> None:

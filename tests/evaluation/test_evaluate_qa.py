@@ -23,9 +23,9 @@ def _study(tmp_path: Path) -> tuple[Path, Path]:
         case = dataset.load_case(case_id)
         masks = dict(case.structures)
         if case_id == "case00":
-            masks["FemoralHead_L"], masks["FemoralHead_R"] = (
-                masks["FemoralHead_R"],
-                masks["FemoralHead_L"],
+            masks["Femur_Head_L"], masks["Femur_Head_R"] = (
+                masks["Femur_Head_R"],
+                masks["Femur_Head_L"],
             )
         for name, mask in masks.items():
             write_mask(mask, pred / case_id / "structures" / f"{name}.nii.gz")
@@ -41,16 +41,16 @@ def test_metrics_table_has_the_qa_codes_of_each_row(tmp_path: Path) -> None:
     codes = {(r.case_id, r.structure): r.qa for r in result.table.itertuples()}
     assert codes == {
         ("case00", "Bladder"): "",
-        ("case00", "FemoralHead_L"): "laterality",
-        ("case00", "FemoralHead_R"): "laterality",
+        ("case00", "Femur_Head_L"): "laterality",
+        ("case00", "Femur_Head_R"): "laterality",
         ("case01", "Bladder"): "",
-        ("case01", "FemoralHead_L"): "",
-        ("case01", "FemoralHead_R"): "",
+        ("case01", "Femur_Head_L"): "",
+        ("case01", "Femur_Head_R"): "",
     }
     assert result.metadata["qa"] == {"laterality": 2}
     csv, _ = result.write(tmp_path / "metrics.csv")
     back = read_metrics(csv)
-    assert back.loc[back["structure"] == "FemoralHead_L", "qa"].tolist() == ["laterality", ""]
+    assert back.loc[back["structure"] == "Femur_Head_L", "qa"].tolist() == ["laterality", ""]
 
 
 def test_input_codes_apply_to_every_structure_of_the_case(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from dlas.io import read_mask, write_nifti
 
 #: TotalSegmentator-style names: matched to the rectal set like ROI names; liver matches nothing
 TABLE = {"1": "urinary_bladder", "2": "femur_head_left", "3": "liver"}
-STRUCTURES = ["Bladder", "FemoralHead_L"]
+STRUCTURES = ["Bladder", "Femur_Head_L"]
 
 
 def _label_maps(study: Any, model: str, out: Path) -> Path:
@@ -28,7 +28,7 @@ def _label_maps(study: Any, model: str, out: Path) -> Path:
         folder = study.predictions[model] / case_id / "structures"
         first = read_mask(folder / "Bladder.nii.gz")
         labels = np.zeros(first.shape, dtype=np.uint8)
-        for label, name in ((1, "Bladder"), (2, "FemoralHead_L")):
+        for label, name in ((1, "Bladder"), (2, "Femur_Head_L")):
             if (folder / f"{name}.nii.gz").is_file():
                 labels[read_mask(folder / f"{name}.nii.gz").array] = label
         labels[0, 0, 0] = 3  # a "liver" voxel: a label no structure of the set takes

@@ -176,7 +176,7 @@ def test_unpaired_and_nonfinite_cases_are_reported_and_excluded() -> None:
     ]
     assert {
         "cohort": "GenEva",
-        "structure": "SmallBowel",
+        "structure": "Bowel_Small",
         "metric": "specificity",
         "nonfinite_a": [],
         "nonfinite_b": ["GE003"],
@@ -196,7 +196,7 @@ def test_unpaired_and_nonfinite_cases_are_reported_and_excluded() -> None:
     assert row["p_value"] == pytest.approx(stats.wilcoxon(wide["LFT"], wide["VPM"]).pvalue)
     spec = result[
         (result["cohort"] == "GenEva")
-        & (result["structure"] == "SmallBowel")
+        & (result["structure"] == "Bowel_Small")
         & (result["metric"] == "specificity")
     ].iloc[0]
     assert (spec["n_a"], spec["n_b"], spec["n_pairs"]) == (8, 7, 7)
@@ -207,7 +207,7 @@ def test_comparison_has_exactly_the_declared_columns_and_order() -> None:
     assert list(result.columns) == list(COMPARISON_COLUMNS)
     assert list(result["cohort"].unique()) == ["ExVal", "GenEva"]
     first = result[result["cohort"] == "ExVal"]
-    assert list(first["structure"].unique()) == ["Bladder", "SmallBowel"]
+    assert list(first["structure"].unique()) == ["Bladder", "Bowel_Small"]
     assert list(first["metric"].iloc[:3]) == ["dsc", "hd95_mm", "hd_mm"]
     assert (result["model_a"] == "VPM").all() and (result["model_b"] == "LFT").all()
 
@@ -234,17 +234,17 @@ def test_table2_cells_are_the_fixture_statistics() -> None:
     cells = {(r[0], r[1]): dict(zip(header[2:], r[2:], strict=True)) for r in lines[1:]}
     vpm = table[
         (table["model"] == "VPM")
-        & (table["structure"] == "SmallBowel")
+        & (table["structure"] == "Bowel_Small")
         & (table["cohort"] == "ExVal")
     ]["dsc"].to_numpy()
-    assert cells[("SmallBowel", "VPM")]["DSC ExVal"] == (
+    assert cells[("Bowel_Small", "VPM")]["DSC ExVal"] == (
         f"{vpm.mean():.3f} ± {vpm.std(ddof=1):.3f}"
     )
-    wide = table[(table["structure"] == "SmallBowel") & (table["cohort"] == "ExVal")].pivot(
+    wide = table[(table["structure"] == "Bowel_Small") & (table["cohort"] == "ExVal")].pivot(
         index="case_id", columns="model", values="dsc"
     )
     p = stats.wilcoxon(wide["LFT"], wide["VPM"]).pvalue
-    shown = cells[("SmallBowel", "p-value")]["DSC ExVal"]
+    shown = cells[("Bowel_Small", "p-value")]["DSC ExVal"]
     assert shown == ("< 0.01" if p < 0.01 else f"{p:.2f}")
     assert any(
         row.get("DSC ExVal") == "< 0.01" or "< 0.01" in row.values() for row in cells.values()

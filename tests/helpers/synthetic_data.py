@@ -24,7 +24,7 @@ SPACING = (3.0, 2.0, 2.0)
 
 
 def structure_set(*, with_rod: bool = False, name: str = "tiny") -> StructureSet:
-    """Bladder, FemoralHead_L, FemoralHead_R (and Rod)."""
+    """Bladder, Femur_Head_L, Femur_Head_R (and Rod)."""
     structures: list[dict[str, Any]] = [
         {
             "name": "Bladder",
@@ -33,13 +33,13 @@ def structure_set(*, with_rod: bool = False, name: str = "tiny") -> StructureSet
             "postprocess": {"largest_component": True, "fill_holes": True},
         },
         {
-            "name": "FemoralHead_L",
+            "name": "Femur_Head_L",
             "priority": 50,
             "colour": [0, 200, 0],
             "postprocess": {"largest_component": True, "fill_holes": True},
         },
         {
-            "name": "FemoralHead_R",
+            "name": "Femur_Head_R",
             "priority": 50,
             "colour": [0, 160, 255],
             "postprocess": {"largest_component": True, "fill_holes": True},
@@ -73,7 +73,7 @@ def make_case(
     head_l = sphere(nz / 2, cy + ny * 0.08, cx + nx * 0.27, rng.uniform(4.0, 5.0))
     hu[bladder] = 180.0 + rng.normal(0, 8, size=int(bladder.sum()))
     hu[head_l | head_r] = 700.0
-    masks = {"Bladder": bladder, "FemoralHead_L": head_l, "FemoralHead_R": head_r}
+    masks = {"Bladder": bladder, "Femur_Head_L": head_l, "Femur_Head_R": head_r}
     if with_rod:
         rod = ((yy - (cy + ny * 0.25)) ** 2 + (xx - cx) ** 2 < 2.5**2) & body
         hu[rod] = 900.0

@@ -22,7 +22,7 @@ def test_seg_round_trip_and_validation(synthetic_ct, tmp_path: Path, dciodvfy) -
     bladder[3:5, 15:20, 14:20] = True
     path = tmp_path / "seg.dcm"
     write_seg(
-        {"CTV": ctv, "Bladder": bladder, "SmallBowel": np.zeros_like(ctv)},
+        {"CTV": ctv, "Bladder": bladder, "Bowel_Small": np.zeros_like(ctv)},
         ct,
         path,
         generation="AUTOMATIC",
@@ -32,7 +32,7 @@ def test_seg_round_trip_and_validation(synthetic_ct, tmp_path: Path, dciodvfy) -
     )
     assert dciodvfy(path) == []
     seg = hd.seg.segread(path)
-    assert [d.SegmentLabel for d in seg.SegmentSequence] == ["CTV", "Bladder", "SmallBowel"]
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == ["CTV", "Bladder", "Bowel_Small"]
     assert seg.SegmentSequence[1].SegmentedPropertyTypeCodeSequence[0].CodeValue == "89837001"
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == ct.series_instance_uid
     pixels = seg.get_pixels_by_source_instance(

@@ -86,22 +86,22 @@ def test_structure_volumes_are_plausible_at_paper_scale(contoured: list[Contoure
     for c in contoured:
         v = {k: float(m.sum()) * c.voxel_cm3 for k, m in c.observed.items()}
         assert 300.0 <= v["CTV"] <= 1100.0, v
-        assert 25.0 <= v["FemoralHead_L"] <= 70.0, v
-        assert 25.0 <= v["FemoralHead_R"] <= 70.0, v
+        assert 25.0 <= v["Femur_Head_L"] <= 70.0, v
+        assert 25.0 <= v["Femur_Head_R"] <= 70.0, v
         assert 60.0 <= v["Bladder"] <= 520.0, v
-        assert 50.0 <= v["SmallBowel"] <= 2000.0, v
+        assert 50.0 <= v["Bowel_Small"] <= 2000.0, v
 
 
 def test_bladder_and_femoral_heads_agree_between_styles(contoured: list[Contoured]) -> None:
     for c in contoured:
-        for name in ("Bladder", "FemoralHead_L", "FemoralHead_R"):
+        for name in ("Bladder", "Femur_Head_L", "Femur_Head_R"):
             assert _dsc(c.mean["vendor"][name], c.mean["local"][name]) >= 0.95, name
 
 
 def test_vendor_small_bowel_is_less_complete(contoured: list[Contoured]) -> None:
     sens = []
     for c in contoured:
-        v, loc = c.mean["vendor"]["SmallBowel"], c.mean["local"]["SmallBowel"]
+        v, loc = c.mean["vendor"]["Bowel_Small"], c.mean["local"]["Bowel_Small"]
         sens.append((v & loc).sum() / loc.sum())
         assert v.sum() < loc.sum()
     assert 0.75 <= float(np.mean(sens)) <= 0.95, sens
@@ -111,9 +111,9 @@ def test_observer_variation_caps_dsc_near_the_paper(contoured: list[Contoured]) 
     ranges = {
         "CTV": (0.85, 0.93),
         "Bladder": (0.94, 0.985),
-        "FemoralHead_L": (0.94, 0.99),
-        "FemoralHead_R": (0.94, 0.99),
-        "SmallBowel": (0.78, 0.93),
+        "Femur_Head_L": (0.94, 0.99),
+        "Femur_Head_R": (0.94, 0.99),
+        "Bowel_Small": (0.78, 0.93),
     }
     for name, (lo, hi) in ranges.items():
         ceiling = np.mean([_dsc(c.mean["local"][name], c.observed[name]) for c in contoured])
@@ -185,6 +185,6 @@ def test_intensity_alone_does_not_separate_bladder_bowel_and_muscle() -> None:
     m_lo, m_hi = np.percentile(image[muscle], [5, 95])
     b_lo, b_hi = np.percentile(image[bladder], [5, 95])
     assert max(m_lo, b_lo) < min(m_hi, b_hi), ((m_lo, m_hi), (b_lo, b_hi))
-    bowel = image[truth["SmallBowel"]]
+    bowel = image[truth["Bowel_Small"]]
     share = float(((bowel > m_lo) & (bowel < m_hi)).mean())
     assert share > 0.2, share

@@ -218,7 +218,7 @@ def test_nifti_format_writes_a_dataset(tmp_path: Path) -> None:
         assert np.array_equal(case.structures[name].array != 0, expected.masks[name])
     assert case.info["style"] == "vendor"
     assert case.info["scanner"]["Manufacturer"] in ("GE MEDICAL SYSTEMS", "TOSHIBA")
-    assert case.info["structures"]["FemoralHead_L"]["original_name"] == "Femur_Head_L"
+    assert case.info["structures"]["Femur_Head_L"]["original_name"] == "Femur_Head_L"
     assert (tmp_path / "ds" / "manifest.json").exists()
     assert manifest["format"] == "nifti"
 

@@ -76,7 +76,7 @@ def test_dicom_series_prediction_writes_a_valid_rtstruct(
         assert info.model_sha256 in ident.AlgorithmParameters
     # Round trip: the RTSTRUCT rasterises back to the masks written as NIfTI.
     rois = read_rtstruct(result / "RTSTRUCT.dcm", series).by_name()
-    assert sorted(rois) == ["Bladder", "FemoralHead_L", "FemoralHead_R"]
+    assert sorted(rois) == ["Bladder", "Femur_Head_L", "Femur_Head_R"]
     for name, (roi,) in rois.items():
         mask = read_mask(result / "structures" / f"{name}.nii.gz", reference=series.volume)
         assert mask.array.sum() > 20, name
@@ -116,7 +116,7 @@ def test_nifti_in_another_orientation_gets_masks_on_its_own_grid(
     write_nifti(flipped, tmp_path / "flipped.nii.gz")
     predict(trained_model, tmp_path / "canonical.nii.gz", tmp_path / "out", device="cpu")
     predict(trained_model, tmp_path / "flipped.nii.gz", tmp_path / "out", device="cpu")
-    for name in ("Bladder", "FemoralHead_L"):
+    for name in ("Bladder", "Femur_Head_L"):
         a = read_mask(tmp_path / "out" / "canonical" / "structures" / f"{name}.nii.gz")
         b = read_mask(tmp_path / "out" / "flipped" / "structures" / f"{name}.nii.gz")
         assert b.same_grid(flipped)
@@ -135,8 +135,8 @@ def test_dataset_prediction_has_the_layout_evaluation_reads(
         folder = tmp_path / "out" / case_id / "structures"
         assert sorted(p.name for p in folder.iterdir()) == [
             "Bladder.nii.gz",
-            "FemoralHead_L.nii.gz",
-            "FemoralHead_R.nii.gz",
+            "Femur_Head_L.nii.gz",
+            "Femur_Head_R.nii.gz",
         ]
         ct = dataset.load_case(case_id).ct
         assert read_mask(folder / "Bladder.nii.gz", reference=ct).array.any()
@@ -153,7 +153,7 @@ def test_empty_structures_are_written_as_empty_masks(tmp_path: Path, trained_mod
     write_nifti(air, tmp_path / "air.nii.gz")
     report = predict(trained_model, tmp_path / "air.nii.gz", tmp_path / "out", device="cpu")
     assert report.items[0].structures["Bladder"]["voxels"] == 0
-    mask = read_mask(tmp_path / "out" / "air" / "structures" / "FemoralHead_R.nii.gz")
+    mask = read_mask(tmp_path / "out" / "air" / "structures" / "Femur_Head_R.nii.gz")
     assert mask.same_grid(air) and not mask.array.any()
 
 
@@ -167,8 +167,8 @@ def test_test_time_mirroring_is_left_right_equivariant(
     a = predictor.predict(ct)
     b = predictor.predict(mirrored)
     assert _dsc(b["Bladder"].array, a["Bladder"].array[:, :, ::-1]) > 0.99
-    assert _dsc(b["FemoralHead_L"].array, a["FemoralHead_R"].array[:, :, ::-1]) > 0.99
-    assert _dsc(b["FemoralHead_R"].array, a["FemoralHead_L"].array[:, :, ::-1]) > 0.99
+    assert _dsc(b["Femur_Head_L"].array, a["Femur_Head_R"].array[:, :, ::-1]) > 0.99
+    assert _dsc(b["Femur_Head_R"].array, a["Femur_Head_L"].array[:, :, ::-1]) > 0.99
 
 
 def test_existing_predictions_are_kept_unless_overwritten(

@@ -59,10 +59,10 @@ def test_clean_case_passes(seed: int) -> None:
 
 def test_swapped_femoral_heads_are_flagged_for_laterality_only() -> None:
     ct, masks = _case()
-    masks["FemoralHead_L"], masks["FemoralHead_R"] = masks["FemoralHead_R"], masks["FemoralHead_L"]
+    masks["Femur_Head_L"], masks["Femur_Head_R"] = masks["Femur_Head_R"], masks["Femur_Head_L"]
     report = _check(ct, masks)
-    assert _found(report) == {"FemoralHead_L": ["laterality"], "FemoralHead_R": ["laterality"]}
-    (flag,) = report.structures["FemoralHead_L"].flags
+    assert _found(report) == {"Femur_Head_L": ["laterality"], "Femur_Head_R": ["laterality"]}
+    (flag,) = report.structures["Femur_Head_L"].flags
     assert flag.values["expected_side"] == "L" and flag.values["found_side"] == "R"
     assert flag.values["centroid_from_midline_mm"] < -20  # 26 mm to the patient's right
     assert "patient's right" in flag.message
@@ -80,13 +80,13 @@ def test_laterality_uses_patient_coordinates_not_array_order() -> None:
     flipped = Volume(ct.array[..., ::-1].copy(), ct.spacing, origin, direction)
     flipped_masks = {n: m[..., ::-1].copy() for n, m in masks.items()}
     assert _check(flipped, flipped_masks).flags == []
-    flipped_masks["FemoralHead_L"], flipped_masks["FemoralHead_R"] = (
-        flipped_masks["FemoralHead_R"],
-        flipped_masks["FemoralHead_L"],
+    flipped_masks["Femur_Head_L"], flipped_masks["Femur_Head_R"] = (
+        flipped_masks["Femur_Head_R"],
+        flipped_masks["Femur_Head_L"],
     )
     assert _found(_check(flipped, flipped_masks)) == {
-        "FemoralHead_L": ["laterality"],
-        "FemoralHead_R": ["laterality"],
+        "Femur_Head_L": ["laterality"],
+        "Femur_Head_R": ["laterality"],
     }
 
 
@@ -141,9 +141,9 @@ def test_volume_is_not_checked_without_a_reference() -> None:
 
 def test_empty_structure_is_flagged_missing_only() -> None:
     ct, masks = _case()
-    masks["FemoralHead_R"][:] = False
+    masks["Femur_Head_R"][:] = False
     report = _check(ct, masks)
-    assert _found(report) == {"FemoralHead_R": ["missing"]}
+    assert _found(report) == {"Femur_Head_R": ["missing"]}
 
 
 def test_z_gap_is_flagged_with_its_position() -> None:
@@ -171,10 +171,10 @@ def test_enclosed_cavity_is_flagged_as_a_hole() -> None:
 
 def test_structure_leaving_the_body_is_flagged() -> None:
     ct, masks = _case()
-    masks["FemoralHead_R"] = np.roll(masks["FemoralHead_R"], -7, axis=2)  # beyond the skin
+    masks["Femur_Head_R"] = np.roll(masks["Femur_Head_R"], -7, axis=2)  # beyond the skin
     report = _check(ct, masks)
-    assert _found(report) == {"FemoralHead_R": ["outside-body"]}
-    assert report.structures["FemoralHead_R"].flags[0].values["fraction"] > 0.05
+    assert _found(report) == {"Femur_Head_R": ["outside-body"]}
+    assert report.structures["Femur_Head_R"].flags[0].values["fraction"] > 0.05
 
 
 def test_wider_field_of_view_is_flagged_as_input_domain_only() -> None:
@@ -225,7 +225,7 @@ def test_members_that_disagree_on_the_bladder_flag_its_uncertainty_only() -> Non
     report = _check(ct, masks, agreement=agreement)
     assert _found(report) == {"Bladder": ["uncertainty"]}
     assert report.structures["Bladder"].measures["uncertainty"] == pytest.approx(1 - dsc, abs=1e-4)
-    assert report.structures["FemoralHead_L"].measures["uncertainty"] == 0.0
+    assert report.structures["Femur_Head_L"].measures["uncertainty"] == 0.0
     assert report.members == 2
 
 
@@ -238,17 +238,17 @@ def test_members_that_agree_are_not_flagged() -> None:
 
 def test_report_summary_and_one_line_description() -> None:
     ct, masks = _case()
-    masks["FemoralHead_R"][:] = False
+    masks["Femur_Head_R"][:] = False
     report = _check(ct, masks)
     assert report.summary() == {
         "status": "flagged",
         "flags": 1,
         "input": [],
-        "structures": {"FemoralHead_R": ["missing"]},
+        "structures": {"Femur_Head_R": ["missing"]},
     }
-    assert report.describe() == "FemoralHead_R missing: the prediction is empty"
+    assert report.describe() == "Femur_Head_R missing: the prediction is empty"
     data = report.to_data()
-    assert data["codes"]["structures"] == {"FemoralHead_R": ["missing"]}
+    assert data["codes"]["structures"] == {"Femur_Head_R": ["missing"]}
     assert data["structures"]["Bladder"]["flags"] == []
 
 

@@ -66,7 +66,7 @@ def test_every_prediction_gets_qa_json_and_summaries(
         qa = json.loads((out / item.id / "qa.json").read_text(encoding="utf-8"))
         record = json.loads((out / item.id / "prediction.json").read_text(encoding="utf-8"))
         assert qa["kind"] == "dlas-prediction-qa" and qa["notes"] == []
-        assert sorted(qa["structures"]) == ["Bladder", "FemoralHead_L", "FemoralHead_R"]
+        assert sorted(qa["structures"]) == ["Bladder", "Femur_Head_L", "Femur_Head_R"]
         assert record["qa"] == item.qa and record["qa"]["status"] == qa["status"]
         assert "qa.json" in record["files"]
     (bright,) = report2.items
@@ -134,9 +134,9 @@ def test_flagged_rtstruct_and_seg_are_marked(
 
     def swapped(self: Predictor, volume: Volume, **kwargs: object) -> dict[str, Volume]:
         masks = real(self, volume)
-        masks["FemoralHead_L"], masks["FemoralHead_R"] = (
-            masks["FemoralHead_R"],
-            masks["FemoralHead_L"],
+        masks["Femur_Head_L"], masks["Femur_Head_R"] = (
+            masks["Femur_Head_R"],
+            masks["Femur_Head_L"],
         )
         return masks
 
@@ -145,23 +145,23 @@ def test_flagged_rtstruct_and_seg_are_marked(
     (item,) = report.items
     assert item.status == "written"
     assert item.qa["structures"] == {
-        "FemoralHead_L": ["laterality"],
-        "FemoralHead_R": ["laterality"],
+        "Femur_Head_L": ["laterality"],
+        "Femur_Head_R": ["laterality"],
     }
     folder = tmp_path / "out" / item.id
     rt = pydicom.dcmread(folder / "RTSTRUCT.dcm")
     assert rt.SeriesDescription == "dlas test model auto-segmentation [QA: 2 flags]"
     comments = {roi.ROIName: roi.get("ROIDescription") for roi in rt.StructureSetROISequence}
     assert comments["Bladder"] is None
-    assert comments["FemoralHead_L"].startswith("QA flags: laterality.")
-    assert comments["FemoralHead_R"].startswith("QA flags: laterality.")
+    assert comments["Femur_Head_L"].startswith("QA flags: laterality.")
+    assert comments["Femur_Head_R"].startswith("QA flags: laterality.")
     seg = pydicom.dcmread(folder / "SEG.dcm")
     assert seg.SeriesDescription == rt.SeriesDescription
     segments = {s.SegmentLabel: s.get("SegmentDescription") for s in seg.SegmentSequence}
     assert segments == {
         "Bladder": None,
-        "FemoralHead_L": "QA: laterality",
-        "FemoralHead_R": "QA: laterality",
+        "Femur_Head_L": "QA: laterality",
+        "Femur_Head_R": "QA: laterality",
     }
 
 

@@ -75,12 +75,12 @@ def test_swapped_femoral_heads_on_the_replica_are_flagged() -> None:
     ct, masks = _patient("ExVal", 0)
     swapped = {
         **masks,
-        "FemoralHead_L": masks["FemoralHead_R"],
-        "FemoralHead_R": masks["FemoralHead_L"],
+        "Femur_Head_L": masks["Femur_Head_R"],
+        "Femur_Head_R": masks["Femur_Head_L"],
     }
     assert _flagged(_check(ct, swapped)) == {
-        "FemoralHead_L": ["laterality"],
-        "FemoralHead_R": ["laterality"],
+        "Femur_Head_L": ["laterality"],
+        "Femur_Head_R": ["laterality"],
     }
 
 

@@ -77,15 +77,15 @@ def _structures(
         "Bladder": _ellipsoid(
             (40, 55 + jitter, 80), (a["bladder_r"] * 1.2, a["bladder_r"], a["bladder_r"] * 1.3)
         ),
-        "FemoralHead_L": _ellipsoid((30, 80, 130 + jitter), (a["head_r"],) * 3),
-        "FemoralHead_R": _ellipsoid((30, 80, 30 - jitter), (a["head_r"],) * 3),
-        "SmallBowel": _ellipsoid(
+        "Femur_Head_L": _ellipsoid((30, 80, 130 + jitter), (a["head_r"],) * 3),
+        "Femur_Head_R": _ellipsoid((30, 80, 30 - jitter), (a["head_r"],) * 3),
+        "Bowel_Small": _ellipsoid(
             (75, 60, 80 + jitter), (a["bowel_r"] * 1.5, a["bowel_r"], a["bowel_r"] * 2.0)
         ),
     }
     if style == "VPM":
         # The vendor model misses the upper loops of small bowel.
-        masks["SmallBowel"][16:] = False
+        masks["Bowel_Small"][16:] = False
     return masks
 
 
@@ -96,9 +96,9 @@ def _ct(masks: dict[str, npt.NDArray[np.bool_]], rng: np.random.Generator) -> Vo
     ct[_ellipsoid((50, 75, 80), (200, 48, 62))] = 40.0
     for name, value in (
         ("Bladder", 10.0),
-        ("FemoralHead_L", 700.0),
-        ("FemoralHead_R", 700.0),
-        ("SmallBowel", 25.0),
+        ("Femur_Head_L", 700.0),
+        ("Femur_Head_R", 700.0),
+        ("Bowel_Small", 25.0),
         ("CTV", -20.0),
     ):
         ct[masks[name]] = value

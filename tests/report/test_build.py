@@ -19,7 +19,7 @@ from .conftest import StudyFixture
 FIGURES = ["slices", "volume_profile_CTV", "dsc_heatmap"] + [
     f"{kind}_{s}"
     for kind in ("distributions", "bland_altman")
-    for s in ("CTV", "Bladder", "FemoralHead_L", "FemoralHead_R", "SmallBowel")
+    for s in ("CTV", "Bladder", "Femur_Head_L", "Femur_Head_R", "Bowel_Small")
 ]
 
 

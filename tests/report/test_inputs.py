@@ -31,9 +31,9 @@ def test_study_folder_gives_every_input(study: StudyFixture) -> None:
     assert inputs.structure_names == [
         "CTV",
         "Bladder",
-        "FemoralHead_L",
-        "FemoralHead_R",
-        "SmallBowel",
+        "Femur_Head_L",
+        "Femur_Head_R",
+        "Bowel_Small",
     ]
     assert set(inputs.predictions) == set(MODELS)
     assert inputs.comparison is not None and len(inputs.comparison) > 0

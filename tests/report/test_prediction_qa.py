@@ -28,10 +28,10 @@ def test_report_lists_the_flagged_cases_and_structures(
 ) -> None:
     study = copy_study()
     oversized = QAFlag("volume-out-of-range", "712 cm³, outside 300-600 cm³", structure="CTV")
-    swapped = QAFlag("laterality", "a left structure on the right", structure="FemoralHead_L")
+    swapped = QAFlag("laterality", "a left structure on the right", structure="Femur_Head_L")
     wide = QAFlag("input-domain", "field of view 700 mm outside 300-500 mm")
     _qa_json(study.predictions["VPM"] / "EX001", {"CTV": [oversized]}, [])
-    _qa_json(study.predictions["VPM"] / "GE002", {"FemoralHead_L": [swapped]}, [wide])
+    _qa_json(study.predictions["VPM"] / "GE002", {"Femur_Head_L": [swapped]}, [wide])
     _qa_json(study.predictions["LFT"] / "EX001", {}, [])  # checked, clean
     out = tmp_path / "report"
     build_report(load_study(study.root), out, ReportOptions(viewer=False, dpi=50))
@@ -45,7 +45,7 @@ def test_report_lists_the_flagged_cases_and_structures(
         in (rows[0])
     )
     assert "<td>GE002</td><td>GenEva</td><td>input CT</td><td>input-domain</td>" in rows[1]
-    assert "<td>FemoralHead_L</td><td>laterality</td>" in rows[2]
+    assert "<td>Femur_Head_L</td><td>laterality</td>" in rows[2]
     assert "VPM: 2 of 2 checked case(s) flagged (10 without QA record)" in section
     assert "LFT: 0 of 1 checked case(s) flagged" in section
     counts = json.loads((out / "report.json").read_text(encoding="utf-8"))["prediction_qa"]

@@ -109,7 +109,7 @@ def test_summary_uses_adjusted_p_with_a_correction() -> None:
 
 
 def test_summary_adds_decimals_to_differences_too_small_to_print() -> None:
-    comparison = pd.DataFrame([_row("SmallBowel", "specificity", 0.99991, 0.99962, 0.01)])
+    comparison = pd.DataFrame([_row("Bowel_Small", "specificity", 0.99991, 0.99962, 0.01)])
     sentence = (
         summarize(
             comparison, _metrics(), pairs=[("VPM", "LFT")], cohorts=["ExVal"], volume_structure=None
@@ -117,7 +117,7 @@ def test_summary_adds_decimals_to_differences_too_small_to_print() -> None:
         .cohorts[0]
         .sentence()
     )
-    assert "SmallBowel specificity 0.9999 → 0.9996 (p = 0.010)" in sentence
+    assert "Bowel_Small specificity 0.9999 → 0.9996 (p = 0.010)" in sentence
 
 
 def test_summary_without_significant_difference_says_so() -> None:

@@ -95,9 +95,9 @@ def test_table2_csv_becomes_a_table_with_a_section_per_structure(study: StudyFix
     assert [r[0] for r in table.rows if len(r) == 1] == [
         "CTV",
         "Bladder",
-        "FemoralHead_L",
-        "FemoralHead_R",
-        "SmallBowel",
+        "Femur_Head_L",
+        "Femur_Head_R",
+        "Bowel_Small",
     ]
 
 

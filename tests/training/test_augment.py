@@ -36,9 +36,9 @@ def test_swap_table_pairs_left_and_right_structures() -> None:
         "background": "background",
         "CTV": "CTV",
         "Bladder": "Bladder",
-        "FemoralHead_L": "FemoralHead_R",
-        "FemoralHead_R": "FemoralHead_L",
-        "SmallBowel": "SmallBowel",
+        "Femur_Head_L": "Femur_Head_R",
+        "Femur_Head_R": "Femur_Head_L",
+        "Bowel_Small": "Bowel_Small",
     }
     lonely = StructureSet.from_data(
         {"schema_version": 1, "name": "x", "structures": [{"name": "Parotid_L"}]}

@@ -101,7 +101,7 @@ def test_class_weights_are_computed_once_for_every_fold(
 ) -> None:
     # Per-fold weights put fold validation losses on different scales (the fold with the
     # rarest structures looked worst); one set for the whole cohort keeps them comparable.
-    dataset = _dataset_without(synthetic, tmp_path / "ds", 6, {0: "FemoralHead_L"})
+    dataset = _dataset_without(synthetic, tmp_path / "ds", 6, {0: "Femur_Head_L"})
     config = {**QUICK, "folds": 3, "epochs": 1, "class_weights": "inverse_frequency"}
     train(dataset, tmp_path / "model", config=config, device="cpu")
     info = read_model_info(tmp_path / "model")

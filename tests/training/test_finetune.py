@@ -32,7 +32,7 @@ def test_new_structure_set_reinitialises_only_the_head(
     tmp_path: Path, synthetic: ModuleType, pretrained: Path
 ) -> None:
     info = read_model_info(pretrained)
-    classes = ["background", "Bladder", "FemoralHead_L", "FemoralHead_R", "Rod"]
+    classes = ["background", "Bladder", "Femur_Head_L", "Femur_Head_R", "Rod"]
     architecture = info.architecture.model_copy(update={"num_classes": 5})
     net, note = initial_network(architecture, classes, seed=0, pretrained=info)
     fresh, _ = initial_network(architecture, classes, seed=0)

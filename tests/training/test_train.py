@@ -72,7 +72,7 @@ def test_training_writes_model_and_cross_validation_curves(
     info = read_model_info(out)
     assert info.model_sha256 == result.model_sha256
     assert info.name == "tiny model"
-    assert info.classes == ["background", "Bladder", "FemoralHead_L", "FemoralHead_R"]
+    assert info.classes == ["background", "Bladder", "Femur_Head_L", "Femur_Head_R"]
     assert info.preprocessing.spacing_mm == 2.0  # the median spacing of the cases
     training = info.training
     assert training["dataset"]["sha256"] == dataset.sha256(dataset.case_ids())
@@ -148,11 +148,11 @@ def test_case_missing_a_structure_is_refused_when_asked(
 ) -> None:
     dataset = synthetic.make_dataset(tmp_path / "ds", 3)
     ct, masks = synthetic.make_case(50)
-    del masks["FemoralHead_R"]
+    del masks["Femur_Head_R"]
     dataset.write_case("case99", "A", ct, masks, {})
     with pytest.raises(
         TrainingConfigError,
-        match=r"case case99: case lacks structures.*FemoralHead_R.*missing_structures: partial",
+        match=r"case case99: case lacks structures.*Femur_Head_R.*missing_structures: partial",
     ):
         train(dataset, tmp_path / "model", config={**FAST, "missing_structures": "error"})
     train(
@@ -163,7 +163,7 @@ def test_case_missing_a_structure_is_refused_when_asked(
     )
     run = json.loads((tmp_path / "skip" / "run.json").read_text())
     assert run["dataset"]["cases"] == 3
-    assert run["notes"] == ["case case99 left out: no FemoralHead_R"]
+    assert run["notes"] == ["case case99 left out: no Femur_Head_R"]
 
 
 def test_unknown_cohort_is_refused(tmp_path: Path, synthetic: ModuleType) -> None:

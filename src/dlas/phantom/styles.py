@@ -63,7 +63,7 @@ F32 = npt.NDArray[np.float32]
 Mask = npt.NDArray[np.bool_]
 
 #: Canonical names of the ground-truth structures, in the order of the ``rectal`` set.
-STRUCTURES = ("CTV", "Bladder", "FemoralHead_L", "FemoralHead_R", "SmallBowel")
+STRUCTURES = ("CTV", "Bladder", "Femur_Head_L", "Femur_Head_R", "Bowel_Small")
 
 
 @dataclass(frozen=True)
@@ -126,9 +126,9 @@ class ContouringStyle:
 _NOISE = {
     "CTV": (2.6, 28.0),
     "Bladder": (0.9, 25.0),
-    "FemoralHead_L": (0.6, 15.0),
-    "FemoralHead_R": (0.6, 15.0),
-    "SmallBowel": (1.3, 15.0),
+    "Femur_Head_L": (0.6, 15.0),
+    "Femur_Head_R": (0.6, 15.0),
+    "Bowel_Small": (1.3, 15.0),
 }
 
 VENDOR = ContouringStyle(
@@ -136,9 +136,9 @@ VENDOR = ContouringStyle(
     roi_names={
         "CTV": "CTV",
         "Bladder": "Bladder",
-        "FemoralHead_L": "Femur_Head_L",
-        "FemoralHead_R": "Femur_Head_R",
-        "SmallBowel": "Bowel_Small",
+        "Femur_Head_L": "Femur_Head_L",
+        "Femur_Head_R": "Femur_Head_R",
+        "Bowel_Small": "Bowel_Small",
     },
     ctv_meso_margin=3.0,
     ctv_node_margin=16.0,
@@ -161,9 +161,9 @@ LOCAL = ContouringStyle(
     roi_names={
         "CTV": "CTV_Rectum",
         "Bladder": "BLADDER",
-        "FemoralHead_L": "FemoralHead L",
-        "FemoralHead_R": "FemoralHead R",
-        "SmallBowel": "SmallBowel",
+        "Femur_Head_L": "FemoralHead L",
+        "Femur_Head_R": "FemoralHead R",
+        "Bowel_Small": "SmallBowel",
     },
     ctv_meso_margin=2.0,
     ctv_node_margin=7.0,
@@ -304,7 +304,7 @@ def contour(
     for side in ("L", "R"):
         centre, radius = anatomy.femoral_heads[side]
         r = radius + style.femoral_head_delta
-        name = f"FemoralHead_{side}"
+        name = f"Femur_Head_{side}"
         head = noisy(name, Ellipsoid(centre, (r, r, r)))
         masks[name] = head.evaluate(grid, pad).inside(grid.shape) & ~taken
         taken |= masks[name]
@@ -333,12 +333,12 @@ def contour(
             loops.append(Tube(piece, np.asarray(sigmoid.radii)[start : start + len(piece)]))
     if loops:
         bowel = noisy(
-            "SmallBowel", Intersection([Union(loops), HalfSpace((0.0, 0.0, 1.0), bowel_top)])
+            "Bowel_Small", Intersection([Union(loops), HalfSpace((0.0, 0.0, 1.0), bowel_top)])
         )
-        masks["SmallBowel"] = bowel.evaluate(grid, pad).inside(grid.shape) & ~taken
+        masks["Bowel_Small"] = bowel.evaluate(grid, pad).inside(grid.shape) & ~taken
     else:
-        masks["SmallBowel"] = np.zeros(grid.shape, dtype=bool)
-    taken |= masks["SmallBowel"]
+        masks["Bowel_Small"] = np.zeros(grid.shape, dtype=bool)
+    taken |= masks["Bowel_Small"]
 
     ctv = noisy("CTV", _ctv_shape(anatomy, style, ctv_top))
     masks["CTV"] = ctv.evaluate(grid, pad).inside(grid.shape) & ~taken

@@ -12,6 +12,7 @@ from dlas.structures.structure_set import (
     StructureSet,
     load_structure_set,
     name_stem,
+    tg263_problems,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "StructureSet",
     "load_structure_set",
     "name_stem",
+    "tg263_problems",
 ]

@@ -13,7 +13,7 @@ predictable, so that a physicist can tell from the file alone what will match:
    one of its regular-expression ``patterns``, **and** its side equals the structure's side
    (none for a structure without laterality).
 
-So "Femoral Head Lt", "FemoralHead L" and "Femur_Head_L" all become FemoralHead_L, while
+So "Femoral Head Lt", "FemoralHead L" and "Femur_Head_L" all become Femur_Head_L, while
 "Femur_L" (stem "femur") is not a femoral head, and "CTV_R" is not the (unsided) CTV. A name that
 matches two structures is an error naming both; a structure set in which two structures share a
 spelling is refused when it is loaded.
@@ -22,11 +22,12 @@ Schema (version 1)::
 
     schema_version: 1
     name: rectal-cancer
+    naming: TG-263                     # optional: the standard the canonical names follow
     description: free text
     structures:
-      - name: FemoralHead_L            # canonical name, also a spelling that matches
+      - name: Femur_Head_L             # canonical name, also a spelling that matches
         interpreted_type: ORGAN        # DICOM RTROIInterpretedType
-        synonyms: [Femur_Head_L]       # more spellings
+        synonyms: [FemoralHead_L]      # more spellings
         patterns: []                   # regular expressions on the stem
         laterality: L                  # optional; read from the name's last word otherwise
         colour: [0, 200, 0]            # RGB 0-255
@@ -37,6 +38,18 @@ Schema (version 1)::
         postprocess: {largest_component: true, fill_holes: true}
         qa: {volume_margin: 0.25}      # optional: prediction QA thresholds (QAThresholds)
     qa: {spacing_margin: 0.25}         # optional: input-domain thresholds (InputQAThresholds)
+
+``naming`` declares the naming standard of the canonical names. The one known is ``TG-263``
+(AAPM Task Group 263, 2018), and a set that declares it is checked when it loads against the
+rules of the report that can be checked from a name alone (:func:`tg263_problems`): at most 16
+characters; letters, digits and underscores only, the underscore separating components; a
+capital first letter (or the ``z`` that marks a non-clinical structure); laterality as the last
+component, ``_L`` or ``_R``. Whether a name is the one the report's table lists for that organ
+(``Femur_Head_L``, not ``Femur_L``) is not checked: that needs the table, which dlas does not
+ship. The built-in set follows TG-263; the names it used before (``FemoralHead_L``,
+``SmallBowel``) are kept as synonyms, so data and models named the old way still match.
+A set that does not declare a standard is not checked, and its hash is what it was before
+``naming`` existed.
 
 The ``qa`` blocks are optional; what they hold and how the defaults were chosen is documented in
 :mod:`dlas.prediction.qa`. A set written without them reads with the defaults, and a ``qa`` block
@@ -74,10 +87,14 @@ __all__ = [
     "StructureSet",
     "load_structure_set",
     "name_stem",
+    "tg263_problems",
 ]
 
 #: Structure sets shipped with dlas, by name.
 BUILTIN_STRUCTURE_SETS = {"rectal": "rectal.yaml"}
+
+#: TG-263's limit on the length of a structure name.
+_TG263_MAX_LENGTH = 16
 
 _LATERALITY_WORDS = {
     "l": "L",
@@ -91,6 +108,33 @@ _LATERALITY_WORDS = {
 }
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 _GLUED_SIDE = re.compile(r"^(?P<stem>.+?)(?P<side>left|right|lt|rt)$")
+
+
+def tg263_problems(name: str, laterality: str | None = None) -> list[str]:
+    """The TG-263 rules that ``name`` breaks, as phrases (empty when it follows them all).
+
+    Only rules that can be checked from the name alone (see the module docstring).
+    ``laterality`` is the structure's side, "L", "R" or None.
+
+    >>> tg263_problems("Femur_Head_L", "L")
+    []
+    >>> tg263_problems("L_FemoralHead", "L")
+    ['has its side L elsewhere than as the last component _L']
+    """
+    problems = []
+    if len(name) > _TG263_MAX_LENGTH:
+        problems.append(f"is {len(name)} characters long (at most {_TG263_MAX_LENGTH})")
+    if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+        problems.append("has characters other than letters, digits and _")
+    if name.startswith("_") or name.endswith("_") or "__" in name:
+        problems.append("has an empty component (a leading, trailing or doubled _)")
+    if name[:1].islower() and not name.startswith("z"):
+        problems.append("starts with a lower-case letter")
+    if laterality is not None and not name.endswith(f"_{laterality}"):
+        problems.append(
+            f"has its side {laterality} elsewhere than as the last component _{laterality}"
+        )
+    return problems
 
 
 class RTROIInterpretedType(str, enum.Enum):
@@ -299,9 +343,27 @@ class StructureSet(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     schema_version: Literal[1] = 1
     name: str = Field(min_length=1)
+    naming: Literal["TG-263"] | None = None
     description: str = ""
     structures: tuple[StructureDef, ...] = Field(min_length=1)
     qa: InputQAThresholds = InputQAThresholds()
+
+    @model_validator(mode="after")
+    def _names_follow_the_standard(self) -> StructureSet:
+        if self.naming is None:
+            return self
+        broken = [
+            f"{s.name!r} {', '.join(problems)}"
+            for s in self.structures
+            if (problems := tg263_problems(s.name, s.laterality))
+        ]
+        if broken:
+            raise ValueError(
+                f"the set declares naming {self.naming}, but "
+                + "; ".join(broken)
+                + " (rename the structure and keep the old name as a synonym, or drop naming:)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _spellings_unique(self) -> StructureSet:
@@ -418,10 +480,12 @@ class StructureSet(BaseModel):
     def to_data(self) -> dict[str, Any]:
         """JSON/YAML-ready data that :meth:`from_data` reads back.
 
-        ``qa`` blocks equal to the defaults are left out, so that sets which do not customise
-        QA keep the content (and hash) they had before QA thresholds existed.
+        ``qa`` blocks equal to the defaults and an undeclared ``naming`` are left out, so that
+        sets which do not use them keep the content (and hash) they had before they existed.
         """
         data = self.model_dump(mode="json")
+        if self.naming is None:
+            data.pop("naming")
         if self.qa == InputQAThresholds():
             data.pop("qa")
         for structure, entry in zip(self.structures, data["structures"], strict=True):

@@ -388,7 +388,7 @@ def _absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
 #: had the highest mean validation DSC (0.851 against 0.849 and 0.847, within noise); twice the
 #: fine-tuning steps bought +0.005 for 4.5 more minutes. Left-right mirroring is off: with
 #: recipe seed 1 the mirrored training split every femoral head between left and right
-#: (cross-validation on the training cohort: FemoralHead_L 0.57, FemoralHead_R 0.44), and
+#: (cross-validation on the training cohort: Femur_Head_L 0.57, Femur_Head_R 0.44), and
 #: without mirroring the same seed's cross-validation gave 0.92 and 0.92 (CTV 0.815 against
 #: 0.827). Seed 0 had not shown it (0.92, 0.93): seen only when the spread over seeds was run.
 _CPU_AUGMENTATION = {"flip_lr": False}

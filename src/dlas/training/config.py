@@ -143,7 +143,7 @@ class Augmentation(BaseModel):
     ----------
     flip_lr
         Mirror left-right with probability 0.5, swapping the labels of left/right structure
-        pairs (FemoralHead_L ↔ FemoralHead_R). Anterior-posterior and cranio-caudal flips are
+        pairs (Femur_Head_L ↔ Femur_Head_R). Anterior-posterior and cranio-caudal flips are
         never applied: anatomy is not symmetric along those axes.
     rotation_deg
         In-plane rotation drawn uniformly from ±rotation_deg degrees.
