@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -75,3 +76,27 @@ def test_dlas_runs_from_the_wheel(wheel: Path, tmp_path: Path) -> None:
         check=True,
     ).stdout
     assert "contour_sets:" in example
+
+
+def _pins(lines: list[str], operator: str) -> dict[str, str]:
+    """Name (normalised) → version of each ``name<operator>version`` requirement in ``lines``."""
+    pins = {}
+    for line in lines:
+        match = re.match(rf"\s*([A-Za-z0-9_.-]+)\s*{re.escape(operator)}\s*([0-9][0-9.]*)", line)
+        if match:
+            pins[re.sub(r"[-_.]+", "-", match.group(1)).lower()] = match.group(2)
+    return pins
+
+
+def test_minimum_versions_file_pins_exactly_the_declared_floors() -> None:
+    """CI tests the floors through .ci/min-versions.txt; it must not drift from pyproject.toml."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    declared = project["dependencies"]
+    floors = _pins(declared, ">=")
+    assert len(floors) == len(declared), "every runtime dependency declares a floor"
+    constraints = (ROOT / ".ci" / "min-versions.txt").read_text(encoding="utf-8").splitlines()
+    pinned = _pins([line for line in constraints if not line.startswith("#")], "==")
+    # torch is the one floor CI cannot install (see the file's header)
+    assert floors.pop("torch") == "2.3"
+    assert pinned == floors
