@@ -222,3 +222,52 @@ def test_time_budget_fitting_of_the_nnunet_trainer() -> None:
     assert refit_epochs(2, 5, 5.0, 10.0) == 2  # none more fits: stop after this one
     assert refit_epochs(5, 5, 100.0, 10.0) == 5  # the run is over
     assert refit_epochs(2, 5, 50.0, 0.0) == 5  # no measurement: keep the plan
+
+
+def _saved_nnunet_model(folder: Path, synthetic: ModuleType) -> Path:
+    import torch
+
+    from dlas.engines.nnunet.model import save_nnunet_model
+
+    structure_set = synthetic.structure_set()
+    labels = {name: i for i, name in enumerate(["background", *structure_set.names])}
+    save_nnunet_model(
+        folder,
+        name="test nnU-Net",
+        plans=_plans("dynamic_network_architectures.architectures.unet.PlainConvUNet"),
+        configuration="2d",
+        dataset_json={"labels": labels, "channel_names": {"0": "CT"}, "file_ending": ".nii.gz"},
+        trainer_name="nnUNetTrainer",
+        mirroring_axes=None,
+        structure_set=structure_set,
+        members=[({"w": torch.zeros(2)}, 0, 1)],
+    )
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.update(qa=["not", "an", "object"]), r"model\.json is incomplete or malformed"),
+        (lambda d: d.pop("trainer_name"), r"model\.json is incomplete or malformed"),
+        (lambda d: d["classes"].reverse(), "model classes do not match its structure set"),
+        (lambda d: d.update(weights=[]), "model lists no weights"),
+        (lambda d: d["dataset_json"]["labels"].update(CTV=99), "do not match its nnU-Net labels"),
+        (lambda d: d.update(trainer_name="nnUNetTrainerOther"), "model hash does not match"),
+    ],
+)
+def test_damaged_nnunet_model_json_is_refused(
+    tmp_path: Path, synthetic: ModuleType, edit: object, message: str
+) -> None:
+    """The nnU-Net reader shares the DpnUNet reader's checks of the common fields."""
+    from dlas.engines.nnunet.model import read_nnunet_model
+    from dlas.model.checkpoint import ModelFileError
+
+    folder = _saved_nnunet_model(tmp_path / "model", synthetic)
+    assert read_nnunet_model(folder).structures == synthetic.structure_set().names
+    data = json.loads((folder / "model.json").read_text())
+    edit(data)  # type: ignore[operator]
+    (folder / "model.json").write_text(json.dumps(data))
+    with pytest.raises(ModelFileError, match=message) as error:
+        read_nnunet_model(folder)
+    assert "\n" not in str(error.value)

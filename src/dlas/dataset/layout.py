@@ -37,7 +37,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ import numpy.typing as npt
 
 from dlas import __version__
 from dlas.dataset.contour_sets import DEFAULT_REFERENCE_SET, SET_NAME
-from dlas.errors import DatasetError
+from dlas.errors import DatasetError, DlasError
 from dlas.io.atomic import atomic_dir, write_json
 from dlas.io.nifti import read_mask, read_nifti, write_mask, write_nifti
 from dlas.io.volume import Volume
@@ -304,6 +304,26 @@ class CaseDataset:
         for c in self.cases:
             out.setdefault(c.cohort, []).append(c.case_id)
         return dict(sorted(out.items()))
+
+    def check_cohorts(
+        self,
+        cohorts: Iterable[str] | None,
+        *,
+        error: type[DlasError] = DatasetError,
+        where: str | None = None,
+    ) -> None:
+        """Refuse cohort names the data set does not have, with ``error`` (the caller's error
+        class) naming the ones it has. None or empty: nothing to check."""
+        known = self.cohorts()
+        unknown = [c for c in cohorts or () if c not in known]
+        if unknown:
+            raise error(
+                "unknown cohort",
+                where=where or str(self.root),
+                expected=f"one of {', '.join(known) or '(no cohorts)'}",
+                found=", ".join(unknown),
+                fix="list the cohorts with `dlas inspect DATASET`",
+            )
 
     @property
     def reference_set(self) -> str:

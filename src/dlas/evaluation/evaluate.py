@@ -458,16 +458,7 @@ def _select_cases(
 ) -> list[CaseRecord]:
     records = dataset.cases
     if cohorts:
-        known = dataset.cohorts()
-        unknown = [c for c in cohorts if c not in known]
-        if unknown:
-            raise EvaluationError(
-                "unknown cohort",
-                where=str(dataset.root),
-                expected=f"one of {', '.join(known) or '(no cohort)'}",
-                found=", ".join(unknown),
-                fix="list the cohorts with `dlas inspect DATASET`",
-            )
+        dataset.check_cohorts(cohorts, error=EvaluationError)
         records = [r for r in records if r.cohort in cohorts]
     if cases:
         unknown = [c for c in cases if c not in dataset]

@@ -109,8 +109,125 @@ class WeightsEntry:
         return {"file": self.file, "sha256": self.sha256, "fold": self.fold, "epoch": self.epoch}
 
 
+class ModelIdentity:
+    """What every engine's model record offers: its structures and the version it writes.
+
+    A mixin of :class:`ModelInfo` and the nnU-Net engine's record, which both carry ``classes``,
+    ``software`` and ``model_sha256``.
+    """
+
+    classes: list[str]
+    software: dict[str, Any]
+    model_sha256: str
+
+    @property
+    def structures(self) -> list[str]:
+        """Structure names in output-channel order (without the background)."""
+        return self.classes[1:]
+
+    @property
+    def version(self) -> str:
+        """Version string written into RTSTRUCT/SEG: software version and short model hash."""
+        return f"{self.software.get('version', __version__)}+{self.model_sha256[:12]}"
+
+
+@dataclass(frozen=True)
+class ModelFields:
+    """The part of ``model.json`` that every engine writes the same way, read and checked once
+    (:func:`read_model_fields`); each engine reads its own fields next to it."""
+
+    structure_set: StructureSet
+    classes: list[str]
+    weights: list[WeightsEntry]
+    model_sha256: str
+    qa: dict[str, Any]
+    name: str
+    software: dict[str, Any]
+    training: dict[str, Any]
+    created: str
+
+    def record(self, folder: Path) -> dict[str, Any]:
+        """Keyword arguments for an engine's model record (``ModelInfo`` and the like)."""
+        return {"folder": folder, **self.__dict__}
+
+
+def malformed_model(index: Path, expected: str, exc: Exception) -> ModelFileError:
+    """The error for a ``model.json`` that lacks a field or holds one of the wrong type."""
+    return ModelFileError(
+        "model.json is incomplete or malformed",
+        where=str(index),
+        expected=expected,
+        found=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
+        fix="restore the model folder from its source",
+    )
+
+
+def read_model_fields(index: Path, data: Mapping[str, Any], *, default_name: str) -> ModelFields:
+    """The fields every engine's ``model.json`` has: structure set, classes, weights, hash, QA
+    reference and the free-form provenance.
+
+    Raises
+    ------
+    ModelFileError
+        A field missing or malformed, classes that are not the structure set's, or no weights.
+    """
+    expected = "structure_set, classes, weights, model_sha256 and the engine's own fields"
+    try:
+        structure_set = StructureSet.from_data(data["structure_set"], source=str(index))
+        classes = [str(c) for c in data["classes"]]
+        weights = [
+            WeightsEntry(str(w["file"]), str(w["sha256"]), w.get("fold"), w.get("epoch"))
+            for w in data["weights"]
+        ]
+        recorded = str(data["model_sha256"])
+        qa = data.get("qa", {})
+        if not isinstance(qa, dict):
+            raise TypeError(f"qa is a {type(qa).__name__}, not an object")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise malformed_model(index, expected, exc) from None
+    if classes != ["background", *structure_set.names]:
+        raise ModelFileError(
+            "model classes do not match its structure set",
+            where=str(index),
+            expected=f"background, {', '.join(structure_set.names)}",
+            found=", ".join(classes),
+            fix="restore the model folder from its source",
+        )
+    if not weights:
+        raise ModelFileError(
+            "model lists no weights",
+            where=str(index),
+            expected="at least one weights file",
+            found="an empty list",
+            fix="restore the model folder from its source",
+        )
+    return ModelFields(
+        structure_set=structure_set,
+        classes=classes,
+        weights=weights,
+        model_sha256=recorded,
+        qa=qa,
+        name=str(data.get("name", default_name)),
+        software=dict(data.get("software", {})),
+        training=dict(data.get("training", {})),
+        created=str(data.get("created", "")),
+    )
+
+
+def check_model_hash(index: Path, computed: str, recorded: str) -> None:
+    """Refuse a model whose content does not hash to the ``model_sha256`` it records."""
+    if computed != recorded:
+        raise ModelFileError(
+            "model hash does not match model.json",
+            where=str(index),
+            expected=f"model_sha256 {computed}",
+            found=recorded,
+            fix="model.json was edited or damaged; restore the model folder from its source",
+        )
+
+
 @dataclass
-class ModelInfo:
+class ModelInfo(ModelIdentity):
     """The content of ``model.json`` (no weights loaded; no torch needed).
 
     Attributes
@@ -146,16 +263,6 @@ class ModelInfo:
     training: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     qa: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def structures(self) -> list[str]:
-        """Structure names in output-channel order (without the background)."""
-        return self.classes[1:]
-
-    @property
-    def version(self) -> str:
-        """Version string written into RTSTRUCT/SEG: software version and short model hash."""
-        return f"{self.software.get('version', __version__)}+{self.model_sha256[:12]}"
 
 
 def _model_hash(
@@ -314,42 +421,18 @@ def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
         )
     from pydantic import ValidationError
 
+    fields = read_model_fields(index, data, default_name="dlas DpnUNet")
     try:
         architecture = DpnUNetConfig.model_validate(data["architecture"])
         preprocessing = Preprocessing.model_validate(data["preprocessing"])
-        structure_set = StructureSet.from_data(data["structure_set"], source=str(index))
-        classes = [str(c) for c in data["classes"]]
-        weights = [
-            WeightsEntry(str(w["file"]), str(w["sha256"]), w.get("fold"), w.get("epoch"))
-            for w in data["weights"]
-        ]
-        recorded = str(data["model_sha256"])
-        qa = data.get("qa", {})
-        if not isinstance(qa, dict):
-            raise TypeError(f"qa is a {type(qa).__name__}, not an object")
     except (KeyError, TypeError, ValidationError) as exc:
+        raise malformed_model(index, "architecture, preprocessing", exc) from None
+    if len(fields.classes) != architecture.num_classes:
         raise ModelFileError(
-            "model.json is incomplete or malformed",
+            "model classes do not match its network",
             where=str(index),
-            expected="architecture, preprocessing, structure_set, classes, weights, model_sha256",
-            found=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
-            fix="restore the model folder from its source",
-        ) from None
-    if classes != ["background", *structure_set.names] or len(classes) != architecture.num_classes:
-        raise ModelFileError(
-            "model classes do not match its structure set",
-            where=str(index),
-            expected=f"background, {', '.join(structure_set.names)} "
-            f"({architecture.num_classes} outputs)",
-            found=", ".join(classes),
-            fix="restore the model folder from its source",
-        )
-    if not weights:
-        raise ModelFileError(
-            "model lists no weights",
-            where=str(index),
-            expected="at least one weights file",
-            found="an empty list",
+            expected=f"{architecture.num_classes} classes (the network's outputs)",
+            found=f"{len(fields.classes)}: {', '.join(fields.classes)}",
             fix="restore the model folder from its source",
         )
     if preprocessing.spacing_mm is None:
@@ -360,28 +443,20 @@ def read_model_info(path: str | os.PathLike[str]) -> ModelInfo:
             found="null",
             fix="restore the model folder from its source",
         )
-    computed = _model_hash(architecture, preprocessing, structure_set, classes, weights, qa)
-    if computed != recorded:
-        raise ModelFileError(
-            "model hash does not match model.json",
-            where=str(index),
-            expected=f"model_sha256 {computed}",
-            found=recorded,
-            fix="model.json was edited or damaged; restore the model folder from its source",
-        )
+    check_model_hash(
+        index,
+        _model_hash(
+            architecture,
+            preprocessing,
+            fields.structure_set,
+            fields.classes,
+            fields.weights,
+            fields.qa,
+        ),
+        fields.model_sha256,
+    )
     return ModelInfo(
-        folder=index.parent,
-        name=str(data.get("name", "dlas DpnUNet")),
-        architecture=architecture,
-        preprocessing=preprocessing,
-        structure_set=structure_set,
-        classes=classes,
-        weights=weights,
-        model_sha256=recorded,
-        software=dict(data.get("software", {})),
-        training=dict(data.get("training", {})),
-        created=str(data.get("created", "")),
-        qa=qa,
+        **fields.record(index.parent), architecture=architecture, preprocessing=preprocessing
     )
 
 

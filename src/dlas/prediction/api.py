@@ -590,16 +590,8 @@ def _jobs(src: Path, kind: str, cohorts: Sequence[str] | None) -> list[tuple[str
         return [(_safe_id(stem), lambda: (read_nifti(src), None, {}))]
     if kind == "dataset":
         dataset = CaseDataset.open(src)
+        dataset.check_cohorts(cohorts, error=PredictionError)
         known = dataset.cohorts()
-        unknown = [c for c in cohorts or [] if c not in known]
-        if unknown:
-            raise PredictionError(
-                "unknown cohort",
-                where=str(src),
-                expected=f"one of {', '.join(known) or '(no cohorts)'}",
-                found=", ".join(unknown),
-                fix="list the cohorts with `dlas inspect DATASET`",
-            )
         ids = [c for name in cohorts for c in known[name]] if cohorts else dataset.case_ids()
 
         def case_loader(case_id: str) -> Loader:

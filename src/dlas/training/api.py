@@ -97,15 +97,7 @@ def _select_cases(
     """Case ids to train on, and notes about cases left out."""
     known = dataset.cohorts()
     if cohorts:
-        unknown = [c for c in cohorts if c not in known]
-        if unknown:
-            raise TrainingConfigError(
-                "unknown cohort",
-                where=str(dataset.root),
-                expected=f"one of {', '.join(known) or '(no cohorts)'}",
-                found=", ".join(unknown),
-                fix="list the cohorts with `dlas inspect DATASET`",
-            )
+        dataset.check_cohorts(cohorts, error=TrainingConfigError)
         ids = [c for name in cohorts for c in known[name]]
     else:
         ids = dataset.case_ids()

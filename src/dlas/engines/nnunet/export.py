@@ -115,15 +115,7 @@ def _check_request(
             found=repr(missing),
             fix="use --missing skip (leave such cases out), error or background",
         )
-    unknown = [c for c in cohorts or () if c not in ds.cohorts()]
-    if unknown:
-        raise DatasetError(
-            "unknown cohort",
-            where=f"data set {ds.root}",
-            expected="one of " + ", ".join(sorted(ds.cohorts())),
-            found=", ".join(unknown),
-            fix="check --cohort against `dlas inspect` of the data set",
-        )
+    ds.check_cohorts(cohorts)
     if out.exists() and not out.is_dir():
         raise DatasetError(
             "export folder is a file",

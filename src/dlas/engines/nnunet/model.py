@@ -43,9 +43,13 @@ from dlas.model.checkpoint import (
     MODEL_JSON,
     MODEL_SCHEMA_VERSION,
     ModelFileError,
+    ModelIdentity,
     WeightsEntry,
+    check_model_hash,
     drop_stale_weights,
     load_weights,
+    malformed_model,
+    read_model_fields,
     read_model_json,
     save_members,
 )
@@ -72,7 +76,7 @@ FORMAT = "dlas-nnunet"
 
 
 @dataclass
-class NnUNetModelInfo:
+class NnUNetModelInfo(ModelIdentity):
     """The content of an nnU-Net model's ``model.json`` (see the module docstring)."""
 
     folder: Path
@@ -93,16 +97,6 @@ class NnUNetModelInfo:
 
     #: The body threshold of prediction QA's outside-body check (nnU-Net has no body crop).
     body_threshold_hu: float = -500.0
-
-    @property
-    def structures(self) -> list[str]:
-        """Structure names in label order (without the background)."""
-        return self.classes[1:]
-
-    @property
-    def version(self) -> str:
-        """Version string written into RTSTRUCT/SEG: software version and short model hash."""
-        return f"{self.software.get('version', __version__)}+{self.model_sha256[:12]}"
 
 
 def _model_hash(data: Mapping[str, Any], weights: Sequence[WeightsEntry]) -> str:
@@ -198,65 +192,36 @@ def read_nnunet_model(path: str | os.PathLike[str]) -> NnUNetModelInfo:
             found=f"format {data.get('format', 'dlas-dpnunet')!r}",
             fix="use it with the DpnUNet engine (the default), or train with `engine: nnunet`",
         )
+    fields = read_model_fields(index, data, default_name="dlas nnU-Net")
     try:
-        structure_set = StructureSet.from_data(data["structure_set"], source=str(index))
-        weights = [
-            WeightsEntry(str(w["file"]), str(w["sha256"]), w.get("fold"), w.get("epoch"))
-            for w in data["weights"]
-        ]
-        classes = [str(c) for c in data["classes"]]
         labels = dict(data["dataset_json"]["labels"])
         configuration = str(data["configuration"])
         plans = dict(data["plans"])
-        recorded = str(data["model_sha256"])
+        trainer_name = str(data["trainer_name"])
         axes = data["mirroring_axes"]
-        qa = dict(data.get("qa", {}))
+        mirroring_axes = None if axes is None else tuple(int(a) for a in axes)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(
-            "model.json is incomplete or malformed",
-            where=str(index),
-            expected="plans, configuration, dataset_json, structure_set, classes, weights, "
-            "model_sha256",
-            found=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
-            fix="restore the model folder from its source",
+        raise malformed_model(
+            index, "plans, configuration, dataset_json, trainer_name, mirroring_axes", exc
         ) from None
-    expected = ["background", *structure_set.names]
     order = sorted(labels, key=lambda k: labels[k])
-    if classes != expected or order != expected or not weights:
+    if order != fields.classes:
         raise ModelFileError(
-            "model classes do not match its structure set and nnU-Net labels",
+            "model classes do not match its nnU-Net labels",
             where=str(index),
-            expected=", ".join(expected) + " and at least one weights file",
-            found=f"classes {', '.join(classes)}; labels {', '.join(order)}; "
-            f"{len(weights)} weights file(s)",
+            expected=", ".join(fields.classes),
+            found=f"labels {', '.join(order)}",
             fix="restore the model folder from its source",
         )
-    computed = _model_hash(data, weights)
-    if computed != recorded:
-        raise ModelFileError(
-            "model hash does not match model.json",
-            where=str(index),
-            expected=f"model_sha256 {computed}",
-            found=recorded,
-            fix="model.json was edited or damaged; restore the model folder from its source",
-        )
+    check_model_hash(index, _model_hash(data, fields.weights), fields.model_sha256)
     check_plans(plans, configuration, where=str(index))
     return NnUNetModelInfo(
-        folder=index.parent,
-        name=str(data.get("name", "dlas nnU-Net")),
+        **fields.record(index.parent),
         plans=plans,
         configuration=configuration,
         dataset_json=dict(data["dataset_json"]),
-        trainer_name=str(data["trainer_name"]),
-        mirroring_axes=None if axes is None else tuple(int(a) for a in axes),
-        structure_set=structure_set,
-        classes=classes,
-        weights=weights,
-        model_sha256=recorded,
-        software=dict(data.get("software", {})),
-        training=dict(data.get("training", {})),
-        created=str(data.get("created", "")),
-        qa=qa,
+        trainer_name=trainer_name,
+        mirroring_axes=mirroring_axes,
     )
 
 

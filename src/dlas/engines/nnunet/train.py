@@ -313,16 +313,7 @@ def _run_step(job: dict[str, Any], work: Path, log_file: Path) -> None:
 
 
 def _eligible(ds: CaseDataset, cohorts: Sequence[str] | None, recipe: Recipe) -> list[str]:
-    known = ds.cohorts()
-    unknown = [c for c in cohorts or () if c not in known]
-    if unknown:
-        raise TrainingConfigError(
-            "unknown cohort",
-            where="--cohort",
-            expected="one of " + ", ".join(sorted(known)),
-            found=", ".join(unknown),
-            fix="check the cohorts with `dlas inspect`",
-        )
+    ds.check_cohorts(cohorts, error=TrainingConfigError)
     ids = [c for c in ds.case_ids() if not cohorts or ds.record(c).cohort in cohorts]
     names = set(ds.structure_set.names)
     complete = [c for c in ids if names <= set(ds.set_structures(c))]
