@@ -4,6 +4,10 @@ One script, one run, one card: for each model and batch size it checks and times
 (forward, class-weighted cross-entropy, backward, Adam) on 512x512 slices with 3 input slices and
 6 classes, bf16 autocast and channels-last on CUDA, in these modes:
 
+``dlas-step``     dlas's own training step (``prepare_step`` / ``_Step.run``, what ``dlas train``
+                  runs) with the recipe's runtime switches at auto: on CUDA bf16 autocast,
+                  channels-last, training slices resident on the device, fused Adam, no host
+                  synchronisation per step; checked against the same step with host data;
 ``eager``         plain PyTorch;
 ``compile``       ``torch.compile(model)``;
 ``cudagraphs``    ``torch.compile(model, mode="reduce-overhead")`` (CUDA graphs; CUDA only);
@@ -225,6 +229,71 @@ def bench_training(
     return row
 
 
+def _dlas_step(batch: int, size: int, device: Any, **switches: Any) -> tuple[Any, Any]:
+    """dlas's own training step (``dlas.training.loop.prepare_step``) on synthetic slices: the
+    step ``dlas train`` runs, with the recipe's runtime switches (``switches`` override them)."""
+    import numpy as np
+    import torch
+
+    from dlas.model import PRESETS, DpnUNet, DpnUNetConfig
+    from dlas.training.config import load_recipe
+    from dlas.training.data import PreparedCase, SliceSet
+    from dlas.training.distributed import DistContext
+    from dlas.training.loop import FoldSetup, prepare_step
+
+    rng = np.random.default_rng(0)
+    cases = []
+    for k in range(4):
+        labels = rng.integers(0, NUM_CLASSES, size=(24, size, size)).astype(np.uint8)
+        image = rng.normal(size=(24, size, size)).astype(np.float32)
+        cases.append(PreparedCase(f"c{k}", image, labels, np.ones(NUM_CLASSES, dtype=bool)))
+    recipe = load_recipe({"batch_size": batch, "augmentation": {"flip_lr": False}, **switches})
+    setup = FoldSetup(
+        index=1,
+        folds=1,
+        folder=Path("."),
+        train=SliceSet(cases, IN_SLICES),
+        validation=[],
+        class_weights=np.linspace(0.5, 2.0, NUM_CLASSES),
+        structure_names=[f"s{c}" for c in range(1, NUM_CLASSES)],
+        swap=None,
+        run_sha256="0" * 64,
+        epochs=1,
+    )
+    config = DpnUNetConfig.model_validate({**PRESETS["full"], "num_classes": NUM_CLASSES})
+    torch.manual_seed(0)
+    step = prepare_step(DpnUNet(config), setup, recipe, device=device, dist=DistContext())
+    return step, torch.Generator().manual_seed(0)
+
+
+def bench_dlas_step(batch: int, size: int, warmup: int, steps: int, device: Any) -> dict[str, Any]:
+    """Check and time the product's step with its runtime switches at auto (on CUDA: bf16,
+    channels-last, device-resident data, fused Adam) against the same step with data from the
+    host and the unfused optimiser: the first losses must agree."""
+    row: dict[str, Any] = {"model": "dpnunet-full", "batch": batch, "mode": "dlas-step"}
+    row["size"] = size
+    items = [(k % 90, 0) for k in range(batch)]
+    plain, gen_plain = _dlas_step(batch, size, device, device_data="off", fused_optimizer="off")
+    # On a CPU (--smoke) the switches at auto keep the host path: ask for device data there.
+    fast, gen_fast = _dlas_step(
+        batch, size, device, **({} if device.type == "cuda" else {"device_data": "on"})
+    )
+    row["runtime"] = fast.rt.describe(False)
+    expected = float(plain.run(items, gen_plain, 1e-4, False)[0])
+    first = float(fast.run(items, gen_fast, 1e-4, False)[0])
+    tol = 2e-2 if device.type == "cuda" else 1e-6
+    row["check"] = abs(first - expected) <= tol * max(1.0, abs(expected))
+    row["check_detail"] = {"host_data_ce_sum": expected, "fast_ce_sum": first}
+
+    def one() -> None:
+        fast.run(items, gen_fast, 1e-4, False)
+
+    seconds = _time(one, (), warmup, steps, device)
+    row["slices_per_s"] = round(batch / seconds, 1)
+    row["ms_per_step"] = round(seconds * 1000, 2)
+    return row
+
+
 def bench_inference(size: int, slices: int, device: Any) -> dict[str, Any]:
     """Predict one CT (labels on the CT grid) with the full preset."""
     import numpy as np
@@ -272,7 +341,7 @@ def main() -> int:
     parser.add_argument("--device", default=None)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--batches", default="4,32")
-    parser.add_argument("--modes", default="eager,compile,cudagraphs,folds5")
+    parser.add_argument("--modes", default="dlas-step,eager,compile,cudagraphs,folds5")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--slices", type=int, default=100)
@@ -283,7 +352,7 @@ def main() -> int:
     if args.smoke:
         device = torch.device(args.device or "cpu")
         size, batches, warmup, steps, slices = 64, [2, 4], 1, 2, 8
-        modes = [m for m in args.modes.split(",") if m in ("eager", "folds5")]
+        modes = [m for m in args.modes.split(",") if m in ("dlas-step", "eager", "folds5")]
     else:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         size, warmup, steps, slices = args.size, args.warmup, args.steps, args.slices
@@ -304,10 +373,13 @@ def main() -> int:
     for name in models:
         for batch in batches:
             for mode in modes:
-                if mode == "folds5" and name != "dpnunet-full":
+                if mode in ("folds5", "dlas-step") and name != "dpnunet-full":
                     continue
                 try:
-                    row = bench_training(name, batch, mode, size, warmup, steps, device)
+                    if mode == "dlas-step":
+                        row = bench_dlas_step(batch, size, warmup, steps, device)
+                    else:
+                        row = bench_training(name, batch, mode, size, warmup, steps, device)
                 except Exception as exc:
                     row = {
                         "model": name,

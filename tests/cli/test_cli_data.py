@@ -24,6 +24,9 @@ def test_info_json(capsys) -> None:
     assert code == 0
     assert data["packages"]["pydicom"]
     assert "rectal" in data["structure_sets"]
+    # what the GPU fast path would use; on this CPU-only machine, the plain float32 step
+    expected = "cuda: bf16 autocast" if data["torch"]["cuda_available"] else "cpu: float32"
+    assert data["torch"]["training_step"].startswith(expected)
 
 
 def test_help_is_instant_and_imports_no_heavy_library() -> None:

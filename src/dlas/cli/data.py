@@ -56,6 +56,10 @@ def collect_info() -> dict[str, Any]:
             "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
             "threads": torch.get_num_threads(),
         }
+        from dlas.model.runtime import resolve_device
+        from dlas.training.loop import describe_step
+
+        torch_info["training_step"] = describe_step(resolve_device("auto"))
     return {
         "dlas": __version__,
         "python": sys.version.split()[0],
@@ -88,6 +92,8 @@ def info(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
     if torch_info and torch_info["cuda_available"]:
         device = "cuda: " + ", ".join(torch_info["devices"])
     table.add_row("device", device)
+    if torch_info:
+        table.add_row("training step", torch_info["training_step"])
     table.add_row("structure sets", ", ".join(data["structure_sets"]))
     table.add_row("dciodvfy", data["dciodvfy"] or "not found")
     stdout().print(table)

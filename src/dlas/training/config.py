@@ -54,6 +54,8 @@ A recipe is YAML (or JSON) data, never code::
     mixed_precision: auto         # auto (bf16 on CUDA) | off
     channels_last: auto           # auto (on CUDA) | off
     compile: false                # torch.compile the network (CUDA)
+    device_data: auto             # auto (on CUDA) | on | off: training slices kept on the device
+    fused_optimizer: auto         # auto (fused Adam on CUDA) | off
     deterministic: auto           # auto (on CPU) | on | off
     engine: dpnunet               # dpnunet | nnunet (nnU-Net v2 drives the training)
     nnunet: {configuration: 2d}   # nnU-Net settings (engine: nnunet only), see below
@@ -324,6 +326,8 @@ class Recipe(BaseModel):
     mixed_precision: Literal["auto", "off"] = "auto"
     channels_last: Literal["auto", "off"] = "auto"
     compile: bool = False
+    device_data: Literal["auto", "on", "off"] = "auto"
+    fused_optimizer: Literal["auto", "off"] = "auto"
     deterministic: Literal["auto", "on", "off"] = "auto"
     engine: Literal["dpnunet", "nnunet"] = "dpnunet"
     nnunet: NnUNetSettings = NnUNetSettings()
@@ -383,6 +387,11 @@ class Recipe(BaseModel):
         if self.engine == "dpnunet" and self.nnunet == NnUNetSettings():
             data.pop("engine")
             data.pop("nnunet")
+        # The GPU fast-path switches, when left at auto, are left out too: on a CPU they change
+        # nothing, and recipes keep the hash they had before the switches existed.
+        for name in ("device_data", "fused_optimizer"):
+            if data[name] == "auto":
+                data.pop(name)
         return data
 
     def sha256(self) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +30,9 @@ from dlas.dataset import Case, label_map
 from dlas.model.config import Preprocessing
 from dlas.model.preprocessing import canonical_axial, plan_grid, resample_to_model
 from dlas.structures import StructureSet
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "PreparedCase",
@@ -281,25 +285,89 @@ class SliceSet:
         voxel of class ``focus[k]`` (chosen by ``uniforms[k, 0]``) shifted by up to a quarter
         patch (``uniforms[k, 1:]``), or, for focus 0, placed uniformly on the canvas.
         """
-        from dlas.model.preprocessing import context_indices
-
         images = []
         labels = []
         labeled = []
+        for w in self.windows(indices, focus=focus, patch=patch, uniforms=uniforms):
+            case = self.cases[w.case]
+            images.append(case.image[w.zs, w.rows, w.cols])
+            labels.append(case.labels[w.z, w.rows, w.cols])
+            labeled.append(case.labeled)
+        return np.stack(images), np.stack(labels).astype(np.int64), np.stack(labeled)
+
+    def windows(
+        self,
+        indices: Sequence[int],
+        *,
+        focus: Sequence[int] | None = None,
+        patch: tuple[int, int] | None = None,
+        uniforms: npt.NDArray[np.float64] | None = None,
+    ) -> list[Window]:
+        """Where each sample of a batch comes from (see :meth:`batch`): the one sampling rule
+        that the host batches and the device-resident ones (:class:`DeviceSlices`) share."""
+        from dlas.model.preprocessing import context_indices
+
+        out = []
         for k, index in enumerate(indices):
             ci, z = self.items[int(index)]
             case = self.cases[ci]
             zs = context_indices(z, case.shape[0], self.in_slices)
-            image, label = case.image[zs], case.labels[z]
+            rows, cols = slice(None), slice(None)
             if patch is not None:
                 u = uniforms[k] if uniforms is not None else np.full(3, 0.5)
-                y0, x0 = _crop_start(label, focus[k] if focus else 0, patch, u)
-                image = image[:, y0 : y0 + patch[0], x0 : x0 + patch[1]]
-                label = label[y0 : y0 + patch[0], x0 : x0 + patch[1]]
-            images.append(image)
-            labels.append(label)
-            labeled.append(case.labeled)
-        return np.stack(images), np.stack(labels).astype(np.int64), np.stack(labeled)
+                y0, x0 = _crop_start(case.labels[z], focus[k] if focus else 0, patch, u)
+                rows, cols = slice(y0, y0 + patch[0]), slice(x0, x0 + patch[1])
+            out.append(Window(ci, z, zs, rows, cols))
+        return out
+
+
+@dataclass(frozen=True)
+class Window:
+    """One training sample's source: case index, centre slice, context slices and crop."""
+
+    case: int
+    z: int
+    zs: list[int]
+    rows: slice
+    cols: slice
+
+
+class DeviceSlices:
+    """A :class:`SliceSet` whose volumes live on the training device, so that a batch is cut
+    and stacked there: no host-side copy and no host-to-device transfer per step.
+
+    Batches hold exactly the values of :meth:`SliceSet.batch` (tested); the sampling decisions
+    (which slice, which crop) are still made on the host from the host's labels, so the random
+    streams and thus the training are the same as without it. Memory: the cases' float32 images
+    and uint8 labels (a 60-patient cohort at 512 x 512 x 100 is about 8 GB).
+    """
+
+    def __init__(self, slices: SliceSet, device: torch.device) -> None:
+        import torch
+
+        self.slices = slices
+        self.images = [torch.from_numpy(c.image).to(device) for c in slices.cases]
+        self.labels = [torch.from_numpy(c.labels).to(device) for c in slices.cases]
+
+    def batch(
+        self,
+        indices: Sequence[int],
+        *,
+        focus: Sequence[int] | None = None,
+        patch: tuple[int, int] | None = None,
+        uniforms: npt.NDArray[np.float64] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, npt.NDArray[np.bool_]]:
+        """As :meth:`SliceSet.batch`, with images and labels as tensors on the device."""
+        import torch
+
+        images, labels, labeled = [], [], []
+        for w in self.slices.windows(indices, focus=focus, patch=patch, uniforms=uniforms):
+            volume = self.images[w.case]
+            # Integer indexing and slicing make views: nothing is copied until the stack.
+            images.append(torch.stack([volume[z, w.rows, w.cols] for z in w.zs]))
+            labels.append(self.labels[w.case][w.z, w.rows, w.cols])
+            labeled.append(self.slices.cases[w.case].labeled)
+        return torch.stack(images), torch.stack(labels).long(), np.stack(labeled)
 
 
 def _crop_start(

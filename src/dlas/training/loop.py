@@ -40,7 +40,7 @@ from dlas.errors import DlasError
 from dlas.model.inference import slice_logits
 from dlas.training.augment import apply_augmentation, draw_params
 from dlas.training.config import Recipe
-from dlas.training.data import PreparedCase, SliceSet
+from dlas.training.data import DeviceSlices, PreparedCase, SliceSet
 from dlas.training.distributed import DistContext
 from dlas.training.losses import marginal_log_probs, segmentation_loss, soft_dice_counts
 from dlas.training.state import (
@@ -213,6 +213,29 @@ class _Runtime:
     amp: bool
     channels_last: bool
     deterministic: bool
+    device_data: bool = False
+    fused_optimizer: bool = False
+
+    def describe(self, compile: bool) -> str:
+        """One line for the training log: what the step runs with."""
+        parts = [
+            "bf16 autocast" if self.amp else "float32",
+            "channels-last" if self.channels_last else "",
+            "data on the device" if self.device_data else "",
+            "fused Adam" if self.fused_optimizer else "",
+            "torch.compile" if compile else "",
+            "deterministic" if self.deterministic else "",
+        ]
+        return f"{self.device.type}: " + ", ".join(p for p in parts if p)
+
+
+def describe_step(device: torch.device, recipe: Recipe | None = None) -> str:
+    """What a training step runs with on ``device`` under ``recipe`` (default recipe: the
+    switches at auto), as the training log and ``dlas info`` say it."""
+    from dlas.training.config import load_recipe
+
+    chosen = recipe if recipe is not None else load_recipe(None)
+    return _runtime(chosen, device).describe(chosen.compile)
 
 
 def _runtime(recipe: Recipe, device: torch.device) -> _Runtime:
@@ -223,6 +246,8 @@ def _runtime(recipe: Recipe, device: torch.device) -> _Runtime:
         amp=cuda and recipe.mixed_precision == "auto",
         channels_last=cuda and recipe.channels_last == "auto",
         deterministic=det,
+        device_data=recipe.device_data == "on" or (cuda and recipe.device_data == "auto"),
+        fused_optimizer=cuda and recipe.fused_optimizer == "auto",
     )
 
 
@@ -316,15 +341,15 @@ def validate(
     return mean_loss, dsc
 
 
-def _optimizer(net: DpnUNet, recipe: Recipe) -> torch.optim.Optimizer:
+def _optimizer(net: DpnUNet, recipe: Recipe, rt: _Runtime) -> torch.optim.Optimizer:
     import torch
 
-    if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(
-            net.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay
-        )
-    return torch.optim.Adam(
-        net.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay
+    # fused=None is PyTorch's default (foreach where it can), so the CPU's numbers stay as they
+    # were; fused=True only where the runtime asks for it (CUDA).
+    fused = True if rt.fused_optimizer else None
+    kind = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
+    return kind(
+        net.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay, fused=fused
     )
 
 
@@ -342,6 +367,7 @@ class _Step:
     recipe: Recipe
     setup: FoldSetup
     encoder: set[int]
+    resident: DeviceSlices | None = None
 
     def run(
         self,
@@ -360,15 +386,7 @@ class _Step:
         params = draw_params(generator, batch, recipe.augmentation, can_flip=self.swap is not None)
         crops = torch.rand((batch, 3), generator=generator, dtype=torch.float64).numpy()
         lo, hi = dist.rank * local, (dist.rank + 1) * local
-        images_np, labels_np, labeled_np = self.setup.train.batch(
-            [item for item, _ in chosen[lo:hi]],
-            focus=[focus for _, focus in chosen[lo:hi]],
-            patch=self.setup.patch,
-            uniforms=crops[lo:hi],
-        )
-        device = self.rt.device
-        images = torch.from_numpy(images_np).to(device)
-        labels = torch.from_numpy(labels_np).to(device)
+        images, labels, labeled_np = self._batch(chosen[lo:hi], crops[lo:hi])
         if recipe.augmentation.enabled:
             part = params.part(lo, hi)
             images, labels = apply_augmentation(images, labels, part, self.swap, air=self.setup.air)
@@ -387,9 +405,14 @@ class _Step:
             weights=self.weights,
             dice=recipe.loss == "dice_ce",
         )
-        denom = terms.ce_norm.detach().double().cpu().reshape(1)
-        dist.all_reduce_sum(denom)
-        loss = terms.ce_sum * (dist.world_size / float(denom.clamp_min(1e-12))) + terms.dice
+        if dist.enabled:
+            denom = terms.ce_norm.detach().double().cpu().reshape(1)
+            dist.all_reduce_sum(denom)
+            loss = terms.ce_sum * (dist.world_size / float(denom.clamp_min(1e-12))) + terms.dice
+        else:
+            # The same float32 scale, computed on the device: no host synchronisation per step.
+            scale = (1.0 / terms.ce_norm.detach().double().clamp_min(1e-12)).float()
+            loss = terms.ce_sum * scale + terms.dice
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         if frozen:
@@ -398,6 +421,22 @@ class _Step:
                     p.grad = None
         self.optimizer.step()
         return terms.ce_sum.detach(), terms.ce_norm.detach(), terms.dice.detach()
+
+    def _batch(
+        self, chosen: Sequence[tuple[int, int]], crops: npt.NDArray[np.float64]
+    ) -> tuple[torch.Tensor, torch.Tensor, npt.NDArray[np.bool_]]:
+        """This process's images and labels on the device, and the delineated classes."""
+        import torch
+
+        items = [item for item, _ in chosen]
+        focus = [focus for _, focus in chosen]
+        if self.resident is not None:
+            return self.resident.batch(items, focus=focus, patch=self.setup.patch, uniforms=crops)
+        images, labels, labeled = self.setup.train.batch(
+            items, focus=focus, patch=self.setup.patch, uniforms=crops
+        )
+        device = self.rt.device
+        return torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device), labeled
 
 
 def prepare_step(
@@ -423,7 +462,7 @@ def prepare_step(
     net.to(device)
     if rt.channels_last:
         net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    optimizer = _optimizer(net, recipe)
+    optimizer = _optimizer(net, recipe, rt)
     model: Callable[[torch.Tensor], torch.Tensor] = net
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -444,6 +483,7 @@ def prepare_step(
         recipe=recipe,
         setup=setup,
         encoder={id(p) for p in net.parameter_groups()["encoder"]},
+        resident=DeviceSlices(setup.train, device) if rt.device_data else None,
     )
 
 
@@ -477,6 +517,7 @@ def train_fold(
     emit = callback if (callback is not None and dist.is_main) else (lambda event: None)
     rule = recipe.selection if setup.validation else "last"
     step = prepare_step(net, setup, recipe, device=device, dist=dist)
+    log.info("fold %d: training step on %s", setup.index, step.rt.describe(recipe.compile))
     if state is not None and state.epochs_done > 0:
         restore_training(setup.folder, state, net, step.optimizer)
         log.info("fold %d: resuming after epoch %d", setup.index, state.epochs_done)
