@@ -8,6 +8,9 @@ One script, one run, one card: for each model and batch size it checks and times
                   runs) with the recipe's runtime switches at auto: on CUDA bf16 autocast,
                   channels-last, training slices resident on the device, fused Adam, no host
                   synchronisation per step; checked against the same step with host data;
+``dlas-folds5``   dlas's concurrent folds (``concurrent_folds: on``, ``dlas.training.folds``):
+                  five folds' networks stacked and stepped together, each with its own batch
+                  of ``batch`` slices; checked against each fold's step run alone;
 ``eager``         plain PyTorch;
 ``compile``       ``torch.compile(model)``;
 ``cudagraphs``    ``torch.compile(model, mode="reduce-overhead")`` (CUDA graphs; CUDA only);
@@ -294,6 +297,59 @@ def bench_dlas_step(batch: int, size: int, warmup: int, steps: int, device: Any)
     return row
 
 
+def bench_dlas_folds(
+    batch: int, size: int, warmup: int, steps: int, device: Any, folds: int = 5
+) -> dict[str, Any]:
+    """Check and time dlas's concurrent folds (recipe ``concurrent_folds: on``): ``folds``
+    networks stacked and stepped together by ``dlas.training.folds``; each fold's first loss
+    must equal that of the same fold's step run alone (``dlas-step``)."""
+    import copy
+
+    import torch
+
+    from dlas.training.distributed import DistContext
+    from dlas.training.folds import _Together
+    from dlas.training.loop import epoch_order, epoch_seed
+
+    row: dict[str, Any] = {"model": "dpnunet-full", "batch": batch, "mode": f"dlas-folds{folds}"}
+    row["size"] = size
+    step, _ = _dlas_step(batch, size, device, concurrent_folds="on")
+    setups = []
+    for k in range(folds):
+        setup = copy.copy(step.setup)
+        setup.index, setup.folds, setup.epochs = k + 1, folds, 1
+        setups.append(setup)
+    nets = [copy.deepcopy(step.net) for _ in range(folds)]
+    run = _Together(nets, setups, step.recipe, device, DistContext(), None)
+    run._start_epoch(0)
+    alone = []
+    for k in range(folds):
+        # The same fold alone: same weights, same random stream (seeded as the fold's epoch 1
+        # and advanced past the epoch's sample order), same first batch.
+        single, _ = _dlas_step(batch, size, device)
+        single.net.load_state_dict(step.net.state_dict())
+        generator = torch.Generator().manual_seed(epoch_seed(step.recipe.seed, k + 1, 0))
+        order = epoch_order(single.setup.train, single.recipe, generator, None)
+        alone.append(float(single.run(order[:batch], generator, 1e-4, False)[0]))
+    run._step(0, 0)
+    together = [float(f.sums[0]) for f in run.folds]  # type: ignore[index]
+    tol = 2e-2 if device.type == "cuda" else 1e-4
+    row["check"] = all(
+        abs(a - b) <= tol * max(1.0, abs(a)) for a, b in zip(alone, together, strict=True)
+    )
+    row["check_detail"] = {"alone_ce_sum": alone, "together_ce_sum": together}
+    i = [1]
+
+    def one() -> None:
+        run._step(0, i[0] % run.folds[0].steps)
+        i[0] += 1
+
+    seconds = _time(one, (), warmup, steps, device)
+    row["slices_per_s"] = round(folds * batch / seconds, 1)
+    row["ms_per_step"] = round(seconds * 1000, 2)
+    return row
+
+
 def bench_inference(size: int, slices: int, device: Any) -> dict[str, Any]:
     """Predict one CT (labels on the CT grid) with the full preset."""
     import numpy as np
@@ -341,7 +397,7 @@ def main() -> int:
     parser.add_argument("--device", default=None)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--batches", default="4,32")
-    parser.add_argument("--modes", default="dlas-step,eager,compile,cudagraphs,folds5")
+    parser.add_argument("--modes", default="dlas-step,dlas-folds5,eager,compile,cudagraphs,folds5")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--slices", type=int, default=100)
@@ -352,7 +408,8 @@ def main() -> int:
     if args.smoke:
         device = torch.device(args.device or "cpu")
         size, batches, warmup, steps, slices = 64, [2, 4], 1, 2, 8
-        modes = [m for m in args.modes.split(",") if m in ("dlas-step", "eager", "folds5")]
+        smoke_modes = ("dlas-step", "dlas-folds5", "eager", "folds5")
+        modes = [m for m in args.modes.split(",") if m in smoke_modes]
     else:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         size, warmup, steps, slices = args.size, args.warmup, args.steps, args.slices
@@ -373,11 +430,13 @@ def main() -> int:
     for name in models:
         for batch in batches:
             for mode in modes:
-                if mode in ("folds5", "dlas-step") and name != "dpnunet-full":
+                if mode in ("folds5", "dlas-step", "dlas-folds5") and name != "dpnunet-full":
                     continue
                 try:
                     if mode == "dlas-step":
                         row = bench_dlas_step(batch, size, warmup, steps, device)
+                    elif mode == "dlas-folds5":
+                        row = bench_dlas_folds(batch, size, warmup, steps, device)
                     else:
                         row = bench_training(name, batch, mode, size, warmup, steps, device)
                 except Exception as exc:

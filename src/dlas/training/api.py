@@ -59,6 +59,7 @@ from dlas.training.data import (
     prepare_case,
 )
 from dlas.training.distributed import DistContext, init_distributed
+from dlas.training.folds import concurrent_refusal, train_folds_together
 from dlas.training.loop import (
     EventCallback,
     FoldSetup,
@@ -711,6 +712,14 @@ def _train_folds(
         for setup in setups:
             setup.epochs, setup.steps_per_epoch = plan.epochs, plan.steps_per_epoch
     end = started + recipe.time_budget - plan.reserve_s if plan and recipe.time_budget else None
+    fresh = [s for s in setups if s.index not in states and load_fold_state(s.folder) is None]
+    refusal = concurrent_refusal(recipe, dist, end is not None, len(fresh))
+    if refusal is None:
+        nets = [_copy_network(run.net0) for _ in fresh]
+        together = train_folds_together(nets, fresh, recipe, device=dev, dist=dist, callback=emit)
+        states.update({s.index: state for s, state in zip(fresh, together, strict=True)})
+    elif recipe.concurrent_folds == "on":
+        log.warning("concurrent_folds is on, but the folds train one after another: %s", refusal)
     for setup in setups:
         if setup.index in states:
             continue

@@ -56,6 +56,7 @@ A recipe is YAML (or JSON) data, never code::
     compile: false                # torch.compile the network (CUDA)
     device_data: auto             # auto (on CUDA) | on | off: training slices kept on the device
     fused_optimizer: auto         # auto (fused Adam on CUDA) | off
+    concurrent_folds: off         # on: the CV folds train together, one batched network (GPU)
     deterministic: auto           # auto (on CPU) | on | off
     engine: dpnunet               # dpnunet | nnunet (nnU-Net v2 drives the training)
     nnunet: {configuration: 2d}   # nnU-Net settings (engine: nnunet only), see below
@@ -328,6 +329,7 @@ class Recipe(BaseModel):
     compile: bool = False
     device_data: Literal["auto", "on", "off"] = "auto"
     fused_optimizer: Literal["auto", "off"] = "auto"
+    concurrent_folds: Literal["off", "on"] = "off"
     deterministic: Literal["auto", "on", "off"] = "auto"
     engine: Literal["dpnunet", "nnunet"] = "dpnunet"
     nnunet: NnUNetSettings = NnUNetSettings()
@@ -392,6 +394,8 @@ class Recipe(BaseModel):
         for name in ("device_data", "fused_optimizer"):
             if data[name] == "auto":
                 data.pop(name)
+        if data["concurrent_folds"] == "off":
+            data.pop("concurrent_folds")
         return data
 
     def sha256(self) -> str:

@@ -42,7 +42,12 @@ from dlas.training.augment import apply_augmentation, draw_params
 from dlas.training.config import Recipe
 from dlas.training.data import DeviceSlices, PreparedCase, SliceSet
 from dlas.training.distributed import DistContext
-from dlas.training.losses import marginal_log_probs, segmentation_loss, soft_dice_counts
+from dlas.training.losses import (
+    LossTerms,
+    marginal_log_probs,
+    segmentation_loss,
+    soft_dice_counts,
+)
 from dlas.training.state import (
     FoldState,
     drop_optimizer_state,
@@ -378,6 +383,26 @@ class _Step:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One optimiser step on the global batch ``chosen`` (``(item, focus)`` pairs); returns
         this process's CE sum and normaliser and its Dice loss (detached)."""
+        images, labels, labeled = self.inputs(chosen, generator)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        logits = _forward(self.model, images, self.rt)
+        loss, terms = self.loss(logits, labels, labeled)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        if frozen:
+            for p in self.net.parameters():
+                if id(p) in self.encoder:
+                    p.grad = None
+        self.optimizer.step()
+        return terms.ce_sum.detach(), terms.ce_norm.detach(), terms.dice.detach()
+
+    def inputs(
+        self, chosen: Sequence[tuple[int, int]], generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This process's share of the global batch ``chosen``, augmented: images and labels on
+        the device and the delineated classes; draws the batch's random numbers from
+        ``generator`` (the same number of draws whatever is enabled)."""
         import torch
 
         recipe, dist = self.recipe, self.dist
@@ -395,15 +420,16 @@ class _Step:
                 # femoral head, mirrored, lacks the right one).
                 swap = self.swap.numpy()
                 labeled_np = np.where(part.flip.numpy()[:, None], labeled_np[:, swap], labeled_np)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        logits = _forward(self.model, images, self.rt)
+        return images, labels, torch.from_numpy(labeled_np)
+
+    def loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, labeled: torch.Tensor
+    ) -> tuple[torch.Tensor, LossTerms]:
+        """The loss to differentiate (cross-entropy normalised over the global batch, plus the
+        Dice term) and its terms."""
+        dist = self.dist
         terms = segmentation_loss(
-            logits,
-            labels,
-            torch.from_numpy(labeled_np),
-            weights=self.weights,
-            dice=recipe.loss == "dice_ce",
+            logits, labels, labeled, weights=self.weights, dice=self.recipe.loss == "dice_ce"
         )
         if dist.enabled:
             denom = terms.ce_norm.detach().double().cpu().reshape(1)
@@ -413,14 +439,7 @@ class _Step:
             # The same float32 scale, computed on the device: no host synchronisation per step.
             scale = (1.0 / terms.ce_norm.detach().double().clamp_min(1e-12)).float()
             loss = terms.ce_sum * scale + terms.dice
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        if frozen:
-            for p in self.net.parameters():
-                if id(p) in self.encoder:
-                    p.grad = None
-        self.optimizer.step()
-        return terms.ce_sum.detach(), terms.ce_norm.detach(), terms.dice.detach()
+        return loss, terms
 
     def _batch(
         self, chosen: Sequence[tuple[int, int]], crops: npt.NDArray[np.float64]
