@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,17 +37,15 @@ from dlas.training.config import Recipe
 from dlas.training.loop import (
     EventCallback,
     FoldSetup,
-    TrainingError,
     TrainingEvent,
     _deterministic,
     _epoch_entry,
     _record_epoch,
     _Step,
-    epoch_order,
-    epoch_seed,
+    epoch_loss,
     learning_rate,
+    plan_epoch,
     prepare_step,
-    steps_in_epoch,
 )
 from dlas.training.state import FoldState, drop_optimizer_state
 
@@ -279,23 +276,15 @@ class _Together:
         """Each fold's random stream, sample order and step count for the epoch (as alone)."""
         import torch
 
-        recipe = self.recipe
         for f in self.folds:
-            f.generator = torch.Generator().manual_seed(
-                epoch_seed(recipe.seed, f.setup.index, epoch)
+            plan = plan_epoch(f.setup, self.recipe, epoch)
+            f.generator, f.per_epoch, f.order, f.steps = (
+                plan.generator,
+                plan.per_epoch,
+                plan.order,
+                plan.steps,
             )
-            f.per_epoch = steps_in_epoch(f.setup.train, recipe, f.setup.steps_per_epoch)
-            f.order = epoch_order(f.setup.train, recipe, f.generator, f.setup.steps_per_epoch)
-            f.steps = len(f.order) // recipe.batch_size
             f.sums = torch.zeros(3, dtype=torch.float64, device=self.device)
-            if f.steps == 0:
-                raise TrainingError(
-                    "too few training slices for one batch",
-                    where=f"fold {f.setup.index}",
-                    expected=f"at least {recipe.batch_size} slices (batch_size)",
-                    found=f"{len(f.order)} slice(s)",
-                    fix="lower batch_size, raise empty_slice_fraction, or add cases",
-                )
 
     def _inputs(
         self, epoch: int, i: int, active: Sequence[bool]
@@ -373,16 +362,7 @@ class _Together:
         for group in f.step.optimizer.param_groups:
             group["lr"] = f.lr
         assert f.sums is not None
-        num = f.sums.cpu()
-        train_loss = float(num[0] / num[1].clamp_min(1e-12)) + float(num[2] / f.steps)
-        if not math.isfinite(train_loss):
-            raise TrainingError(
-                "training diverged",
-                where=f"fold {f.setup.index}, epoch {epoch + 1}",
-                expected="a finite loss",
-                found=f"loss {train_loss}",
-                fix="lower learning_rate in the recipe",
-            )
+        train_loss = epoch_loss(f.sums.cpu(), f.steps, f.setup.index, epoch)
         entry = _epoch_entry(f.step, f.setup, self.recipe, epoch, f.lr, train_loss, frozen)
         entry["seconds"] = round(seconds, 3)
         entry["epochs_planned"] = self.epochs

@@ -620,18 +620,8 @@ def _train_epoch(
     """
     import torch
 
-    generator = torch.Generator().manual_seed(epoch_seed(recipe.seed, setup.index, epoch))
-    per_epoch = steps_in_epoch(setup.train, recipe, setup.steps_per_epoch)
-    order = epoch_order(setup.train, recipe, generator, setup.steps_per_epoch)
-    steps = len(order) // recipe.batch_size
-    if steps == 0:
-        raise TrainingError(
-            "too few training slices for one batch",
-            where=f"fold {setup.index}",
-            expected=f"at least {recipe.batch_size} slices (batch_size)",
-            found=f"{len(order)} slice(s)",
-            fix="lower batch_size, raise empty_slice_fraction, or add cases",
-        )
+    plan = plan_epoch(setup, recipe, epoch)
+    generator, per_epoch, order, steps = plan.generator, plan.per_epoch, plan.order, plan.steps
     num = torch.zeros(3, dtype=torch.float64, device=step.rt.device)
     lr = recipe.learning_rate
     for i in range(steps):
@@ -655,18 +645,65 @@ def _train_epoch(
         )
     num = num.cpu()
     dist.all_reduce_sum(num)
-    # The loss optimised: cross-entropy over the epoch's pixels plus the mean batch Dice
-    # loss (0 without a Dice term), on the scale of the validation loss.
-    train_loss = float(num[0] / num[1].clamp_min(1e-12)) + float(num[2] / (steps * dist.world_size))
-    if not math.isfinite(train_loss):
+    return epoch_loss(num, steps * dist.world_size, setup.index, epoch), lr
+
+
+@dataclass
+class EpochPlan:
+    """One fold's epoch: its random stream, the samples in order and the number of steps
+    (``per_epoch``: the steps the learning-rate schedule counts with)."""
+
+    generator: torch.Generator
+    per_epoch: int
+    order: list[tuple[int, int]]
+    steps: int
+
+
+def plan_epoch(setup: FoldSetup, recipe: Recipe, epoch: int) -> EpochPlan:
+    """The epoch's plan of a fold (the same whether it trains alone or with other folds).
+
+    Raises
+    ------
+    TrainingError
+        Too few slices for one batch.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(epoch_seed(recipe.seed, setup.index, epoch))
+    per_epoch = steps_in_epoch(setup.train, recipe, setup.steps_per_epoch)
+    order = epoch_order(setup.train, recipe, generator, setup.steps_per_epoch)
+    steps = len(order) // recipe.batch_size
+    if steps == 0:
+        raise TrainingError(
+            "too few training slices for one batch",
+            where=f"fold {setup.index}",
+            expected=f"at least {recipe.batch_size} slices (batch_size)",
+            found=f"{len(order)} slice(s)",
+            fix="lower batch_size, raise empty_slice_fraction, or add cases",
+        )
+    return EpochPlan(generator, per_epoch, order, steps)
+
+
+def epoch_loss(sums: torch.Tensor, batches: int, fold: int, epoch: int) -> float:
+    """The loss optimised over an epoch from its sums (CE sum, CE normaliser, Dice losses) over
+    ``batches`` batches: cross-entropy over the epoch's pixels plus the mean batch Dice loss (0
+    without a Dice term), on the scale of the validation loss.
+
+    Raises
+    ------
+    TrainingError
+        A loss that is not finite.
+    """
+    loss = float(sums[0] / sums[1].clamp_min(1e-12)) + float(sums[2] / batches)
+    if not math.isfinite(loss):
         raise TrainingError(
             "training diverged",
-            where=f"fold {setup.index}, epoch {epoch + 1}",
+            where=f"fold {fold}, epoch {epoch + 1}",
             expected="a finite loss",
-            found=f"loss {train_loss}",
+            found=f"loss {loss}",
             fix="lower learning_rate in the recipe",
         )
-    return train_loss, lr
+    return loss
 
 
 def _replan(
