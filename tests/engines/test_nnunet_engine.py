@@ -208,3 +208,32 @@ def test_engine_option_of_dlas_study(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 2 and err.count("\n") == 1
     assert "--engine together with a configuration" in err and "engine: nnunet" in err
     assert not (tmp_path / "s").exists()
+
+
+class _StopError(Exception):
+    pass
+
+
+def test_resume_keeps_the_folds_already_trained(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    """Stopped before its second fold, a run resumes with nnU-Net's plans, preprocessed data
+    and first fold as they were (only the second fold trains) and ends with the model the
+    uninterrupted run wrote (training on this CPU is deterministic)."""
+    from dlas.engines.nnunet.model import read_nnunet_model
+    from dlas.training import TrainingEvent, train
+    from helpers import synthetic_data
+
+    ds = synthetic_data.make_dataset(tmp_path / "ds", 4, cohorts=("A", "B"))
+
+    def stop_at_second_fold(event: TrainingEvent) -> None:
+        if event.kind == "fold" and event.fold == 2:
+            raise _StopError
+
+    with pytest.raises(_StopError):
+        train(ds, tmp_path / "model", config=TINY, device="cpu", progress=stop_at_second_fold)
+    assert not (tmp_path / "model" / "model.json").exists()
+    events: list[TrainingEvent] = []
+    train(ds, tmp_path / "model", config=TINY, device="cpu", resume=True, progress=events.append)
+    assert [e.fold for e in events if e.kind == "fold"] == [2]
+    resumed, whole = read_nnunet_model(tmp_path / "model"), read_nnunet_model(trained[1])
+    assert [w.sha256 for w in resumed.weights] == [w.sha256 for w in whole.weights]
+    assert resumed.model_sha256 == whole.model_sha256
