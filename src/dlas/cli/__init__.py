@@ -97,6 +97,13 @@ _RECEIVED: list[int] = []
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    from dlas import interrupts
+
+    if interrupts.holding():
+        # Inside a C library's callback an exception would be discarded (dlas.interrupts):
+        # the interrupt is raised again when the library returns.
+        interrupts.hold(signum)
+        return
     _RECEIVED.append(signum)
     raise _Signalled(signum)
 

@@ -257,8 +257,17 @@ def _one_blas_thread() -> Iterator[None]:
     """
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped,unused-ignore]
 
-    with threadpool_limits(limits=1, user_api="blas"):
+    from dlas import interrupts
+
+    # threadpoolctl finds the BLAS libraries through a C callback: interrupts are held there
+    # (dlas.interrupts), and only there, so that the work itself stays interruptible.
+    with interrupts.held():
+        limits = threadpool_limits(limits=1, user_api="blas")
+    try:
         yield
+    finally:
+        with interrupts.held():
+            limits.restore_original_limits()
 
 
 def _cohort_code(name: str) -> int:
@@ -508,7 +517,10 @@ def _one_thread() -> None:
     """Worker start-up: one BLAS/OpenMP thread for the whole process (one process per core)."""
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped,unused-ignore]
 
-    threadpool_limits(limits=1)
+    from dlas import interrupts
+
+    with interrupts.held():
+        threadpool_limits(limits=1)
 
 
 def _check_output(out: Path) -> None:
