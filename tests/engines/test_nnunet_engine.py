@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -138,6 +139,113 @@ def test_finetune_an_nnunet_result_folder_with_other_classes(
         info.plans["configurations"]["2d"]["patch_size"]
         == (pretrained.plans["configurations"]["2d"]["patch_size"])
     )
+
+
+def _old_format(config: dict[str, Any]) -> None:
+    """Rewrite one plans configuration as nnU-Net before 2.4 wrote it (TotalSegmentator's
+    plans): the network as UNet_* fields instead of an ``architecture`` entry."""
+    arch = config.pop("architecture")
+    kw = arch["arch_kwargs"]
+    strides = kw["strides"]
+    assert arch["network_class_name"].endswith(".PlainConvUNet")
+    config.update(
+        UNet_class_name="PlainConvUNet",
+        UNet_base_num_features=kw["features_per_stage"][0],
+        unet_max_num_features=max(kw["features_per_stage"]),
+        n_conv_per_stage_encoder=kw["n_conv_per_stage"],
+        n_conv_per_stage_decoder=kw["n_conv_per_stage_decoder"],
+        pool_op_kernel_sizes=kw["strides"],
+        conv_kernel_sizes=kw["kernel_sizes"],
+        num_pool_per_axis=[sum(s[a] > 1 for s in strides) for a in range(len(strides[0]))],
+    )
+
+
+def _numpy1_pickle(path: Path) -> None:
+    """Make ``path`` (a torch.save zip) name NumPy's scalar constructor as NumPy 1 did."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as old:
+        entries = [(info, old.read(info.filename)) for info in old.infolist()]
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as new:
+        for info, data in entries:
+            if info.filename.endswith("/data.pkl"):
+                assert b"cnumpy._core.multiarray\nscalar" in data  # the training log's floats
+                data = data.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+            new.writestr(info, data)
+
+
+def _totalsegmentator_style(modern: Path, root: Path) -> Path:
+    """An nnU-Net result folder laid out and written as TotalSegmentator's released weights
+    are (nnU-Net < 2.4, NumPy 1, the no-mirroring trainer, lower-case organ names), made from
+    ``modern``, a result folder nnunetv2 2.8 wrote."""
+    import torch
+
+    folder = root / "Dataset291_TotalSegmentator_part1_organs_1559subj"
+    folder = folder / "nnUNetTrainerNoMirroring__nnUNetPlans__2d"
+    (folder / "fold_0").mkdir(parents=True)
+    plans = json.loads((modern / "plans.json").read_text())
+    for config in plans["configurations"].values():
+        if "architecture" in config:
+            _old_format(config)
+    dataset = json.loads((modern / "dataset.json").read_text())
+    dataset["labels"] = {"background": 0, "urinary_bladder": 1, "femur_left": 2, "femur_right": 3}
+    dataset["name"] = "TotalSegmentator_part1_organs"
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    # our own file, written by nnunetv2 in this module: safe to unpickle in full
+    saved = torch.load(modern / "fold_0" / "checkpoint_final.pth", weights_only=False)
+    saved.update(
+        trainer_name="nnUNetTrainerNoMirroring",
+        inference_allowed_mirroring_axes=None,
+        init_args={
+            "plans": plans, "configuration": "2d", "fold": 0, "dataset_json": dataset,
+            "unpack_dataset": True, "device": torch.device("cuda"),
+        },
+    )  # fmt: skip
+    torch.save(saved, folder / "fold_0" / "checkpoint_final.pth")
+    _numpy1_pickle(folder / "fold_0" / "checkpoint_final.pth")
+    return folder
+
+
+def test_finetune_a_totalsegmentator_style_result_folder(
+    trained: tuple[Path, Path], tmp_path: Path, synthetic: ModuleType
+) -> None:
+    """Weights released before nnU-Net 2.4 and NumPy 2, as TotalSegmentator's are: old-format
+    plans, a checkpoint naming numpy.core.multiarray, no mirroring, organ names matched through
+    the structure set's synonyms. None could be tried for real here (nothing is downloaded)."""
+    from dlas.engines.nnunet import load_checkpoint
+    from dlas.engines.nnunet.model import read_nnunet_model
+    from dlas.engines.nnunet.train import read_pretrained
+    from dlas.training import train
+
+    _, model = trained
+    (modern,) = list((model / "nnunet-work" / "results" / "Dataset001_dlas").iterdir())
+    folder = _totalsegmentator_style(modern, tmp_path / "ts")
+    checkpoint = load_checkpoint(folder / "fold_0" / "checkpoint_final.pth")
+    assert checkpoint.mirroring_axes is None and checkpoint.log["train_losses"]
+    pretrained = read_pretrained(folder)
+    assert pretrained.classes == ["background", "urinary_bladder", "femur_left", "femur_right"]
+    config = pretrained.plans["configurations"]["2d"]
+    # rewritten by nnU-Net's own conversion, into exactly what nnunetv2 2.8 had planned
+    assert "UNet_class_name" not in config
+    modern_plans = json.loads((modern / "plans.json").read_text())
+    assert config["architecture"] == modern_plans["configurations"]["2d"]["architecture"]
+
+    data = synthetic.structure_set().to_data()
+    data["structures"][0]["synonyms"] = ["Urinary_Bladder"]  # as the built-in rectal set has
+    ds = CaseDataset.open_or_create(tmp_path / "local", StructureSet.from_data(data))
+    for i in range(2):
+        ct, masks = synthetic.make_case(700 + i)
+        ds.write_case(f"loc{i}", "L", ct, masks, {"case_id": f"loc{i}", "cohort": "L"})
+    recipe = {**TINY, "folds": 1, "nnunet": {"val_steps_per_epoch": 1}}
+    result = train(ds, tmp_path / "lft", config=recipe, pretrained=folder, device="cpu")
+    info = read_nnunet_model(result.model_dir)
+    classes = info.training["pretrained"]["classes"]
+    assert classes["matched"] == {"background": "background", "Bladder": "urinary_bladder"}
+    assert classes["new"] == ["Femur_Head_L", "Femur_Head_R"]
+    assert classes["dropped"] == ["femur_left", "femur_right"]
+    assert "architecture" in info.plans["configurations"]["2d"]
+    assert "old nnU-Net plans format" not in (tmp_path / "lft" / "nnunet.log").read_text()
 
 
 def test_export_cli_errors_are_one_line(

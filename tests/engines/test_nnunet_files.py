@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -179,6 +180,39 @@ def test_plans_that_name_foreign_code_are_refused() -> None:
         check_plans(_plans(unet, conv="subprocess.Popen"), "2d", where="plans.json")
     with pytest.raises(NnUNetFileError, match="lack the configuration"):
         check_plans(_plans(unet), "3d_fullres", where="plans.json")
+
+
+def test_old_format_plans_are_read_or_refused_in_one_line() -> None:
+    """Plans written before nnU-Net 2.4 name the network in UNet_* fields; nnU-Net's own
+    conversion reads a PlainConvUNet, and anything else is refused in one line."""
+    from dlas.engines.nnunet import NnUNetFileError
+    from dlas.engines.nnunet.checkpoint import current_plans
+
+    plans = _plans("unused")
+    config: dict[str, Any] = plans["configurations"]["2d"]  # type: ignore[index]
+    del config["architecture"]
+    config.update(
+        UNet_class_name="PlainConvUNet", UNet_base_num_features=32, unet_max_num_features=64,
+        n_conv_per_stage_encoder=[2, 2], n_conv_per_stage_decoder=[2],
+        pool_op_kernel_sizes=[[1, 1], [2, 2]], conv_kernel_sizes=[[3, 3], [3, 3]],
+        num_pool_per_axis=[1, 1],
+    )  # fmt: skip
+    before = json.dumps(plans, sort_keys=True)
+    current = current_plans(plans, "2d", where="plans.json")
+    assert json.dumps(plans, sort_keys=True) == before  # the caller's plans are left as given
+    arch = current["configurations"]["2d"]["architecture"]
+    assert arch["network_class_name"].endswith("unet.PlainConvUNet")
+    assert arch["arch_kwargs"]["features_per_stage"] == [32, 64]
+    assert "UNet_class_name" not in current["configurations"]["2d"]
+    config["UNet_class_name"] = "MyOwnUNet"
+    with pytest.raises(NnUNetFileError, match="plans dlas cannot read") as error:
+        current_plans(plans, "2d", where="plans.json")
+    assert "MyOwnUNet" in str(error.value) and "\n" not in str(error.value)
+    del config["conv_kernel_sizes"]
+    config["UNet_class_name"] = "PlainConvUNet"
+    with pytest.raises(NnUNetFileError, match="plans dlas cannot read") as error:
+        current_plans(plans, "2d", where="plans.json")
+    assert "conv_kernel_sizes" in str(error.value)
 
 
 def test_recipe_engine_rules() -> None:

@@ -4,20 +4,24 @@ An nnU-Net checkpoint (``checkpoint_final.pth``) is a ``torch.save`` pickle: unp
 ``torch.load(weights_only=False)`` — what nnunetv2 itself does — runs whatever the file says.
 dlas reads it with ``torch.load(weights_only=True)``, PyTorch's restricted unpickler, which
 builds tensors and plain containers only, and allows exactly the few extra types nnU-Net stores
-in its training log (:data:`ALLOWED_GLOBALS`: NumPy scalars and dtypes). Anything else in the
-file is refused, with the names of the types it asked for, before it is built.
+in its training log (:data:`ALLOWED_GLOBALS`: NumPy scalars and dtypes, under NumPy 1's names
+as well as NumPy 2's). Anything else in the file is refused, with the names of the types it
+asked for, before it is built.
 
 A ``plans.json`` names the network class and the layer types nnU-Net imports and calls by name
 (``network_class_name``, ``_kw_requires_import``). A plans file could name any callable, so
 :func:`check_plans` allows only the classes of ``dynamic_network_architectures`` and layer
-types of ``torch.nn`` before anything is imported.
+types of ``torch.nn`` before anything is imported. Plans written before nnU-Net 2.4 name the
+network in ``UNet_*`` fields; :func:`current_plans` rewrites them with nnU-Net's own conversion.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import pickle
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +38,7 @@ __all__ = [
     "NnUNetCheckpoint",
     "NnUNetFileError",
     "check_plans",
+    "current_plans",
     "load_checkpoint",
     "require_nnunet",
 ]
@@ -47,6 +52,7 @@ ALLOWED_GLOBALS = (
     "numpy.dtypes.*DType",
 )
 
+_SCALAR_MODULES = ("numpy._core.multiarray", "numpy.core.multiarray")
 _NETWORK_PREFIX = "dynamic_network_architectures.architectures."
 _LAYER_PREFIX = "torch.nn."
 
@@ -69,16 +75,28 @@ def require_nnunet(what: str = "the nnU-Net engine") -> None:
         )
 
 
+def _numpy_scalar() -> Any:
+    """NumPy's scalar constructor, from whichever of its two homes this NumPy has."""
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            return importlib.import_module(module).scalar
+        except (ImportError, AttributeError):
+            continue
+    return None  # pragma: no cover - every NumPy has one of them
+
+
 def _allowed_objects() -> list[Any]:
+    """The objects of :data:`ALLOWED_GLOBALS`. NumPy's scalar constructor is allowed under both
+    of its names: a checkpoint written under NumPy 1 (every nnU-Net model released before
+    2024, TotalSegmentator's among them) names it ``numpy.core.multiarray.scalar``, one written
+    under NumPy 2 ``numpy._core.multiarray.scalar``, and PyTorch matches the name written in
+    the file, not the object it stands for."""
     import numpy as np
 
     objects: list[Any] = [np.dtype]
-    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
-        try:
-            objects.append(importlib.import_module(module).scalar)
-        except (ImportError, AttributeError):
-            continue
-        break
+    scalar = _numpy_scalar()
+    if scalar is not None:
+        objects += [(scalar, f"{module}.scalar") for module in _SCALAR_MODULES]
     for name in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
                  "uint16", "uint32", "uint64", "bool_"):  # fmt: skip
         objects.append(type(np.dtype(getattr(np, name))))
@@ -215,6 +233,54 @@ def load_checkpoint(path: str | os.PathLike[str]) -> NnUNetCheckpoint:
     )
 
 
+def _unreadable_plans(where: str, configuration: str, found: str) -> NnUNetFileError:
+    return NnUNetFileError(
+        "nnU-Net plans dlas cannot read",
+        where=f"{where}, configuration {configuration}",
+        expected="plans written by nnU-Net v2 (old-format plans: a PlainConvUNet or "
+        "ResidualEncoderUNet)",
+        found=" ".join(found.split())[:200],
+        fix="use the plans.json the checkpoint was trained with, unchanged",
+    )
+
+
+def _resolved(plans: Mapping[str, Any], configuration: str, *, where: str) -> dict[str, Any]:
+    """``configuration`` of ``plans`` as nnU-Net reads it: inheritance resolved and, for plans
+    written before nnU-Net 2.4, the network rebuilt into today's ``architecture`` entry (by
+    nnU-Net's own conversion, on a copy; its advice to plan again is not shown: dlas converts)."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected old nnU-Net plans format")
+        try:
+            config = PlansManager(copy.deepcopy(dict(plans))).get_configuration(configuration)
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise _unreadable_plans(where, configuration, f"{type(exc).__name__}: {exc}") from None
+    resolved: dict[str, Any] = config.configuration
+    resolved.pop("inherits_from", None)
+    return resolved
+
+
+def current_plans(plans: Mapping[str, Any], configuration: str, *, where: str) -> dict[str, Any]:
+    """A copy of ``plans`` whose ``configuration`` is written out in full in today's plans
+    format: inheritance resolved, and the network of plans written before nnU-Net 2.4 (such as
+    TotalSegmentator's) given as the ``architecture`` entry nnU-Net itself would rebuild. The
+    other configurations are kept as they are.
+
+    Raises
+    ------
+    NnUNetFileError
+        The configuration is missing, or nnU-Net cannot read it.
+    """
+    check_plans(plans, configuration, where=where)
+    out = copy.deepcopy(dict(plans))
+    out["configurations"] = {
+        **out["configurations"],
+        configuration: _resolved(plans, configuration, where=where),
+    }
+    return out
+
+
 def check_plans(plans: Mapping[str, Any], configuration: str, *, where: str) -> None:
     """Refuse plans whose configuration is missing or names code outside nnU-Net's network
     architectures and ``torch.nn`` layers (a plans file is data, never a way to run code).
@@ -234,13 +300,13 @@ def check_plans(plans: Mapping[str, Any], configuration: str, *, where: str) -> 
             found=f"configurations: {names}",
             fix="choose one of the plans' configurations (nnunet.configuration in the recipe)",
         )
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    manager = PlansManager(dict(plans))
-    config = manager.get_configuration(configuration)
-    named = {"network class": str(config.network_arch_class_name)}
-    kwargs = config.network_arch_init_kwargs
-    for key in config.network_arch_init_kwargs_req_import:
+    config = _resolved(plans, configuration, where=where)
+    architecture = config.get("architecture")
+    if not isinstance(architecture, Mapping):
+        raise _unreadable_plans(where, configuration, "no architecture")
+    named = {"network class": str(architecture.get("network_class_name"))}
+    kwargs = architecture.get("arch_kwargs") or {}
+    for key in architecture.get("_kw_requires_import") or ():
         value = kwargs.get(key)
         if value is not None:
             named[key] = str(value)

@@ -24,7 +24,11 @@ trainer, the recipe's epochs, iterations and seed.
 Fine-tuning (``pretrained=``: an nnU-Net model made by dlas, or an nnU-Net result folder with
 ``plans.json``, ``dataset.json`` and ``fold_N/checkpoint_final.pth``, as TotalSegmentator ships
 them) transfers the pretrained model's plans to the local data (its spacing, patch, network and
-intensity normalisation), so that its weights fit; it then loads every weight. The output layers
+intensity normalisation), so that its weights fit; it then loads every weight. Result folders
+written before nnU-Net 2.4 and NumPy 2 (TotalSegmentator's) are read too: their plans are
+rewritten in today's format by nnU-Net's own conversion
+(:func:`~dlas.engines.nnunet.checkpoint.current_plans`), and their checkpoints' NumPy names are
+allowed under both spellings. The output layers
 (``seg_layers``) follow the local classes: a class the pretrained model knows (same name, or a
 name the structure set recognises as it) keeps its pretrained output weights, a new class gets
 freshly initialised ones (seeded), and pretrained classes the local set lacks are dropped. Any
@@ -48,7 +52,12 @@ from typing import TYPE_CHECKING, Any
 
 from dlas import __version__
 from dlas.dataset import Case, CaseDataset
-from dlas.engines.nnunet.checkpoint import NnUNetFileError, load_checkpoint, require_nnunet
+from dlas.engines.nnunet.checkpoint import (
+    NnUNetFileError,
+    current_plans,
+    load_checkpoint,
+    require_nnunet,
+)
 from dlas.engines.nnunet.export import export_nnunet
 from dlas.engines.nnunet.model import build_network, read_nnunet_model, save_nnunet_model
 from dlas.engines.nnunet.worker import LOG_FILE, TRAINER_NAME, WEIGHTS_FILE
@@ -156,7 +165,7 @@ def _result_folder(path: Path, fold: int | None) -> PretrainedNnUNet:
     configuration = checkpoint.configuration or path.name.rsplit("__", 1)[-1]
     return PretrainedNnUNet(
         source=path,
-        plans=plans,
+        plans=current_plans(plans, configuration, where=str(plans_file)),
         configuration=configuration,
         classes=_labels_in_order(dataset_json, str(dataset_file)),
         weights=checkpoint.weights,
