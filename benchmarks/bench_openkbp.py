@@ -19,6 +19,8 @@ Usage::
     # nnU-Net v2 2-D driven by dlas (engine: nnunet), same budget (pip install 'dlas[nnunet]')
     python benchmarks/bench_openkbp.py nnunet --phase test --time-budget 20m \
         --record benchmarks/results/openkbp-nnunet.jsonl
+    # on a GPU (--device cuda; the data from another folder with --source): see
+    # benchmarks/device_run.sh openkbp, which runs `run` and `nnunet` with the same budget
     # the plain baseline (MONAI BasicUNet 2-D, Dice + CE, Adam 1e-3, uniform slices)
     python benchmarks/bench_openkbp.py baseline --phase test --time-budget 10m \
         --record benchmarks/results/openkbp.jsonl
@@ -77,8 +79,8 @@ TEST = [
 TUNEVAL = ["pt_24", "pt_35", "pt_41", "pt_74", "pt_96", "pt_111", "pt_120", "pt_180", "pt_193"]
 
 
-def _split() -> dict[str, str]:
-    index = json.loads((SOURCE / "index.json").read_text())
+def _split(source: Path) -> dict[str, str]:
+    index = json.loads((source / "index.json").read_text())
     cohort = {}
     for entry in index:
         pid = entry["patient"]
@@ -86,8 +88,8 @@ def _split() -> dict[str, str]:
     return cohort
 
 
-def dataset(work: Path) -> Path:
-    """The imported data set (made once per work folder)."""
+def dataset(work: Path, source: Path = SOURCE) -> Path:
+    """The imported data set (made once per work folder, from ``source``)."""
     from dlas.dataset import ImportOptions, import_source
     from dlas.structures import StructureSet
 
@@ -96,9 +98,9 @@ def dataset(work: Path) -> Path:
         return root
     work.mkdir(parents=True, exist_ok=True)
     csv = work / "cohorts.csv"
-    csv.write_text("folder,cohort\n" + "".join(f"{p},{c}\n" for p, c in _split().items()))
+    csv.write_text("folder,cohort\n" + "".join(f"{p},{c}\n" for p, c in _split(source).items()))
     import_source(
-        SOURCE,
+        source,
         root,
         ImportOptions(
             structure_set=StructureSet.from_yaml(STRUCTURES),
@@ -133,6 +135,7 @@ def _machine() -> dict[str, Any]:
     return {
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
@@ -162,7 +165,7 @@ def run_dlas(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(args.threads)
-    ds_root = dataset(args.work)
+    ds_root = dataset(args.work, args.source)
     train_cohorts, scored = _cohorts(args.phase)
     config: dict[str, Any] = {"base": args.recipe, "folds": 1, "seed": args.seed}
     config.update(_overrides(args.set))
@@ -206,12 +209,14 @@ def _train_and_predict(
         out / "model",
         config=config,
         cohorts=train_cohorts,
-        device="cpu",
+        device=args.device,
         time_budget=args.time_budget,
     )
     train_s = time.perf_counter() - started
     started = time.perf_counter()
-    predict(out / "model", ds_root, out / "pred", cohorts=[scored], device="cpu", tta=args.tta)
+    predict(
+        out / "model", ds_root, out / "pred", cohorts=[scored], device=args.device, tta=args.tta
+    )
     predict_s = time.perf_counter() - started
     model = json.loads((out / "model" / "model.json").read_text())
     return out, model, train_s, predict_s
@@ -221,7 +226,7 @@ def run_nnunet(args: argparse.Namespace) -> dict[str, Any]:
     """nnU-Net v2 (2-D by default) driven by dlas (``engine: nnunet``) with the same budget:
     planning and preprocessing count against it, as case preparation does for ``run``."""
 
-    ds_root = dataset(args.work)
+    ds_root = dataset(args.work, args.source)
     train_cohorts, scored = _cohorts(args.phase)
     config: dict[str, Any] = {
         "engine": "nnunet",
@@ -255,12 +260,12 @@ def rescore(args: argparse.Namespace) -> dict[str, Any]:
     from dlas.prediction import predict
 
     torch.set_num_threads(args.threads)
-    ds_root = dataset(args.work)
+    ds_root = dataset(args.work, args.source)
     _, scored = _cohorts(args.phase)
     run = args.work / "runs" / args.run
     pred = run / f"pred-{args.label}"
     started = time.perf_counter()
-    predict(run / "model", ds_root, pred, cohorts=[scored], device="cpu", tta=args.tta)
+    predict(run / "model", ds_root, pred, cohorts=[scored], device=args.device, tta=args.tta)
     predict_s = time.perf_counter() - started
     model = json.loads((run / "model" / "model.json").read_text())
     return {
@@ -298,7 +303,7 @@ def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     budget = parse_duration(args.time_budget or "10m")
     started = time.perf_counter()
-    ds_root = dataset(args.work)
+    ds_root = dataset(args.work, args.source)
     ds = CaseDataset.open(ds_root)
     train_cohorts, scored = _cohorts(args.phase)
     ids = [c for cohort in train_cohorts for c in ds.case_ids(cohort)]
@@ -505,6 +510,9 @@ def main() -> int:
         p.add_argument("--label", default=name)
         p.add_argument("--work", type=Path, default=Path("/tmp/dlas-openkbp"))
         p.add_argument("--record", type=Path, default=None)
+        p.add_argument("--source", type=Path, default=SOURCE, help="the openkbp-hn folder")
+        if name != "baseline":  # the baseline trains and predicts on the CPU
+            p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
         if name == "rescore":
             p.add_argument("--run", required=True, help="folder under WORK/runs")
     s = sub.add_parser("summarize")

@@ -28,12 +28,15 @@ Then inference per patient: ``Predictor.predict_labels`` on a 512x512x100 CT wit
 preset (bf16 on CUDA), eager.
 
 The baseline ``segmentation_models_pytorch.Unet("dpn68", encoder_weights=None)`` is a pure-Python
-package: on the accelerator machine carry its wheel (its needs timm, torchvision and
-huggingface-hub are there). Without it the baseline rows are marked unavailable.
+package (its needs timm, torchvision and huggingface-hub are on the accelerator machine). Without
+it the baseline rows are marked unavailable. The accelerator machine lacks it and dlas's own
+needs (pydantic, pydicom, SimpleITK ...): ``benchmarks/device_kit.py --smp`` packs them and
+``benchmarks/device_run.sh gpu`` runs this script there with them.
 
 Usage::
 
-    python benchmarks/gpu_bench.py --out benchmarks/results           # on a GPU
+    bash benchmarks/device_run.sh gpu                                  # on the accelerator
+    python benchmarks/gpu_bench.py --out benchmarks/results           # on a GPU with dlas installed
     python benchmarks/gpu_bench.py --smoke                             # CPU, tiny sizes
 
 ``--smoke`` runs everything at 64x64 with few steps on the CPU to prove the script works; its

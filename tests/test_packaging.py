@@ -100,3 +100,29 @@ def test_minimum_versions_file_pins_exactly_the_declared_floors() -> None:
     # torch is the one floor CI cannot install (see the file's header)
     assert floors.pop("torch") == "2.3"
     assert pinned == floors
+
+
+def test_device_kit_covers_every_runtime_dependency() -> None:
+    """benchmarks/device_kit.py packs what the accelerator machine's image lacks: a dependency
+    added to pyproject.toml must be either there already or in the kit, or the GPU run of the
+    next session stops at an import (device time lost)."""
+    import importlib.util
+
+    tomllib = pytest.importorskip("tomllib")
+    spec = importlib.util.spec_from_file_location("device_kit", ROOT / "benchmarks/device_kit.py")
+    assert spec is not None and spec.loader is not None
+    kit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kit)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    packed = set(_pins(kit.CORE + kit.NNUNET + kit.SMP, "=="))
+    there = {re.sub(r"[-_.]+", "-", n).lower() for n in kit.ON_THE_MACHINE}
+    assert not packed & there
+    for group, names in (
+        ("dependencies", project["dependencies"]),
+        ("nnunet", project["optional-dependencies"]["nnunet"]),
+        ("bench", project["optional-dependencies"]["bench"]),
+    ):
+        needed = set(_pins(names, ">="))
+        assert needed <= packed | there, (
+            f"{group}: not in the device kit: {needed - packed - there}"
+        )
