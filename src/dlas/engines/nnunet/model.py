@@ -24,7 +24,9 @@ model is predicted by nnU-Net as is. ``tta`` switches on nnU-Net's test-time mir
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -306,16 +308,19 @@ class NnUNetPredictor:
         for w, state in zip(info.weights, states, strict=True):
             check_state_dict(network, state, where=str(info.folder / w.file))
         manager = PlansManager(dict(info.plans))
-        self._engine = _Engine(
-            tile_step_size=0.5,
-            use_gaussian=True,
-            use_mirroring=self.tta,
-            perform_everything_on_device=dev.type == "cuda",
-            device=dev,
-            verbose=False,
-            verbose_preprocessing=False,
-            allow_tqdm=False,
-        )
+        # nnU-Net prints that it keeps the work on the CPU whenever the device is not CUDA,
+        # even when it was asked to; on a CPU that is what dlas asked for, so it is not shown.
+        with contextlib.redirect_stdout(io.StringIO()):
+            self._engine = _Engine(
+                tile_step_size=0.5,
+                use_gaussian=True,
+                use_mirroring=self.tta,
+                perform_everything_on_device=dev.type == "cuda",
+                device=dev,
+                verbose=False,
+                verbose_preprocessing=False,
+                allow_tqdm=False,
+            )
         self._engine.manual_initialization(
             network.to(dev),
             manager,
