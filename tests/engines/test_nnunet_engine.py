@@ -250,6 +250,66 @@ def test_finetune_a_totalsegmentator_style_result_folder(
     assert "old nnU-Net plans format" not in (tmp_path / "lft" / "nnunet.log").read_text()
 
 
+def test_a_region_based_model_lends_its_regions_to_classes_of_the_same_name(
+    trained: tuple[Path, Path], tmp_path: Path, synthetic: ModuleType
+) -> None:
+    """A region-based model has one output per region and none for background: regions named
+    like a local class initialise it, the background output starts fresh, other regions are
+    dropped; a dataset.json that does not fit the checkpoint is refused in one line."""
+    import shutil
+
+    import torch
+
+    from dlas.engines.nnunet import NnUNetFileError
+    from dlas.engines.nnunet.model import build_network
+    from dlas.engines.nnunet.train import read_pretrained, transfer_weights
+
+    _, model = trained
+    (modern,) = list((model / "nnunet-work" / "results" / "Dataset001_dlas").iterdir())
+    folder = tmp_path / "regions"
+    shutil.copytree(modern, folder)
+    dataset = json.loads((modern / "dataset.json").read_text())
+    regions: dict[str, Any] = {"background": 0, "Bladder": 1, "Femur_Head_L": 2}
+    regions.update({"Femur_Head_R": 3, "Femora": [2, 3]})
+
+    def write(data: dict[str, Any]) -> None:
+        (folder / "dataset.json").write_text(json.dumps(data))
+
+    write({**dataset, "labels": regions, "regions_class_order": [1, 2, 3, 2]})
+    pretrained = read_pretrained(folder)
+    assert pretrained.region_based
+    assert pretrained.classes == ["Bladder", "Femur_Head_L", "Femur_Head_R", "Femora"]
+
+    local = synthetic.structure_set()
+    labels = {"background": 0, **{n: i for i, n in enumerate(local.names, start=1)}}
+    torch.manual_seed(0)
+    network = build_network(
+        pretrained.plans, "2d", {"labels": labels, "channel_names": {"0": "CT"}},
+        deep_supervision=True, where="test",
+    )  # fmt: skip
+    fresh = {k: v.clone() for k, v in network.state_dict().items()}
+    state, note = transfer_weights(network, pretrained, local)
+    assert note["matched"] == {"Bladder": "Bladder", "Femur_Head_L": "Femur_Head_L",
+                               "Femur_Head_R": "Femur_Head_R"}  # fmt: skip
+    assert note["new"] == ["background"] and note["dropped"] == ["Femora"]
+    assert note["region_based"] is True
+    heads = [k for k in state if ".seg_layers." in k]
+    for key in heads:
+        old = pretrained.weights[key]
+        assert torch.equal(state[key][0], fresh[key][0])  # background: fresh
+        assert torch.equal(state[key][1:], old[:3])  # output k of the regions → class k + 1
+
+    write({**dataset, "labels": regions})
+    with pytest.raises(NnUNetFileError, match="without regions_class_order"):
+        read_pretrained(folder)
+    del regions["Femora"]
+    regions["Bones"] = [1, 2, 3]
+    regions.pop("Femur_Head_R")
+    write({**dataset, "labels": regions, "regions_class_order": [1, 2, 3]})
+    with pytest.raises(NnUNetFileError, match=r"has 4 outputs, dataset\.json names 3"):
+        transfer_weights(network, read_pretrained(folder), local)
+
+
 def test_export_cli_errors_are_one_line(
     trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -31,7 +31,10 @@ rewritten in today's format by nnU-Net's own conversion
 allowed under both spellings. The output layers
 (``seg_layers``) follow the local classes: a class the pretrained model knows (same name, or a
 name the structure set recognises as it) keeps its pretrained output weights, a new class gets
-freshly initialised ones (seeded), and pretrained classes the local set lacks are dropped. Any
+freshly initialised ones (seeded), and pretrained classes the local set lacks are dropped. A
+region-based model (nnU-Net's overlapping regions, one sigmoid output each, no background
+output) is fine-tuned the same way: a region of the same name as a local class lends that class
+its output weights, and the background output starts fresh; dlas itself trains plain classes. Any
 other layer that does not fit is an error listing the layers. ``freeze_encoder_epochs`` freezes
 the encoder for the first epochs.
 """
@@ -87,7 +90,10 @@ WORK = "nnunet-work"
 
 @dataclass
 class PretrainedNnUNet:
-    """A pretrained nnU-Net model to fine-tune: plans, labels and one set of weights."""
+    """A pretrained nnU-Net model to fine-tune: plans, labels and one set of weights.
+
+    ``classes`` names the network's output channels in order: the classes, background first;
+    for a region-based model (``region_based``) its regions, without a background channel."""
 
     source: Path
     plans: dict[str, Any]
@@ -97,28 +103,56 @@ class PretrainedNnUNet:
     sha256: str
     name: str
     fold: int | str | None
+    region_based: bool = False
 
 
-def _labels_in_order(dataset_json: dict[str, Any], where: str) -> list[str]:
+def _is_background(value: Any) -> bool:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return all(v == 0 for v in values)
+
+
+def _output_channels(dataset_json: dict[str, Any], where: str) -> tuple[list[str], bool]:
+    """The names of the network's output channels, in order, and whether the model is
+    region-based (nnU-Net's ``labels`` with lists of label values, one sigmoid output per
+    region and no background channel); ``ignore`` is never an output."""
     labels = dataset_json.get("labels")
-    if not isinstance(labels, dict) or not all(isinstance(v, int) for v in labels.values()):
+    if not isinstance(labels, dict) or not labels:
         raise NnUNetFileError(
-            "pretrained nnU-Net labels dlas cannot fine-tune",
+            "pretrained nnU-Net labels missing",
             where=where,
-            expected='"labels": {"background": 0, "name": 1, ...} (one integer per class)',
-            found="region-based or missing labels",
-            fix="fine-tune a model trained on plain labels",
+            expected='"labels": {"background": 0, "name": 1, ...}',
+            found=f"labels: {type(labels).__name__}",
+            fix="use the dataset.json the model was trained with",
         )
-    order = sorted(labels, key=lambda k: labels[k])
-    if [labels[k] for k in order] != list(range(len(order))):
+    outputs = {k: v for k, v in labels.items() if k != "ignore"}
+    if any(isinstance(v, (list, tuple)) and len(set(v)) > 1 for v in outputs.values()):
+        if not isinstance(dataset_json.get("regions_class_order"), list):
+            raise NnUNetFileError(
+                "region-based nnU-Net labels without regions_class_order",
+                where=where,
+                expected="regions_class_order beside region labels (as nnU-Net requires)",
+                found="labels with lists of values and no regions_class_order",
+                fix="use the dataset.json the model was trained with",
+            )
+        return [k for k, v in outputs.items() if not _is_background(v)], True
+    if not all(isinstance(v, int) for v in outputs.values()):
+        raise NnUNetFileError(
+            "pretrained nnU-Net labels dlas cannot read",
+            where=where,
+            expected="one integer per class, or lists of integers for regions",
+            found=", ".join(f"{k}={v!r}" for k, v in outputs.items())[:160],
+            fix="use the dataset.json the model was trained with",
+        )
+    order = sorted(outputs, key=lambda k: outputs[k])
+    if [outputs[k] for k in order] != list(range(len(order))):
         raise NnUNetFileError(
             "pretrained nnU-Net labels are not consecutive",
             where=where,
             expected="label values 0, 1, 2, ...",
-            found=", ".join(f"{k}={labels[k]}" for k in order),
+            found=", ".join(f"{k}={outputs[k]}" for k in order),
             fix="fine-tune a model whose dataset.json has consecutive labels",
         )
-    return order
+    return order, False
 
 
 def _result_folder(path: Path, fold: int | None) -> PretrainedNnUNet:
@@ -163,11 +197,13 @@ def _result_folder(path: Path, fold: int | None) -> PretrainedNnUNet:
     plans = json.loads(plans_file.read_text(encoding="utf-8"))
     dataset_json = json.loads(dataset_file.read_text(encoding="utf-8"))
     configuration = checkpoint.configuration or path.name.rsplit("__", 1)[-1]
+    classes, region_based = _output_channels(dataset_json, str(dataset_file))
     return PretrainedNnUNet(
         source=path,
         plans=current_plans(plans, configuration, where=str(plans_file)),
         configuration=configuration,
-        classes=_labels_in_order(dataset_json, str(dataset_file)),
+        classes=classes,
+        region_based=region_based,
         weights=checkpoint.weights,
         sha256=config_sha256(
             {
@@ -226,6 +262,20 @@ def read_pretrained(path: str | os.PathLike[str], fold: int | None = None) -> Pr
     return _result_folder(p, fold)
 
 
+def _class_mapping(
+    local: list[str], outputs: list[str], structure_set: StructureSet
+) -> dict[int, int]:
+    """Local output index → pretrained output index, for each local class (background
+    first) that a pretrained output names: the same name, or one the structure set matches."""
+    mapping: dict[int, int] = {}
+    for i, name in enumerate(local):
+        for j, other in enumerate(outputs):
+            if other == name or (i > 0 and structure_set.match(other) == name):
+                mapping[i] = j
+                break
+    return mapping
+
+
 def transfer_weights(
     network: torch.nn.Module,
     pretrained: PretrainedNnUNet,
@@ -242,12 +292,7 @@ def transfer_weights(
     own = network.state_dict()
     source = pretrained.weights
     local = ["background", *structure_set.names]
-    mapping: dict[int, int] = {}
-    for i, name in enumerate(local):
-        for j, other in enumerate(pretrained.classes):
-            if other == name or (i > 0 and structure_set.match(other) == name):
-                mapping[i] = j
-                break
+    mapping = _class_mapping(local, pretrained.classes, structure_set)
     problems: list[str] = []
     state: dict[str, torch.Tensor] = {}
     for key, tensor in own.items():
@@ -257,6 +302,12 @@ def transfer_weights(
         elif ".seg_layers." in key:
             if tuple(theirs.shape[1:]) != tuple(tensor.shape[1:]):
                 problems.append(f"{key} {tuple(theirs.shape)} vs {tuple(tensor.shape)}")
+                continue
+            if theirs.shape[0] != len(pretrained.classes):
+                problems.append(
+                    f"{key} has {theirs.shape[0]} outputs, dataset.json names "
+                    f"{len(pretrained.classes)} ({', '.join(pretrained.classes)[:80]})"
+                )
                 continue
             mapped = tensor.clone()
             for i, j in mapping.items():
@@ -277,12 +328,15 @@ def transfer_weights(
             fix="fine-tune with the plans the checkpoint was trained with",
         )
     kept = [local[i] for i in sorted(mapping)]
-    return state, {
+    note: dict[str, Any] = {
         "kept": kept,
         "new": [n for i, n in enumerate(local) if i not in mapping],
         "dropped": [c for j, c in enumerate(pretrained.classes) if j not in mapping.values()],
         "matched": {local[i]: pretrained.classes[j] for i, j in mapping.items()},
     }
+    if pretrained.region_based:  # recorded only when so: plain models keep their records
+        note["region_based"] = True
+    return state, note
 
 
 def _run_step(job: dict[str, Any], work: Path, log_file: Path) -> None:
