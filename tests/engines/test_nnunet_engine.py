@@ -79,13 +79,33 @@ def test_train_writes_a_dlas_model_and_predicts(
     assert masks == ["Bladder.nii.gz", "Femur_Head_L.nii.gz", "Femur_Head_R.nii.gz"]
 
 
+def _transfer(
+    pretrained: Any, local: StructureSet
+) -> tuple[Any, dict[str, Any], tuple[dict[str, Any], dict[str, Any]]]:
+    """The local network (seeded), its freshly initialised state, and the pretrained weights
+    mapped onto it (state, note)."""
+    import torch
+
+    from dlas.engines.nnunet.model import build_network
+    from dlas.engines.nnunet.train import transfer_weights
+
+    labels = {"background": 0, **{n: i for i, n in enumerate(local.names, start=1)}}
+    torch.manual_seed(0)
+    network = build_network(
+        pretrained.plans, "2d", {"labels": labels, "channel_names": {"0": "CT"}},
+        deep_supervision=True, where="test",
+    )  # fmt: skip
+    fresh = {k: v.clone() for k, v in network.state_dict().items()}
+    return network, fresh, transfer_weights(network, pretrained, local)
+
+
 def test_finetune_an_nnunet_result_folder_with_other_classes(
     trained: tuple[Path, Path], tmp_path: Path, synthetic: ModuleType
 ) -> None:
     import torch
 
-    from dlas.engines.nnunet.model import build_network, read_nnunet_model
-    from dlas.engines.nnunet.train import read_pretrained, transfer_weights
+    from dlas.engines.nnunet.model import read_nnunet_model
+    from dlas.engines.nnunet.train import read_pretrained
     from dlas.training import train
 
     _, model = trained
@@ -96,14 +116,7 @@ def test_finetune_an_nnunet_result_folder_with_other_classes(
     assert pretrained.classes == ["background", "Bladder", "Femur_Head_L", "Femur_Head_R"]
 
     local = _other_classes(synthetic)
-    labels = {"background": 0, **{n: i for i, n in enumerate(local.names, start=1)}}
-    torch.manual_seed(0)
-    network = build_network(
-        pretrained.plans, "2d", {"labels": labels, "channel_names": {"0": "CT"}},
-        deep_supervision=True, where="test",
-    )  # fmt: skip
-    fresh = {k: v.clone() for k, v in network.state_dict().items()}
-    state, note = transfer_weights(network, pretrained, local)
+    _, fresh, (state, note) = _transfer(pretrained, local)
     assert note["kept"] == ["background", "Bladder", "Femur_Head_L"]
     assert note["new"] == ["Rod"] and note["dropped"] == ["Femur_Head_R"]
     heads = [k for k in state if ".seg_layers." in k]
@@ -261,7 +274,6 @@ def test_a_region_based_model_lends_its_regions_to_classes_of_the_same_name(
     import torch
 
     from dlas.engines.nnunet import NnUNetFileError
-    from dlas.engines.nnunet.model import build_network
     from dlas.engines.nnunet.train import read_pretrained, transfer_weights
 
     _, model = trained
@@ -281,14 +293,7 @@ def test_a_region_based_model_lends_its_regions_to_classes_of_the_same_name(
     assert pretrained.classes == ["Bladder", "Femur_Head_L", "Femur_Head_R", "Femora"]
 
     local = synthetic.structure_set()
-    labels = {"background": 0, **{n: i for i, n in enumerate(local.names, start=1)}}
-    torch.manual_seed(0)
-    network = build_network(
-        pretrained.plans, "2d", {"labels": labels, "channel_names": {"0": "CT"}},
-        deep_supervision=True, where="test",
-    )  # fmt: skip
-    fresh = {k: v.clone() for k, v in network.state_dict().items()}
-    state, note = transfer_weights(network, pretrained, local)
+    network, fresh, (state, note) = _transfer(pretrained, local)
     assert note["matched"] == {"Bladder": "Bladder", "Femur_Head_L": "Femur_Head_L",
                                "Femur_Head_R": "Femur_Head_R"}  # fmt: skip
     assert note["new"] == ["background"] and note["dropped"] == ["Femora"]
