@@ -77,7 +77,7 @@ def require_nnunet(what: str = "the nnU-Net engine") -> None:
 
 def _numpy_scalar() -> Any:
     """NumPy's scalar constructor, from whichever of its two homes this NumPy has."""
-    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+    for module in _SCALAR_MODULES:
         try:
             return importlib.import_module(module).scalar
         except (ImportError, AttributeError):
