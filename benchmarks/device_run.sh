@@ -5,7 +5,7 @@
 # Then one device `run`, from the repository root, with carry [".device"]:
 #   bash benchmarks/device_run.sh gpu       # issue 12: gpu_bench.py, every mode (~5 min)
 #   bash benchmarks/device_run.sh openkbp   # issue 15: `fast` and nnU-Net 2-D on OpenKBP,
-#                                           # the same GPU budget each (BUDGET, default 3m)
+#                                           # the same GPU budget each (BUDGET, default 2m)
 #   bash benchmarks/device_run.sh check     # the kit imports and sees the GPU (seconds)
 # DEVICE=cpu runs the openkbp job on a CPU (to try the kit here, in an environment like the
 # machine's: see gpu_bench.md).
@@ -37,7 +37,7 @@ case "$job" in
         python3 benchmarks/gpu_bench.py --out "$out" 2>&1 | tee "$out/gpu_bench.log"
         ;;
     openkbp)
-        budget=${BUDGET:-3m}
+        budget=${BUDGET:-2m}
         common=(--phase test --time-budget "$budget" --device "${DEVICE:-cuda}" --source .device/openkbp-hn
                 --work /tmp/dlas-openkbp --threads 8 --record "$out/openkbp-gpu.jsonl")
         python3 benchmarks/bench_openkbp.py run --recipe fast --label "fast-gpu-$budget" \
