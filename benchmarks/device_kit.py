@@ -110,7 +110,8 @@ def fetch(specs: list[str], python: str, wheels: Path) -> None:
             or not new
             or not all(p.name.endswith("-none-any.whl") for p in new)
         ):
-            raise SystemExit(f"device kit: no wheel for {spec}: {got.stderr.strip()[-300:]}")
+            why = (built.stderr or got.stderr).strip()[-300:]
+            raise SystemExit(f"device kit: no wheel for {spec}: {why}")
 
 
 def install(wheels: Path, python: str, site: Path) -> None:

@@ -78,13 +78,18 @@ def test_dlas_runs_from_the_wheel(wheel: Path, tmp_path: Path) -> None:
     assert "contour_sets:" in example
 
 
+def _name(distribution: str) -> str:
+    """A distribution name as pip compares it (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
 def _pins(lines: list[str], operator: str) -> dict[str, str]:
     """Name (normalised) → version of each ``name<operator>version`` requirement in ``lines``."""
     pins = {}
     for line in lines:
         match = re.match(rf"\s*([A-Za-z0-9_.-]+)\s*{re.escape(operator)}\s*([0-9][0-9.]*)", line)
         if match:
-            pins[re.sub(r"[-_.]+", "-", match.group(1)).lower()] = match.group(2)
+            pins[_name(match.group(1))] = match.group(2)
     return pins
 
 
@@ -115,7 +120,7 @@ def test_device_kit_covers_every_runtime_dependency() -> None:
     spec.loader.exec_module(kit)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     packed = set(_pins(kit.CORE + kit.NNUNET + kit.SMP, "=="))
-    there = {re.sub(r"[-_.]+", "-", n).lower() for n in kit.ON_THE_MACHINE}
+    there = {_name(n) for n in kit.ON_THE_MACHINE}
     assert not packed & there
     for group, names in (
         ("dependencies", project["dependencies"]),

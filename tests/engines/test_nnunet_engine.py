@@ -313,6 +313,15 @@ def test_a_region_based_model_lends_its_regions_to_classes_of_the_same_name(
     write({**dataset, "labels": regions, "regions_class_order": [1, 2, 3]})
     with pytest.raises(NnUNetFileError, match=r"has 4 outputs, dataset\.json names 3"):
         transfer_weights(network, read_pretrained(folder), local)
+    for labels, message in (
+        (None, "labels missing"),
+        ({"background": 0, "Bladder": "one"}, "labels dlas cannot read"),
+        ({"background": 0, "Bladder": 2}, "labels are not consecutive"),
+    ):
+        write({**dataset, "labels": labels})
+        with pytest.raises(NnUNetFileError, match=message) as error:
+            read_pretrained(folder)
+        assert "\n" not in str(error.value)
 
 
 def test_export_cli_errors_are_one_line(

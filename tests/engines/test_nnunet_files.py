@@ -213,6 +213,10 @@ def test_old_format_plans_are_read_or_refused_in_one_line() -> None:
     with pytest.raises(NnUNetFileError, match="plans dlas cannot read") as error:
         current_plans(plans, "2d", where="plans.json")
     assert "conv_kernel_sizes" in str(error.value)
+    config["architecture"] = "PlainConvUNet"  # today's key, but not the entry nnU-Net writes
+    with pytest.raises(NnUNetFileError, match="plans dlas cannot read") as error:
+        current_plans(plans, "2d", where="plans.json")
+    assert "no architecture" in str(error.value)
 
 
 def test_recipe_engine_rules() -> None:

@@ -272,11 +272,10 @@ def current_plans(plans: Mapping[str, Any], configuration: str, *, where: str) -
     NnUNetFileError
         The configuration is missing, or nnU-Net cannot read it.
     """
-    check_plans(plans, configuration, where=where)
     out = copy.deepcopy(dict(plans))
     out["configurations"] = {
         **out["configurations"],
-        configuration: _resolved(plans, configuration, where=where),
+        configuration: _checked(plans, configuration, where=where),
     }
     return out
 
@@ -290,6 +289,12 @@ def check_plans(plans: Mapping[str, Any], configuration: str, *, where: str) -> 
     NnUNetFileError
         See above.
     """
+    _checked(plans, configuration, where=where)
+
+
+def _checked(plans: Mapping[str, Any], configuration: str, *, where: str) -> dict[str, Any]:
+    """``configuration`` of ``plans`` resolved (:func:`_resolved`), once :func:`check_plans`'s
+    rules hold for it."""
     configurations = plans.get("configurations")
     if not isinstance(configurations, Mapping) or configuration not in configurations:
         names = ", ".join(configurations) if isinstance(configurations, Mapping) else "none"
@@ -320,3 +325,4 @@ def check_plans(plans: Mapping[str, Any], configuration: str, *, where: str) -> 
                 found=name,
                 fix="use plans written by nnU-Net with its own network architectures",
             )
+    return config
